@@ -1,0 +1,697 @@
+"""Sweep manifests: the YAML a person writes, validated, and its expansion into fit specs.
+
+A manifest names images, tasks with their degradation parameters, a network, a fit budget
+and the axes to sweep; `expand` turns it into one `FitSpec` per fit, each with a key derived
+from the content that determines its result (see `fit_key`), so a rerun anywhere finds the
+fits already stored. Every error is reported at once as ``FILE:LINE: field.path: message``:
+pydantic validates the structure and, per field, the names and types of the settings; once
+the structure is sound, every network/fit configuration the grid produces is built, so the
+dataclasses' own checks (`NetConfig`/`FitConfig.__post_init__`) fail here and not in a worker.
+Data sets are looked up only by `expand`, through a `list_files` callable, so storage
+(fsspec) stays outside this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from glob import escape as glob_escape
+from pathlib import Path
+from typing import Any, Literal, get_type_hints
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError, to_jsonable_python
+
+from dipmodel.fit import FitConfig
+from dipmodel.networks import NetConfig
+from pipeline.images import SAMPLE_PREFIX
+
+KEY_VERSION = 1  # bump when the meaning of a key's content changes, so old results are not reused
+KEY_FIELDS = ("image_name", "crop", "grey", "task", "task_params", "network", "fit", "seed")
+
+Loc = tuple[str | int, ...]
+Problem = tuple[Loc, str]  # where in the manifest, what is wrong
+ListFiles = Callable[[str, str], list[str]]
+
+# --- what may be set where ---------------------------------------------------------------------
+
+_NET_TYPES: dict[str, Any] = get_type_hints(NetConfig)
+_FIT_TYPES: dict[str, Any] = {k: v for k, v in get_type_hints(FitConfig).items() if k != "seed"}
+_SETTING_ADAPTERS = {name: TypeAdapter(t) for name, t in (_NET_TYPES | _FIT_TYPES).items()}
+_NET_ADAPTER = TypeAdapter(NetConfig)
+_FIT_ADAPTER = TypeAdapter(FitConfig)
+
+Task = Literal["clean", "enhance", "denoise", "lowfreq_noise", "jpeg", "inpaint", "superres"]
+_TASK_PARAMS: dict[str, dict[str, Any]] = {  # task -> parameter -> type (see dipmodel.operators)
+    "clean": {},
+    "enhance": {},
+    "denoise": {"sigma": float},
+    "lowfreq_noise": {"sigma": float, "cutoff": float},
+    "jpeg": {"quality": int},
+    "inpaint": {"kind": Literal["center", "bernoulli"], "ratio": float, "p": float},
+    "superres": {"factor": int},
+}
+_INPAINT_AMOUNT = {"center": "ratio", "bernoulli": "p"}  # the parameter each mask kind takes
+_PARAM_ADAPTERS = {t: {p: TypeAdapter(typ) for p, typ in ps.items()} for t, ps in _TASK_PARAMS.items()}
+_SCALAR_SCHEMA: dict[str, Any] = {"type": ["string", "number", "boolean", "null"]}
+_SCALAR_OR_LIST_SCHEMA: dict[str, Any] = {"anyOf": [_SCALAR_SCHEMA, {"type": "array", "items": _SCALAR_SCHEMA}]}
+
+
+class ManifestError(ValueError):
+    """An invalid manifest; the message has one ``FILE[:LINE]: field.path: message`` per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _raise_if(problems: list[Problem], title: str) -> None:
+    """Raise all problems together, so pydantic nests them under the caller's location."""
+    if problems:
+        details = [
+            InitErrorDetails(type=PydanticCustomError("manifest", "{msg}", {"msg": msg}), loc=loc, input=None)
+            for loc, msg in problems
+        ]
+        raise ValidationError.from_exception_data(title, details)
+
+
+def _validated(adapter: TypeAdapter, value: Any, loc: Loc) -> tuple[Any, list[Problem]]:
+    """`value` validated (and normalised, e.g. 2 -> 2.0 for a float), or the problems at `loc`."""
+    try:
+        return adapter.validate_python(value), []
+    except ValidationError as err:
+        return value, [(loc + tuple(e["loc"]), _clean_message(e["msg"])) for e in err.errors()]
+
+
+def _check_settings(
+    settings: dict[str, Any], allowed: dict[str, Any], where: str, axes: bool, at: Loc = ()
+) -> tuple[dict[str, Any], list[Problem]]:
+    """Names and value types of `model`/`fit` settings, or of grid/zip axes (`axes=True`)."""
+    out: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for name, value in settings.items():
+        loc = at + (name,)
+        if name == "seed":
+            problems.append((loc, "set seeds with the top-level seeds or repeats"))
+        elif name not in allowed:
+            problems.append((loc, f"unknown {where} field; valid: {', '.join(allowed)}"))
+        elif not axes:
+            out[name], found = _validated(_SETTING_ADAPTERS[name], value, loc)
+            problems += found
+        elif not value:
+            problems.append((loc, "empty list: an axis needs at least one value"))
+        else:
+            checked = [_validated(_SETTING_ADAPTERS[name], v, loc + (j,)) for j, v in enumerate(value)]
+            out[name] = [v for v, _ in checked]
+            problems += [p for _, found in checked for p in found]
+    return out, problems
+
+
+def _names_schema(names: Iterable[str]) -> dict[str, Any]:
+    """JSON-schema hint so editors complete and check the keys of a free-form mapping."""
+    return {"propertyNames": {"enum": sorted(names)}}
+
+
+# --- manifest models -----------------------------------------------------------------------------
+
+
+class ImageSet(BaseModel):
+    """Where images come from: bundled samples, a data-set folder under the data root, or URIs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sample: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="scikit-image bundled sample(s), e.g. astronaut, camera",
+        json_schema_extra={"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+    )
+    dataset: str | None = Field(None, description="folder under the data root")
+    files: list[str] | None = Field(None, min_length=1, description="file names inside the dataset folder")
+    glob: str | None = Field(None, description="pattern inside the dataset folder (default *)")
+    uris: list[str] | None = Field(None, min_length=1, description="explicit image paths or URIs")
+    crop: PositiveInt | None = Field(None, description="centre-crop to at most crop x crop")
+    grey: bool = Field(False, description="fit the luma (Y) channel only")
+
+    @field_validator("sample", mode="before")
+    @classmethod
+    def _one_sample_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("sample")
+    @classmethod
+    def _known_samples(cls, names: list[str] | None) -> list[str] | None:
+        from skimage import data  # here: only sample sets need it (it loads lazily)
+
+        bad: list[Problem] = [
+            ((i,), f"unknown scikit-image sample {n!r} (e.g. astronaut, camera)")
+            for i, n in enumerate(names or [])
+            if n.startswith("_") or not callable(getattr(data, n, None))
+        ]
+        _raise_if(bad, "ImageSet.sample")
+        return names
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImageSet:
+        sources = [k for k in ("sample", "dataset", "uris") if getattr(self, k) is not None]
+        if len(sources) != 1:
+            raise PydanticCustomError("manifest", "give exactly one of sample, dataset or uris")
+        if self.dataset is None and (self.files is not None or self.glob is not None):
+            raise PydanticCustomError("manifest", "files and glob choose files inside a dataset")
+        if self.files is not None and self.glob is not None:
+            raise PydanticCustomError("manifest", "give files or glob, not both")
+        return self
+
+
+class TaskSpec(BaseModel):
+    """A task and its degradation parameters; a list value is an axis of the grid."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Task
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="degradation parameters; a list is a sweep axis, e.g. sigma: [15, 25]",
+        json_schema_extra={"additionalProperties": _SCALAR_OR_LIST_SCHEMA},
+    )
+
+    @model_validator(mode="after")
+    def _check_params(self) -> TaskSpec:
+        known = _PARAM_ADAPTERS[self.task]
+        problems: list[Problem] = []
+        for name, value in self.params.items():
+            loc: Loc = ("params", name)
+            if name not in known:
+                valid = ", ".join(known) or "none"
+                problems.append((loc, f"task {self.task} has no parameter {name!r}; valid: {valid}"))
+                continue
+            if value == []:
+                problems.append((loc, "empty list: an axis needs at least one value"))
+            is_axis = isinstance(value, list)
+            values = []
+            for j, v in enumerate(value if is_axis else [value]):
+                v, found = _validated(known[name], v, loc + (j,) if is_axis else loc)
+                values.append(v)
+                problems += found
+            self.params[name] = values if is_axis else values[0]
+        if not problems:
+            problems = [(("params",), msg) for msg in dict.fromkeys(self._combination_problems())]
+        _raise_if(problems, "TaskSpec")
+        return self
+
+    def combinations(self) -> list[dict[str, Any]]:
+        """Every setting of the parameters: the Cartesian product of the list-valued ones."""
+        axes = [[(k, x) for x in v] if isinstance(v, list) else [(k, v)] for k, v in self.params.items()]
+        return [dict(point) for point in itertools.product(*axes)]
+
+    def _combination_problems(self) -> Iterator[str]:
+        """Every parameter must be given (no hidden operator defaults enter a key)."""
+        for combo in self.combinations():
+            needed = set(_TASK_PARAMS[self.task])
+            if self.task == "inpaint":
+                needed = {"kind", _INPAINT_AMOUNT.get(combo.get("kind", ""), "ratio")}
+            if missing := sorted(needed - set(combo)):
+                yield f"task {self.task} needs parameter(s) {', '.join(missing)}"
+            if extra := sorted(set(combo) - needed):
+                yield f"parameter(s) {', '.join(extra)} do not apply to kind {combo['kind']}"
+
+
+class MlflowSpec(BaseModel):
+    """Where fits are tracked; storage stays the source of truth."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_uri: str | None = Field(None, description="None: the embedded sqlite:///<cwd>/mlflow.db")
+    experiment: str | None = Field(None, description="default: the manifest name")
+    enabled: bool = True
+
+
+class Resources(BaseModel):
+    """What one fit asks of the cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_gpus: float = Field(0, ge=0, description="GPUs per fit; fractions share a GPU")
+    num_cpus: float = Field(1, ge=0)
+    max_retries: NonNegativeInt = Field(2, description="retries after infrastructure failures only")
+    max_workers: PositiveInt | None = Field(None, description="cap on concurrent fit workers")
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The YAML a manifest came from, to turn pydantic locations into file lines."""
+
+    label: str
+    root: yaml.Node | None
+
+    def line(self, loc: Loc) -> int | None:
+        """1-based line of the deepest YAML node on `loc` (a key's own line for mappings)."""
+        node, line = self.root, None
+        for part in loc:
+            if isinstance(node, yaml.MappingNode):
+                match = next(((k, v) for k, v in node.value if k.value == part), None)
+                if match is None:
+                    break
+                line, node = match[0].start_mark.line + 1, match[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                break
+        return line
+
+    def error(self, problems: list[Problem]) -> ManifestError:
+        """One error listing every problem in file order (those with no line last)."""
+        located = [(self.line(loc), loc, msg) for loc, msg in problems]
+        located.sort(key=lambda p: (p[0] is None, p[0] or 0))
+        lines = []
+        for line, loc, message in located:
+            where = f"{self.label}:{line}" if line else self.label
+            lines.append(f"{where}: {_path(loc)}: {message}" if loc else f"{where}: {message}")
+        return ManifestError(lines)
+
+
+def _path(loc: Loc) -> str:
+    """('tasks', 0, 'params', 'sigma') -> 'tasks[0].params.sigma'."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+class Manifest(BaseModel):
+    """A sweep: images x tasks x task-parameter axes x grid axes x zip groups x seeds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9_-]+$", description="sweep name: lower-case letters, digits, _ and -")
+    data_root: str | None = Field(
+        None, validate_default=True, description="path or URI of the data sets; default $DIP_DATA_ROOT, else ./data"
+    )
+    images: list[ImageSet] = Field(min_length=1)
+    tasks: list[TaskSpec] = Field(min_length=1)
+    model: dict[str, Any] = Field(
+        description="NetConfig fields (name, width, depth, upsample, up_sigma, norm, lam, ...)",
+        json_schema_extra=_names_schema(_NET_TYPES),
+    )
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Cartesian axes over NetConfig/FitConfig fields, e.g. lam: [null, 2]",
+        json_schema_extra=_names_schema(_NET_TYPES | _FIT_TYPES),
+    )
+    zip: list[dict[str, list[Any]]] = Field(
+        default_factory=list, description="groups of equally long lists that vary together; each group is one axis"
+    )
+    seeds: list[NonNegativeInt] | None = Field(None, min_length=1, description="default [0]")
+    repeats: PositiveInt | None = Field(None, description="seeds 0..repeats-1 (instead of seeds)")
+    fit: dict[str, Any] = Field(
+        default_factory=dict,
+        description="FitConfig fields except seed (iterations, lr, metric_stride, ...)",
+        json_schema_extra=_names_schema(_FIT_TYPES),
+    )
+    storage: str | None = Field(None, description="results URI; default file://<cwd>/results/<name>")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options, e.g. an S3 endpoint")
+    mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+    resources: Resources = Field(default_factory=Resources)
+
+    _source: _Source | None = PrivateAttr(default=None)
+
+    @field_validator("data_root")
+    @classmethod
+    def _default_data_root(cls, value: str | None) -> str:
+        return value or os.environ.get("DIP_DATA_ROOT") or "./data"
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: dict[str, Any]) -> dict[str, Any]:
+        out, problems = _check_settings(value, _NET_TYPES, "model", axes=False)
+        _raise_if(problems, "model")
+        return out
+
+    @field_validator("fit")
+    @classmethod
+    def _check_fit(cls, value: dict[str, Any]) -> dict[str, Any]:
+        out, problems = _check_settings(value, _FIT_TYPES, "fit", axes=False)
+        _raise_if(problems, "fit")
+        return out
+
+    @field_validator("grid")
+    @classmethod
+    def _check_grid(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        out, problems = _check_settings(value, _NET_TYPES | _FIT_TYPES, "grid", axes=True)
+        _raise_if(problems, "grid")
+        return out
+
+    @field_validator("zip")
+    @classmethod
+    def _check_zip(cls, groups: list[dict[str, list[Any]]]) -> list[dict[str, list[Any]]]:
+        out, problems = [], []
+        for i, group in enumerate(groups):
+            checked, found = _check_settings(group, _NET_TYPES | _FIT_TYPES, "zip", axes=True, at=(i,))
+            out.append(checked)
+            problems += found
+            lengths = {k: len(v) for k, v in group.items()}
+            if not group:
+                problems.append(((i,), "a zip group needs at least one field"))
+            elif len(set(lengths.values())) > 1:
+                sizes = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+                problems.append(((i,), f"zip group {i} has lists of unequal length ({sizes})"))
+        _raise_if(problems, "zip")
+        return out
+
+    @model_validator(mode="after")
+    def _check_sweep(self) -> Manifest:
+        problems: list[Problem] = []
+        if self.seeds is not None and self.repeats is not None:
+            problems.append((("repeats",), "give seeds or repeats, not both"))
+        seen: dict[str, Loc] = {}
+        for loc in self._setting_locations():
+            field = str(loc[-1])
+            if field in seen:
+                problems.append((loc, f"{field} is already set at {_path(seen[field])}"))
+            seen[field] = loc
+        if not problems:
+            problems = self._config_problems()
+        _raise_if(problems, "Manifest")
+        if self.storage is None:
+            self.storage = f"file://{Path.cwd()}/results/{self.name}"
+        if self.mlflow.experiment is None:
+            self.mlflow.experiment = self.name
+        return self
+
+    # --- resolution ----------------------------------------------------------------------------
+
+    def seed_list(self) -> list[int]:
+        """The seeds of every fit: `seeds`, or 0..repeats-1, or [0]."""
+        if self.repeats is not None:
+            return list(range(self.repeats))
+        return list(dict.fromkeys(self.seeds or [0]))
+
+    def _setting_locations(self) -> Iterator[Loc]:
+        """Where each network/fit field is set: model, fit, grid axes, zip groups."""
+        for section in ("model", "fit", "grid"):
+            yield from ((section, f) for f in getattr(self, section))
+        for i, group in enumerate(self.zip):
+            yield from (("zip", i, f) for f in group)
+
+    def _settings(self) -> Iterator[dict[str, tuple[Any, Loc]]]:
+        """Every grid point (grid axes, then one axis per zip group) merged over model and fit,
+        as field -> (value, where the manifest set it)."""
+        base = {f: (v, ("model", f)) for f, v in self.model.items()}
+        base |= {f: (v, ("fit", f)) for f, v in self.fit.items()}
+        axes: list[list[dict[str, tuple[Any, Loc]]]]
+        axes = [[{f: (v, ("grid", f, j))} for j, v in enumerate(vs)] for f, vs in self.grid.items()]
+        for i, group in enumerate(self.zip):
+            length = len(next(iter(group.values())))
+            axes.append([{f: (vs[j], ("zip", i, f, j)) for f, vs in group.items()} for j in range(length)])
+        for point in itertools.product(*axes):
+            yield base | {f: value for part in point for f, value in part.items()}
+
+    def _resolve(self, setting: dict[str, tuple[Any, Loc]]) -> tuple[dict, dict, list[Problem]]:
+        """The NetConfig and FitConfig (seed 0) of one grid point as dicts, and any problems."""
+        net = {f: v for f, (v, _) in setting.items() if f in _NET_TYPES}
+        if "norm" not in net:  # a Lipschitz conv needs Lipschitz normalisation: BN undoes the bound
+            net["norm"] = "batch" if net.get("lam") is None else "lipschitz"
+        fit = {f: v for f, (v, _) in setting.items() if f in _FIT_TYPES} | {"seed": 0}
+        origins = {f: loc for f, (_, loc) in setting.items()}
+        net_dict, net_problems = _build("model", _NET_ADAPTER, net, origins)
+        fit_dict, fit_problems = _build("fit", _FIT_ADAPTER, fit, origins)
+        return net_dict, fit_dict, net_problems + fit_problems
+
+    def _config_problems(self) -> list[Problem]:
+        return list(dict.fromkeys(p for setting in self._settings() for p in self._resolve(setting)[2]))
+
+    def configurations(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(network, fit) dicts of every grid point, in grid order; fit.seed is set per spec."""
+        configs = []
+        for setting in self._settings():
+            net, fit, problems = self._resolve(setting)
+            if problems:  # only when the manifest was changed after validation
+                raise self.error(problems)
+            configs.append((net, fit))
+        return configs
+
+    def error(self, problems: list[Problem]) -> ManifestError:
+        """A ManifestError for problems found after validation, with lines when loaded from YAML."""
+        return (self._source or _Source("<manifest>", None)).error(problems)
+
+
+def _build(
+    section: str, adapter: TypeAdapter, values: dict[str, Any], origins: dict[str, Loc]
+) -> tuple[dict, list[Problem]]:
+    """Construct a NetConfig/FitConfig (its own checks run) as a dict, or say where it fails."""
+    try:
+        return to_jsonable_python(asdict(adapter.validate_python(values))), []
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            message = _clean_message(e["msg"])
+            field = str(e["loc"][0]) if e["loc"] else _blame(message, values)
+            problems.append((origins.get(field, (section, field) if field else (section,)), message))
+        return {}, problems
+
+
+def _blame(message: str, values: dict[str, Any]) -> str:
+    """The field a dataclass's own check complains about: the first field named in its message."""
+    hits = [(m.start(), f) for f in values if (m := re.search(rf"\b{f}\b", message))]
+    return min(hits)[1] if hits else ""
+
+
+def _clean_message(message: str) -> str:
+    return message.removeprefix("Value error, ")
+
+
+# --- fit specs and keys --------------------------------------------------------------------------
+
+
+class FitSpec(BaseModel):
+    """One fit, fully resolved: what a worker receives, stores beside its results and logs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sweep: str
+    image_uri: str  # where to read the image: a path, a URI, or skimage:NAME
+    image_name: str  # stable short name: dataset/file, sample:NAME, or the URI as written
+    dataset: str | None
+    crop: int | None
+    grey: bool
+    task: str
+    task_params: dict[str, Any]
+    network: dict[str, Any]  # every NetConfig field
+    fit: dict[str, Any]  # every FitConfig field, seed included
+    seed: int
+    key: str
+
+    def net_config(self) -> NetConfig:
+        return _NET_ADAPTER.validate_python(self.network)
+
+    def fit_config(self) -> FitConfig:
+        return _FIT_ADAPTER.validate_python(self.fit)
+
+
+def _canonical(value: Any) -> Any:
+    """JSON-ready value where equal numbers are equal text: 2.0 -> 2, tuples -> lists."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def fit_key(spec_content: dict[str, Any]) -> str:
+    """Stable 16-hex-digit key of a fit: sha256 of the canonical JSON of what determines its result.
+
+    The key covers ``KEY_FIELDS`` (image_name, crop, grey, task, task_params, the full network
+    and fit configurations, seed) and ``KEY_VERSION``; extra entries in `spec_content` (e.g. a
+    whole FitSpec dump) are ignored. Deliberately excluded: the sweep name, storage, MLflow,
+    resources and the data root (image_name is relative to it), so renaming a sweep, moving
+    its data or its results, or changing the cluster reuses the fits already done. JSON is
+    written with sorted keys and no spaces, and integral floats as integers (2 == 2.0).
+    """
+    content = {k: spec_content[k] for k in KEY_FIELDS} | {"key_version": KEY_VERSION}
+    text = json.dumps(_canonical(content), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --- images --------------------------------------------------------------------------------------
+
+
+def _local_root(root: str) -> Path | None:
+    """The local folder of a data root, or None for a remote URI."""
+    if root.startswith("file://"):
+        return Path(root.removeprefix("file://"))
+    return None if "://" in root else Path(root).expanduser()
+
+
+def list_local_files(data_root: str, pattern: str) -> list[str]:
+    """Files under a local data root matching `pattern` ("dataset/glob"), relative to the root.
+
+    This is the contract of `expand`'s `list_files`: '/'-separated paths relative to the
+    root, and FileNotFoundError when the pattern's top folder (the data set) does not exist.
+    """
+    root = _local_root(data_root)
+    if root is None:
+        raise FileNotFoundError(f"{data_root} is not a local folder; pass expand() a list_files for it")
+    folder = root / pattern.split("/", 1)[0]
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no folder {folder}")
+    return sorted(p.relative_to(root).as_posix() for p in root.glob(pattern) if p.is_file())
+
+
+def _image_uri(data_root: str, relative: str) -> str:
+    root = _local_root(data_root)
+    return os.path.abspath(root / relative) if root is not None else f"{data_root.rstrip('/')}/{relative}"
+
+
+def _resolve_images(
+    manifest: Manifest, index: int, images: ImageSet, list_files: ListFiles
+) -> tuple[list[tuple[str, str]], list[Problem]]:
+    """(image_name, image_uri) pairs of one image set, or the problems found looking them up."""
+    if images.sample is not None:
+        return [(f"sample:{n}", f"{SAMPLE_PREFIX}{n}") for n in images.sample], []
+    if images.uris is not None:
+        return [(u, u) for u in images.uris], []
+    root, dataset = manifest.data_root or "", images.dataset or ""
+    loc: Loc = ("images", index, "dataset")
+    try:
+        if images.files is not None:
+            found = [list_files(root, f"{dataset}/{glob_escape(f)}") for f in images.files]
+            missing: list[Problem] = [
+                (("images", index, "files", j), f"no file {f!r} in dataset {dataset!r} under data root {root}")
+                for j, (f, hits) in enumerate(zip(images.files, found))
+                if not hits
+            ]
+            relative = [r for hits in found for r in hits]
+        else:
+            pattern = images.glob or "*"
+            relative = list_files(root, f"{dataset}/{pattern}")
+            nothing = f"no files match {pattern!r} in dataset {dataset!r} under data root {root}"
+            missing = [] if relative else [(loc, nothing)]
+    except OSError as err:
+        return [], [(loc, f"dataset {dataset!r} not found under data root {root} ({err})")]
+    return [(r, _image_uri(root, r)) for r in relative], missing
+
+
+def expand(manifest: Manifest, list_files: ListFiles | None = None) -> list[FitSpec]:
+    """Every fit of the manifest, once each (deduplicated by key), in a deterministic order.
+
+    Order: image sets, their images, tasks, task-parameter combinations, grid points
+    (grid axes in written order, then zip groups), seeds. `list_files(data_root, pattern)`
+    finds data-set files (see `list_local_files`, the default, for its contract).
+    """
+    list_files = list_files or list_local_files
+    images: list[tuple[ImageSet, str, str]] = []
+    problems: list[Problem] = []
+    for i, image_set in enumerate(manifest.images):
+        found, bad = _resolve_images(manifest, i, image_set, list_files)
+        images += [(image_set, name, uri) for name, uri in found]
+        problems += bad
+    if problems:
+        raise manifest.error(problems)
+    configs = manifest.configurations()
+    specs: dict[str, FitSpec] = {}
+    for (image_set, name, uri), task in itertools.product(images, manifest.tasks):
+        for params, (network, fit), seed in itertools.product(task.combinations(), configs, manifest.seed_list()):
+            content = {
+                "image_name": name, "crop": image_set.crop, "grey": image_set.grey, "task": task.task,
+                "task_params": params, "network": network, "fit": fit | {"seed": seed}, "seed": seed,
+            }  # fmt: skip
+            key = fit_key(content)
+            if key not in specs:
+                specs[key] = FitSpec(sweep=manifest.name, image_uri=uri, dataset=image_set.dataset, key=key, **content)
+    return list(specs.values())
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def _duplicate_keys(node: yaml.Node | None, loc: Loc = ()) -> Iterator[Problem]:
+    """Keys given twice in one mapping (yaml would keep the last one silently)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for k, v in node.value:
+            if k.value in seen:
+                yield loc + (k.value,), f"key given twice (again on line {k.start_mark.line + 1})"
+            seen.add(k.value)
+            yield from _duplicate_keys(v, loc + (k.value,))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _duplicate_keys(item, loc + (i,))
+
+
+def _parse(text: str, label: str) -> tuple[Any, yaml.Node | None]:
+    """The data and node tree of one YAML document (safe loader), syntax errors with their line."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        return (loader.construct_document(node) if node is not None else None), node
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{label}:{mark.line + 1}" if mark else label
+        raise ManifestError([f"{where}: YAML syntax error: {err.problem or err.context}"]) from None
+    finally:
+        loader.dispose()
+
+
+def load_manifest(source: str | Path) -> Manifest:
+    """Read and validate a manifest from a file (a Path, or a one-line str) or from YAML text.
+
+    Raises ManifestError listing every problem found, one ``FILE:LINE: field.path: message``
+    per line (no line when the field is absent from the file).
+    """
+    if isinstance(source, Path) or "\n" not in source:
+        label = str(source)
+        try:
+            text = Path(source).read_text()
+        except OSError as err:
+            raise ManifestError([f"{label}: cannot read manifest: {err.strerror or err}"]) from None
+    else:
+        label, text = "<manifest>", source
+    data, root = _parse(text, label)
+    located = _Source(label, root)
+    problems = list(_duplicate_keys(root))
+    if not isinstance(data, dict):
+        raise located.error(problems + [((), "a manifest is a YAML mapping (name, images, tasks, model, ...)")])
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as err:
+        problems += [(tuple(e["loc"]), _message(e)) for e in err.errors()]
+    if problems:
+        raise located.error(problems)
+    manifest._source = located
+    return manifest
+
+
+def _message(error: Any) -> str:
+    """Pydantic's message, reworded where the manifest's reader needs different words."""
+    if error["type"] == "extra_forbidden":
+        return "unknown field"
+    if error["type"] == "too_short":
+        return "empty list: give at least one value"
+    if error["type"] == "string_pattern_mismatch":
+        return f"{error['input']!r} is not a slug: use lower-case letters, digits, _ and -"
+    return _clean_message(error["msg"])
+
+
+def json_schema() -> dict[str, Any]:
+    """The manifest's JSON Schema, for editors' completion and checking of YAML manifests."""
+    return Manifest.model_json_schema()

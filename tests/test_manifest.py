@@ -1,0 +1,355 @@
+"""Manifests: loading, every error with its field path and line, expansion, and stable keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from pipeline.manifest import (
+    FitSpec,
+    ManifestError,
+    expand,
+    fit_key,
+    json_schema,
+    load_manifest,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "manifests" / "quickstart.yaml"
+SHARED_DATA = Path("/work/shared/datasets")
+
+# One fit; every line is a place a test may change. Line numbers matter: see `write`.
+BASE = """\
+name: base
+images:
+  - sample: astronaut
+    crop: 64
+tasks:
+  - task: denoise
+    params:
+      sigma: 25
+model:
+  name: decoder
+  width: 8
+grid:
+  lam: [2]
+fit:
+  iterations: 10
+  stop_window: 5
+seeds: [0]
+# spare
+"""
+
+
+def write(tmp_path: Path, text: str = BASE, file: str = "m.yaml", **lines: str) -> Path:
+    """Write a manifest, replacing the first line of each key given (`sigma="      sigma: 15"`);
+    `spare` replaces the comment line at the end."""
+    out = []
+    for line in text.splitlines():
+        key = line.strip().split(":")[0].lstrip("-# ")
+        out.append(lines.pop(key, line))
+    path = tmp_path / file
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def line_of(path: Path, start: str) -> int:
+    """1-based number of the first line whose stripped text starts with `start`."""
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip().startswith(start))
+
+
+def keys(path: Path | str) -> set[str]:
+    return {s.key for s in expand(load_manifest(path))}
+
+
+def one_spec(path: Path) -> FitSpec:
+    (spec,) = expand(load_manifest(path))
+    return spec
+
+
+# --- the quickstart -------------------------------------------------------------------------------
+
+
+def test_quickstart_is_eight_distinct_fits() -> None:
+    specs = expand(load_manifest(QUICKSTART))
+    # 2 samples (astronaut, camera) x 2 noise levels (sigma 15, 25) x 2 bounds (lam null, 2) x 1 seed
+    assert len(specs) == 2 * 2 * 2
+    assert len({s.key for s in specs}) == 8
+    assert {s.image_name for s in specs} == {"sample:astronaut", "sample:camera"}
+    assert {(s.network["lam"], s.network["norm"]) for s in specs} == {(None, "batch"), (2.0, "lipschitz")}
+    assert all(s.crop == 64 and s.fit["iterations"] == 300 and s.network["width"] == 16 for s in specs)
+
+
+def test_spec_round_trips_through_json() -> None:
+    spec = expand(load_manifest(QUICKSTART))[0]
+    again = FitSpec.model_validate_json(spec.model_dump_json())
+    assert again == spec
+    assert fit_key(again.model_dump()) == spec.key
+    assert again.net_config().width == 16
+    assert again.fit_config().betas == (0.9, 0.999)
+    assert again.fit_config().seed == spec.seed
+
+
+# --- keys -------------------------------------------------------------------------------------------
+
+
+def test_key_ignores_where_and_how_a_sweep_runs(tmp_path: Path) -> None:
+    a = write(tmp_path, file="a.yaml")
+    elsewhere = BASE.replace("name: base", "name: other-sweep") + (
+        "data_root: /somewhere/else\nstorage: s3://bucket/results\nstorage_options: {anon: true}\n"
+        "mlflow: {tracking_uri: http://127.0.0.1:5000, experiment: x, enabled: false}\n"
+        "resources: {num_gpus: 0.25, num_cpus: 2, max_retries: 5, max_workers: 3}\n"
+    )
+    b = write(tmp_path, elsewhere, file="b.yaml")
+    assert keys(a) == keys(b)
+
+
+def test_key_ignores_key_order_and_int_vs_float(tmp_path: Path) -> None:
+    reordered = """\
+seeds: [0]
+fit: {stop_window: 5, iterations: 10.0}
+grid: {lam: [2.0]}
+model: {width: 8, name: decoder}
+tasks: [{params: {sigma: 25.0}, task: denoise}]
+images: [{crop: 64, sample: [astronaut]}]
+name: base
+"""
+    assert keys(write(tmp_path, file="a.yaml")) == keys(write(tmp_path, reordered, file="b.yaml"))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"sigma": "      sigma: 15"},
+        {"lam": "  lam: [3]"},
+        {"seeds": "seeds: [1]"},
+        {"iterations": "  iterations: 11"},
+        {"crop": "    crop: 32"},
+        {"sample": "  - sample: camera"},
+        {"width": "  width: 16"},
+        {"spare": "repeats: 2"},  # adds seed 1 beside seed 0 (seeds line removed below)
+        {"crop": "    crop: 64\n    grey: true"},
+        {"task": "  - task: lowfreq_noise", "sigma": "      sigma: 25\n      cutoff: 0.1"},
+    ],
+    ids=["sigma", "lam", "seed", "iterations", "crop", "image", "width", "repeats", "grey", "task"],
+)
+def test_key_changes_with_what_determines_the_result(tmp_path: Path, change: dict[str, str]) -> None:
+    base = keys(write(tmp_path, file="a.yaml"))
+    lines = change | ({"seeds": ""} if "spare" in change else {})
+    changed = keys(write(tmp_path, file="b.yaml", **lines))
+    assert changed - base, "a changed result-determining field must give a new key"
+
+
+# --- networks: lambda and the normalisation it needs ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model_norm", "lam", "norm"),
+    [(None, "null", "batch"), (None, "2", "lipschitz"), ("batch", "2", "batch"), ("none", "null", "none")],
+)
+def test_lam_picks_the_norm_unless_it_is_set(tmp_path: Path, model_norm: str | None, lam: str, norm: str) -> None:
+    width = "  width: 8" + (f"\n  norm: {model_norm}" if model_norm else "")
+    spec = one_spec(write(tmp_path, width=width, lam=f"  lam: [{lam}]"))
+    assert spec.network["norm"] == norm
+    assert spec.net_config().norm == norm
+
+
+# --- grid and zip -------------------------------------------------------------------------------------
+
+
+def test_zip_groups_vary_together(tmp_path: Path) -> None:
+    zipped = "zip:\n  - upsample: [bilinear, gaussian, gaussian]\n    up_sigma: [0.5, 0.5, 1.0]"
+    specs = expand(load_manifest(write(tmp_path, lam="  lam: [null, 2]", spare=zipped)))
+    assert len(specs) == 2 * 3  # lam axis x one zip axis of length 3
+    pairs = {(s.network["upsample"], s.network["up_sigma"]) for s in specs}
+    assert pairs == {("bilinear", 0.5), ("gaussian", 0.5), ("gaussian", 1.0)}
+
+
+def test_zip_lists_of_unequal_length_are_an_error(tmp_path: Path) -> None:
+    zipped = "zip:\n  - upsample: [bilinear, gaussian]\n    up_sigma: [0.5]"
+    path = write(tmp_path, spare=zipped)
+    with pytest.raises(ManifestError) as err:
+        load_manifest(path)
+    assert f"{path}:{line_of(path, '- upsample')}: zip[0]: zip group 0 has lists of unequal length" in str(err.value)
+
+
+def test_task_parameter_lists_and_seeds_multiply(tmp_path: Path) -> None:
+    path = write(tmp_path, sigma="      sigma: [15, 25, 50]", lam="  lam: [null, 1, 2]", seeds="repeats: 2")
+    specs = expand(load_manifest(path))
+    assert len(specs) == 3 * 3 * 2
+    assert [s.seed for s in specs[:2]] == [0, 1]  # seeds vary fastest
+    assert {s.fit["seed"] for s in specs} == {0, 1}
+
+
+def test_duplicate_grid_points_are_one_fit(tmp_path: Path) -> None:
+    path = write(tmp_path, lam="  lam: [2, 2.0]", seeds="seeds: [0, 0]")
+    assert len(expand(load_manifest(path))) == 1
+
+
+# --- errors: field path and line, all of them at once -------------------------------------------
+
+
+BAD = {  # id: (lines to change, start of the line blamed, field path, words of the message)
+    "wrong-type": ({"iterations": '  iterations: "many"'}, "iterations", "fit.iterations", "valid integer"),
+    "unknown-top-level": ({"spare": "colour: red"}, "colour", "colour", "unknown field"),
+    "unknown-model-field": ({"width": "  widht: 8"}, "widht", "model.widht", "unknown model field"),
+    "unknown-task-param": ({"sigma": "      quality: 10"}, "quality", "tasks[0].params.quality", "no parameter"),
+    "unknown-task": ({"task": "  - task: deblur"}, "- task", "tasks[0].task", "'denoise'"),
+    "empty-axis": ({"lam": "  lam: []"}, "lam", "grid.lam", "empty list"),
+    "seeds-and-repeats": ({"spare": "repeats: 3"}, "repeats", "repeats", "not both"),
+    "bad-slug": ({"name": "name: Big Sweep"}, "name", "name", "not a slug"),
+    "seed-in-fit": ({"iterations": "  seed: 3"}, "seed", "fit.seed", "seeds or repeats"),
+    "config-check": ({"stop_window": "  stop_window: 0"}, "stop_window", "fit.stop_window", ">= 1"),
+    "bad-axis-value": ({"lam": "  upsample: [bilinear, cubic]"}, "upsample", "grid.upsample[1]", "upsample kind"),
+    "unknown-sample": ({"sample": "  - sample: [astronaut, x]"}, "- sample", "images[0].sample[1]", "scikit-image"),
+    "duplicate-key": ({"spare": "model: {}"}, "model:", "model", "key given twice (again on line 18)"),
+    "set-twice": ({"spare": "zip: [{lam: [1, 2]}]"}, "zip", "zip[0].lam", "already set at grid.lam"),
+}
+
+
+@pytest.mark.parametrize(("lines", "where", "field", "words"), BAD.values(), ids=BAD.keys())
+def test_bad_manifest_names_field_and_line(
+    tmp_path: Path, lines: dict[str, str], where: str, field: str, words: str
+) -> None:
+    path = write(tmp_path, **lines)
+    with pytest.raises(ManifestError) as err:
+        load_manifest(path)
+    assert f"{path}:{line_of(path, where)}: {field}: " in str(err.value)
+    assert words in str(err.value)
+
+
+def test_yaml_syntax_error_has_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, width="  width: 8: 9")
+    with pytest.raises(ManifestError, match=rf"{path}:{line_of(path, 'width')}: YAML syntax error"):
+        load_manifest(path)
+
+
+def test_every_error_is_reported_together(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, name="name: Bad", width="  widht: 8", sigma="      sigma: [15, loud]", spare="colour: red"
+    )
+    with pytest.raises(ManifestError) as err:
+        load_manifest(path)
+    problems = err.value.problems
+    assert [p.split(": ")[1] for p in problems] == ["name", "tasks[0].params.sigma[1]", "model.widht", "colour"]
+    assert str(err.value) == "\n".join(problems)
+
+
+def test_text_manifests_are_labelled() -> None:
+    with pytest.raises(ManifestError, match=r"^<manifest>:1: name: "):
+        load_manifest(BASE.replace("name: base", "name: NO"))
+
+
+# --- data sets ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    """A data root holding one data set of three small PNGs."""
+    root = tmp_path / "data"
+    (root / "pics").mkdir(parents=True)
+    for name in ("a.png", "b.png", "c.jpg"):
+        Image.new("RGB", (40, 40), (90, 120, 200)).save(root / "pics" / name)
+    return root
+
+
+def dataset_manifest(tmp_path: Path, root: Path, images: str, file: str = "d.yaml") -> Path:
+    text = BASE.replace("  - sample: astronaut\n", f"  - {images}\n") + f"data_root: {root}\n"
+    return write(tmp_path, text, file=file)
+
+
+@pytest.mark.parametrize(
+    ("images", "names"),
+    [
+        ("dataset: pics", ["pics/a.png", "pics/b.png", "pics/c.jpg"]),
+        ("dataset: pics\n    glob: '*.png'", ["pics/a.png", "pics/b.png"]),
+        ("dataset: pics\n    files: [c.jpg, a.png]", ["pics/c.jpg", "pics/a.png"]),
+    ],
+    ids=["all", "glob", "files"],
+)
+def test_dataset_images_resolve(tmp_path: Path, data_root: Path, images: str, names: list[str]) -> None:
+    specs = expand(load_manifest(dataset_manifest(tmp_path, data_root, images)))
+    assert [s.image_name for s in specs] == names
+    assert all(Path(s.image_uri).is_file() and Path(s.image_uri).is_absolute() for s in specs)
+    assert {s.dataset for s in specs} == {"pics"}
+
+
+def test_moving_the_data_keeps_the_keys(tmp_path: Path, data_root: Path) -> None:
+    moved = shutil.copytree(data_root, tmp_path / "moved")
+    a = keys(dataset_manifest(tmp_path, data_root, "dataset: pics", file="a.yaml"))
+    b = keys(dataset_manifest(tmp_path, moved, "dataset: pics", file="b.yaml"))
+    assert a == b
+
+
+def test_missing_dataset_names_dataset_and_root(tmp_path: Path, data_root: Path) -> None:
+    path = dataset_manifest(tmp_path, data_root, "dataset: nothere")
+    with pytest.raises(ManifestError) as err:
+        expand(load_manifest(path))
+    assert f"{path}:{line_of(path, '- dataset')}: images[0].dataset: dataset 'nothere'" in str(err.value)
+    assert str(data_root) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("images", "field", "words"),
+    [
+        ("dataset: pics\n    files: [a.png, z.png]", "images[0].files[1]", "no file 'z.png' in dataset 'pics'"),
+        ("dataset: pics\n    glob: '*.tif'", "images[0].dataset", "no files match '*.tif'"),
+    ],
+    ids=["file", "glob"],
+)
+def test_missing_files_are_errors(tmp_path: Path, data_root: Path, images: str, field: str, words: str) -> None:
+    with pytest.raises(ManifestError) as err:
+        expand(load_manifest(dataset_manifest(tmp_path, data_root, images)))
+    assert f"{field}: {words}" in str(err.value)
+
+
+def test_remote_roots_use_the_given_lister() -> None:
+    """Storage stays outside the manifest module: a lister returns paths relative to the root."""
+    listing = {"pics/x.png", "pics/y.png", "other/z.png"}
+
+    def list_files(root: str, pattern: str) -> list[str]:
+        folder = pattern.split("/")[0]
+        return sorted(p for p in listing if p.startswith(folder + "/"))
+
+    text = BASE.replace("  - sample: astronaut\n", "  - dataset: pics\n") + "data_root: s3://bucket/data/\n"
+    specs = expand(load_manifest(text), list_files)
+    assert [s.image_uri for s in specs] == ["s3://bucket/data/pics/x.png", "s3://bucket/data/pics/y.png"]
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "standard9").is_dir(), reason="shared data sets not on this machine")
+def test_shared_datasets_via_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIP_DATA_ROOT", str(SHARED_DATA))
+    text = BASE.replace("  - sample: astronaut\n", "  - dataset: standard9\n    files: [image_F16_512rgb.png]\n")
+    (spec,) = expand(load_manifest(text))
+    assert spec.image_name == "standard9/image_F16_512rgb.png"
+    assert Path(spec.image_uri) == SHARED_DATA / "standard9" / "image_F16_512rgb.png"
+    with pytest.raises(ManifestError, match=rf"dataset 'standard10' not found under data root {SHARED_DATA}"):
+        expand(load_manifest(text.replace("standard9", "standard10")))
+
+
+def test_data_root_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DIP_DATA_ROOT", raising=False)
+    manifest = load_manifest(BASE)
+    assert manifest.data_root == "./data"
+    assert manifest.storage == f"file://{os.getcwd()}/results/base"
+    assert manifest.mlflow.experiment == "base" and manifest.mlflow.tracking_uri is None
+    monkeypatch.setenv("DIP_DATA_ROOT", "/mnt/data")
+    assert load_manifest(BASE).data_root == "/mnt/data"
+
+
+# --- schema -------------------------------------------------------------------------------------------
+
+
+def test_json_schema_lists_the_manifest_fields() -> None:
+    schema = json.loads(json.dumps(json_schema()))
+    props = set(schema["properties"])
+    assert {"name", "data_root", "images", "tasks", "model", "grid", "zip", "seeds", "repeats", "fit"} <= props
+    assert {"storage", "storage_options", "mlflow", "resources"} <= props
+    assert "lam" in schema["properties"]["model"]["propertyNames"]["enum"]
+    assert set(yaml.safe_load(QUICKSTART.read_text())) <= props
