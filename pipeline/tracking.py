@@ -1,0 +1,236 @@
+"""MLflow records of sweeps and fits: one parent run per sweep, one nested run per fit.
+
+Storage is the source of truth; MLflow is only for browsing. So every call here may fail with a
+one-line ``TrackingError`` that callers report and carry on from (``dip sweep sync-mlflow``
+backfills later), and HTTP retries/timeouts are kept short so a dead server cannot stall a sweep.
+
+Runs are found again by tags rather than by id, because MLflow cannot take a caller-chosen run id
+and a client retry of ``runs/create`` can leave a second, "ghost" run behind (mlflow#8238):
+the sweep run carries ``dip.kind=sweep`` and ``dip.sweep=<name>``; a fit run carries
+``dip.kind=fit``, ``dip.fit_key=<key>`` and ``mlflow.parentRunId``. A fit run is set FINISHED
+only after everything else is logged, so FINISHED means complete.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import requests
+import sqlalchemy.exc
+from mlflow.entities import Metric, Param, Run, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+from sqlalchemy.engine import make_url
+
+# Applied with setdefault, so a user's own settings win; MLflow reads them at every request
+# (mlflow.utils.rest_utils.http_request). Its defaults (7 retries, 120 s) would let a dead
+# server hold a fit for minutes; with these a call gives up after about 3 s when the port
+# refuses connections and about 35 s when packets are dropped. Without the last one, every
+# finished run costs an extra GET and prints its URL into the sweep's progress output.
+ENV_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+
+PAGE_SIZE = 1000
+FINISHED = "FINISHED"
+
+
+class TrackingError(RuntimeError):
+    """MLflow could not be reached or refused a request; the message is one line."""
+
+
+def default_tracking_uri() -> str:
+    """The embedded store: a SQLite file in the working directory, next to the results."""
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _literal(value: str) -> str:
+    """A string literal for an MLflow filter (its grammar has quotes but no escapes)."""
+    for quote in ("'", '"'):
+        if quote not in value:
+            return f"{quote}{value}{quote}"
+    raise ValueError(f"cannot search MLflow for a value with both quote kinds: {value!r}")
+
+
+def _param_text(value: object) -> str:
+    return str(value)[:MAX_PARAM_VAL_LENGTH]
+
+
+class Tracker:
+    """Idempotent logging of sweeps and fits to one MLflow experiment.
+
+    Uses its own ``MlflowClient`` (no fluent global state), so several trackers can coexist in
+    one process. A ``tracking_uri`` of None means $MLFLOW_TRACKING_URI, else the embedded store.
+    Construction does no I/O; the experiment is resolved (and created) on first use.
+    """
+
+    def __init__(self, tracking_uri: str | None, experiment: str) -> None:
+        for name, value in ENV_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+        self.experiment = experiment
+        self._client = mlflow.MlflowClient(self.tracking_uri)
+
+    @contextmanager
+    def _mlflow(self, action: str) -> Iterator[None]:
+        """Turn any failure of MLflow or its transport into a one-line TrackingError."""
+        try:
+            yield
+        except (MlflowException, requests.RequestException, sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
+            raise TrackingError(f"MLflow {action} failed ({self.tracking_uri}): {_one_line(exc)}") from exc
+
+    def _artifact_location(self) -> str | None:
+        """For a SQLite store, keep artifacts beside the database rather than in ./mlruns of
+        whatever directory the process happens to run in; servers choose their own."""
+        if not self.tracking_uri.startswith("sqlite:"):
+            return None
+        database = make_url(self.tracking_uri).database
+        return (Path(database).resolve().parent / "mlartifacts").as_uri() if database else None
+
+    @cached_property
+    def experiment_id(self) -> str:
+        """The experiment's id, creating it on first use (tolerating a concurrent creator)."""
+        with self._mlflow(f"opening experiment {self.experiment!r}"):
+            found = self._client.get_experiment_by_name(self.experiment)
+            if found is None:
+                try:
+                    location = self._artifact_location()
+                    return self._client.create_experiment(self.experiment, artifact_location=location)
+                except MlflowException:  # another process created it first
+                    found = self._client.get_experiment_by_name(self.experiment)
+                    if found is None:
+                        raise
+        if found.lifecycle_stage != "active":
+            raise TrackingError(f"MLflow experiment {self.experiment!r} is deleted: "
+                                "restore it or use another name")
+        return found.experiment_id
+
+    def _search(self, filter_string: str) -> list[Run]:
+        """All active runs of the experiment that match, oldest first, page by page."""
+        runs: list[Run] = []
+        token: str | None = None
+        with self._mlflow("search"):
+            while True:
+                page = self._client.search_runs(
+                    [self.experiment_id], filter_string, run_view_type=ViewType.ACTIVE_ONLY,
+                    max_results=PAGE_SIZE, order_by=["attributes.start_time ASC"], page_token=token,
+                )
+                runs.extend(page)
+                token = page.token
+                if not token:
+                    return runs
+
+    def _children(self, parent_id: str, condition: str) -> list[Run]:
+        return self._search(f"tags.mlflow.parentRunId = {_literal(parent_id)} AND {condition}")
+
+    def sweep_run(self, sweep: str, params: dict[str, str]) -> str:
+        """The sweep's parent run, found by tag or created; marked RUNNING again on a resume.
+
+        Params are write-once in MLflow, so only those the run lacks are logged (a resumed
+        sweep keeps the values of its first run)."""
+        found = self._search(f"tags.dip.sweep = {_literal(sweep)} AND tags.dip.kind = 'sweep'")
+        with self._mlflow(f"recording sweep {sweep!r}"):
+            if found:
+                run = found[0]
+                if run.info.status != "RUNNING":
+                    self._client.update_run(run.info.run_id, status="RUNNING")
+            else:
+                run = self._client.create_run(self.experiment_id, run_name=sweep,
+                                              tags={"dip.sweep": sweep, "dip.kind": "sweep"})
+            missing = [Param(k, _param_text(v)) for k, v in params.items() if k not in run.data.params]
+            self._client.log_batch(run.info.run_id, params=missing, synchronous=True)
+        return run.info.run_id
+
+    def logged_keys(self, parent_id: str) -> set[str]:
+        """Fit keys whose runs under this sweep are complete (FINISHED)."""
+        runs = self._children(parent_id, f"attributes.status = '{FINISHED}'")
+        return {r.data.tags["dip.fit_key"] for r in runs if "dip.fit_key" in r.data.tags}
+
+    def log_fit(
+        self,
+        parent_id: str,
+        key: str,
+        params: dict[str, object],
+        summary: dict[str, float | int | None],
+        metrics: dict[str, np.ndarray],
+        images: dict[str, bytes],
+        storage_uri: str,
+    ) -> str:
+        """Record one stored fit as a nested run, at most once per key; returns the run id.
+
+        ``metrics`` holds 1-D columns of equal length, "iteration" giving the step of each row;
+        every other column becomes a step metric. ``summary`` numbers are logged at step 0
+        (None and NaN skipped). ``images`` maps a name to encoded bytes, stored under
+        ``images/`` as ``<name>.png`` unless the name has its own suffix. Unfinished runs of the
+        same key (a crash while logging, or client-retry ghosts) are deleted, and a FINISHED one
+        is returned as it is.
+        """
+        rows = self._metric_rows(summary, metrics)
+        existing = self._children(parent_id, f"tags.dip.fit_key = {_literal(key)}")
+        with self._mlflow(f"logging fit {key}"):
+            for run in existing:
+                if run.info.status != FINISHED:
+                    self._client.delete_run(run.info.run_id)
+            done = [r for r in existing if r.info.status == FINISHED]
+            if done:
+                return done[0].info.run_id
+            run_id = self._client.create_run(
+                self.experiment_id, run_name=key,
+                tags={"mlflow.parentRunId": parent_id, "dip.kind": "fit", "dip.fit_key": key,
+                      "dip.storage_uri": storage_uri},
+            ).info.run_id
+            # One call: the client splits it into requests within the server's limits
+            # (≤ 1000 metrics, ≤ 100 params, ≤ 1000 entities each).
+            self._client.log_batch(run_id, metrics=rows,
+                                   params=[Param(k, _param_text(v)) for k, v in params.items()],
+                                   synchronous=True)
+            if images:
+                with tempfile.TemporaryDirectory(prefix="dip-images-") as tmp:
+                    for name, data in images.items():
+                        Path(tmp, name if Path(name).suffix else f"{name}.png").write_bytes(data)
+                    self._client.log_artifacts(run_id, tmp, artifact_path="images")
+            self._client.set_terminated(run_id, FINISHED)
+        return run_id
+
+    @staticmethod
+    def _metric_rows(summary: dict[str, float | int | None], metrics: dict[str, np.ndarray]) -> list[Metric]:
+        """Summary numbers at step 0, then every value of every column at its iteration."""
+        if "iteration" not in metrics:
+            raise ValueError("metrics need an 'iteration' column")
+        clash = set(summary) & set(metrics)
+        if clash:
+            raise ValueError(f"summary and per-iteration metrics share names: {sorted(clash)}")
+        steps = np.asarray(metrics["iteration"]).astype(np.int64).tolist()
+        now = int(time.time() * 1000)
+        rows = [Metric(k, float(v), now, 0) for k, v in summary.items()
+                if v is not None and not math.isnan(v)]
+        for name, column in metrics.items():
+            if name == "iteration":
+                continue
+            values = np.asarray(column, dtype=np.float64)
+            if values.shape != (len(steps),):
+                raise ValueError(f"metric column {name!r} has shape {values.shape}, expected ({len(steps)},)")
+            rows.extend(Metric(name, v, now, s) for v, s in zip(values.tolist(), steps))
+        return rows
+
+    def finish_sweep(self, parent_id: str, status: str = FINISHED) -> None:
+        """Close the sweep's parent run (FINISHED, FAILED or KILLED)."""
+        with self._mlflow("finishing sweep"):
+            self._client.set_terminated(parent_id, status)
