@@ -1,0 +1,270 @@
+"""The single-image deep-image-prior fit: one seeded loop, top to bottom.
+
+A fit optimises a freshly initialised network so that ``A(f(z))`` matches the degraded
+observation ``y``. Every ``metric_stride`` iterations it records the spectral metrics of the
+output; they are computed on the device and written into a device buffer, and the host only
+looks at them every ``sync_every`` iterations. So the GPU is never stalled by a per-iteration
+``.item()``: the oracle-best output and Shi et al.'s automatic stop (Eq. 8) are tracked with
+``torch.where`` on the device as well.
+
+Iteration ``t`` names the output after ``t`` optimiser steps, so a budget of T iterations
+records t = 0 … T and the last row is the fixed-budget result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dipmodel import metrics as M
+from dipmodel.networks import NetConfig, build_network
+from dipmodel.operators import Operator, data_term
+
+ExtraMetric = Callable[[Tensor], Tensor]
+
+
+class FitDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the message names the iteration."""
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything about the optimisation that is not the network or the degradation."""
+
+    iterations: int = 3000
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    seed: int = 0
+    metric_stride: int = 1
+    snapshot_stride: int = 0  # 0 keeps no trajectory, only the final/best/stop outputs
+    snapshot_dtype: str = "float16"
+    auto_stop: bool = True  # evaluate Shi's rule (Eq. 8) along the way
+    halt_at_stop: bool = False  # end the fit when the rule fires (else just record it)
+    stop_window: int = 100  # n in Eq. 8, in iterations
+    stop_eps: float = 0.01  # ε in Eq. 8
+    sync_every: int = 200  # iterations between host syncs (NaN check, halting)
+    spectral: bool = True  # FBC and blur/sharpness; off for 1-D signals
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "metric_stride", "stop_window", "sync_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"FitConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.snapshot_stride < 0:
+            raise ValueError(f"FitConfig.snapshot_stride must be >= 0, got {self.snapshot_stride}")
+        if self.auto_stop and self.stop_window % self.metric_stride:
+            raise ValueError(
+                f"FitConfig.stop_window ({self.stop_window}) must be a multiple of "
+                f"metric_stride ({self.metric_stride}) for the automatic stop"
+            )
+        if self.snapshot_dtype not in ("float16", "bfloat16", "float32"):
+            raise ValueError(f"FitConfig.snapshot_dtype must be float16, bfloat16 or float32, got {self.snapshot_dtype}")
+
+
+@dataclass
+class FitResult:
+    """What one fit produced. Arrays are NumPy on the host; images are (C, H, W) or (C, L)."""
+
+    metrics: dict[str, np.ndarray]  # column -> value per logged iteration; includes "iteration"
+    loss: np.ndarray  # the data term at every iteration that ran
+    final: np.ndarray
+    final_iteration: int
+    snapshots: np.ndarray | None  # (T, C, H, W) at snapshot_stride, in snapshot_dtype
+    snapshot_iterations: np.ndarray
+    best_output: np.ndarray | None = None  # oracle: highest PSNR against the clean image
+    best_iteration: int | None = None
+    best_psnr: float | None = None
+    stop_output: np.ndarray | None = None  # where Shi's automatic stop fired
+    stop_iteration: int | None = None
+    stop_psnr: float | None = None
+    final_psnr: float | None = None
+    seconds: float = 0.0
+    config: dict = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float | int | None]:
+        """The scalar outcome of the fit, one row of a results table."""
+        return {
+            "iterations_run": self.final_iteration,
+            "final_psnr": self.final_psnr,
+            "best_psnr": self.best_psnr,
+            "best_iteration": self.best_iteration,
+            "stop_psnr": self.stop_psnr,
+            "stop_iteration": self.stop_iteration,
+            "seconds": self.seconds,
+            "ms_per_iteration": 1000.0 * self.seconds / max(self.final_iteration, 1),
+        }
+
+
+def metric_row(
+    out: Tensor, y: Tensor, op: Operator, clean: Tensor | None, spectral: bool, extra: Mapping[str, ExtraMetric]
+) -> dict[str, Tensor]:
+    """The per-iteration metrics of one output, as 0-d or 1-d device tensors (no host sync)."""
+    # Compare in the observation's space: the output itself when shapes agree (denoising,
+    # JPEG, inpainting against the masked image, as the authors do), else A(output) (SR).
+    seen = out if out.shape == y.shape else op.A(out)
+    row = {"psnr_target": M.psnr(seen, y)[0]}
+    if clean is not None:
+        row["psnr_clean"] = M.psnr(out, clean)[0]
+    if spectral:
+        row["fbc"] = M.fbc(seen, y)[0]
+        blur, sharp = M.blurriness(out)[0], M.sharpness(out)[0]
+        row |= {"blur": blur, "sharp": sharp, "ratio": blur / sharp}
+    for name, fn in extra.items():
+        row[name] = fn(out)
+    return row
+
+
+def column_names(row: Mapping[str, Tensor]) -> list[str]:
+    """Flat column names: a vector metric ``fbc`` of 5 values becomes fbc_1 … fbc_5."""
+    names = []
+    for key, value in row.items():
+        if value.dim() == 0:
+            names.append(key)
+        else:
+            names += [f"{key}_{i + 1}" for i in range(value.numel())]
+    return names
+
+
+def fit(
+    net_cfg: NetConfig,
+    op: Operator,
+    y: Tensor,
+    clean: Tensor | None = None,
+    cfg: FitConfig = FitConfig(),
+    extra_metrics: Mapping[str, ExtraMetric] | None = None,
+    device: str | torch.device = "cpu",
+) -> FitResult:
+    """Fit a freshly initialised network to the observation ``y`` (batch 1).
+
+    ``clean`` is only used for evaluation (PSNR against the truth, the oracle-best output);
+    the optimisation never sees it. ``extra_metrics`` maps a column name to a function of
+    the output, evaluated at the metric stride on the device (e.g. the 1-D amplitude error).
+    """
+    extra = dict(extra_metrics or {})
+    device = torch.device(device)
+    y = y.to(device)
+    clean = clean.to(device) if clean is not None else None
+    op = op.to(device)
+    out_shape = tuple(clean.shape[1:]) if clean is not None else tuple(y.shape[1:])
+    if out_shape != tuple(y.shape[1:]) and op.A(torch.zeros(1, *out_shape, device=device)).shape != y.shape:
+        raise ValueError(f"observation shape {tuple(y.shape)} does not match A(output) for output {out_shape}")
+
+    # --- network and fixed input, both from the fit's seed --------------------------------
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        net = build_network(net_cfg, out_shape).to(device)
+    z = net.make_input(torch.Generator().manual_seed(cfg.seed)).to(device)
+    optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
+
+    # --- device-side buffers ----------------------------------------------------------------
+    T = cfg.iterations
+    n_rows = T // cfg.metric_stride + 2
+    loss_hist = torch.full((T + 1,), float("nan"), device=device)
+    rows: Tensor | None = None  # (n_rows, n_columns), allocated at the first logged row
+    names: list[str] = []
+    logged_iters: list[int] = []
+    window = cfg.stop_window // cfg.metric_stride
+    ratio_col = -1
+    best_psnr = torch.tensor(-float("inf"), device=device)
+    best_iter = torch.tensor(-1, device=device)
+    best_out: Tensor | None = None
+    stopped = torch.tensor(False, device=device)
+    stop_iter = torch.tensor(-1, device=device)
+    stop_out: Tensor | None = None
+    snap_dtype = getattr(torch, cfg.snapshot_dtype)
+    snapshots: list[Tensor] = []
+    snapshot_iters: list[int] = []
+
+    def check_chunk(upto: int) -> bool:
+        """Host sync point: raise on a non-finite loss; say whether to halt at the stop."""
+        lo = max(0, upto - cfg.sync_every)
+        chunk = loss_hist[lo:upto].cpu()
+        bad = (~torch.isfinite(chunk)).nonzero()
+        if len(bad):
+            t_bad = lo + int(bad[0])
+            raise FitDivergedError(f"loss became {float(chunk[bad[0]])} at iteration {t_bad}")
+        return cfg.halt_at_stop and bool(stopped)
+
+    start = time.perf_counter()
+    net.train()
+    t = 0
+    for t in range(T + 1):
+        out = net(z)
+        loss = data_term(op, out, y)
+        loss_hist[t] = loss.detach()
+
+        # --- metrics on the device, at the stride and always at the last iteration ----------
+        if t % cfg.metric_stride == 0 or t == T:
+            with torch.no_grad():
+                row = metric_row(out.detach(), y, op, clean, cfg.spectral, extra)
+                row["loss"] = loss.detach()
+                flat = torch.cat([v.reshape(-1).float() for v in row.values()])
+                if rows is None:
+                    names = column_names(row)
+                    rows = torch.empty(n_rows, len(names), device=device)
+                    ratio_col = names.index("ratio") if "ratio" in names else -1
+                    best_out = out.detach().clone()
+                    stop_out = out.detach().clone()
+                j = len(logged_iters)
+                rows[j] = flat
+                logged_iters.append(t)
+                if clean is not None:
+                    better = row["psnr_clean"] > best_psnr
+                    best_psnr = torch.where(better, row["psnr_clean"], best_psnr)
+                    best_iter = torch.where(better, t, best_iter)
+                    best_out = torch.where(better, out.detach(), best_out)
+                if cfg.auto_stop and ratio_col >= 0 and j >= 2 * window:
+                    r = rows[j - 2 * window : j, ratio_col]
+                    delta = (r[window:].mean() - r[:window].mean()).abs()
+                    fire = (delta < cfg.stop_eps) & ~stopped
+                    stop_iter = torch.where(fire, t, stop_iter)
+                    stop_out = torch.where(fire, out.detach(), stop_out)
+                    stopped = stopped | fire
+        if cfg.snapshot_stride and (t % cfg.snapshot_stride == 0 or t == T):
+            snapshots.append(out.detach()[0].to(snap_dtype))
+            snapshot_iters.append(t)
+
+        if (t + 1) % cfg.sync_every == 0 and check_chunk(t + 1):
+            break
+        if t == T:
+            break
+        # --- the optimisation step ---------------------------------------------------------
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+
+    check_chunk(t + 1)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+
+    # --- back to the host, once ---------------------------------------------------------------
+    assert rows is not None
+    table = rows[: len(logged_iters)].cpu().numpy()
+    metrics = {"iteration": np.asarray(logged_iters)} | {n: table[:, i] for i, n in enumerate(names)}
+    final = out.detach()[0].float().cpu().numpy()
+    result = FitResult(
+        metrics=metrics,
+        loss=loss_hist[: t + 1].cpu().numpy(),
+        final=final,
+        final_iteration=t,
+        snapshots=torch.stack(snapshots).cpu().numpy() if snapshots else None,
+        snapshot_iterations=np.asarray(snapshot_iters, dtype=np.int64),
+        seconds=seconds,
+        config=asdict(cfg),
+    )
+    if clean is not None:
+        result.final_psnr = float(M.psnr(out.detach(), clean)[0])
+        result.best_psnr = float(best_psnr)
+        result.best_iteration = int(best_iter)
+        result.best_output = best_out[0].float().cpu().numpy()
+    if bool(stopped):
+        result.stop_iteration = int(stop_iter)
+        result.stop_output = stop_out[0].float().cpu().numpy()
+        if clean is not None:
+            result.stop_psnr = float(M.psnr(stop_out, clean)[0])
+    return result

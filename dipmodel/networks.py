@@ -1,0 +1,340 @@
+"""The networks of SPEC §3, built from a `NetConfig`, each with the fixed input it is fitted from.
+
+Every network is a `DIPNet`: ``net(net.make_input(generator))`` is one output, batch 1.
+Images come out as (1, C, H, W) through a sigmoid, in [0, 1]; the 1-D networks return
+(1, C, L) with no final nonlinearity, because their targets (e.g. sin(2π·5t) + sin(2π·50t))
+lie in [−2, 2].
+
+Conventions:
+- ``depth`` counts the hidden layers (or scales, or upsampling steps) of ``width`` units;
+  every network ends with one more layer that projects to the output channels.
+- Every convolution is a `LipschitzConv` (a plain convolution when ``lam`` is None), so one
+  config switches the whole network to Shi et al.'s constrained layers. A conv followed by a
+  normalisation has no bias: the mean subtraction would remove it, the norm has its own.
+- 3-wide convolutions pad by reflection, so the coarsest resolution must be ≥ 2 pixels:
+  sides must be multiples of ``net.multiple`` and, for the multi-scale networks, at least
+  twice that (batch norm also needs more than one value per channel); `build_network`
+  raises ValueError otherwise.
+- Inputs: ``in_channels`` channels of noise for the convolutional networks; a noise vector
+  of ``width`` features for the fully connected ones; the (x, y) pixel grid for ReLUNet.
+- The fully connected networks (DIP-Linear, DIP-Linear-1D) have no convolutions and no
+  spatial dimensions: ``lam`` raises ValueError for them, ``norm`` does not apply. ReLUNet
+  is a plain MLP and takes no normalisation either (``lam`` does apply to it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from dipmodel.layers import (
+    NORM_KINDS,
+    UPSAMPLE_KINDS,
+    LipschitzConv,
+    Upsample,
+    make_norm,
+)
+
+# every network, with the (width, depth) of SPEC §3 it gets when NetConfig leaves them at 0
+PAPER_SIZES: dict[str, tuple[int, int]] = {
+    "encoder_decoder": (128, 5),
+    "encoder_decoder_skip": (128, 5),
+    "decoder": (128, 5),
+    "convnet": (128, 5),
+    "dip_linear": (128, 5),  # C&M also use width 2048
+    "relunet": (256, 10),
+    "dip_conv_1d": (256, 10),
+    "dip_linear_1d": (256, 10),  # C&M also use width 4096 and depth 24
+}
+NETWORK_NAMES = tuple(PAPER_SIZES)
+FULLY_CONNECTED = ("dip_linear", "dip_linear_1d")
+ONE_D = ("dip_conv_1d", "dip_linear_1d")
+NOISE_SCALE = 0.1  # input noise is uniform in [0, 0.1] (Shi et al. §5)
+
+
+@dataclass
+class NetConfig:
+    """Which network, and its sizes. ``width``/``depth`` left at 0 become the network's paper
+    sizes (`PAPER_SIZES`), so ``NetConfig(name=...)`` alone reproduces SPEC §3, and
+    ``asdict`` records the sizes actually used.
+    """
+
+    name: str
+    in_channels: int = 32
+    out_channels: int = 3
+    width: int = 0  # 0: the paper width of this network
+    depth: int = 0  # 0: the paper depth
+    upsample: str = "bilinear"
+    up_sigma: float = 0.5
+    norm: str = "batch"
+    lam: float | None = None
+    sn_method: str = "gram"  # how σ(W) is found: gram (exact, fast), svd (authors'), power
+    skip_channels: int = 4
+    negative_slope: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.name not in NETWORK_NAMES:
+            raise ValueError(f"unknown network {self.name!r}; valid names: {', '.join(NETWORK_NAMES)}")
+        width, depth = PAPER_SIZES[self.name]
+        self.width = self.width or width
+        self.depth = self.depth or depth
+        for field in ("in_channels", "out_channels", "width", "depth", "skip_channels"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"NetConfig.{field} must be >= 1, got {getattr(self, field)}")
+        if self.norm not in NORM_KINDS:
+            raise ValueError(f"unknown norm kind {self.norm!r}; allowed: {', '.join(NORM_KINDS)}")
+        if self.upsample not in UPSAMPLE_KINDS:
+            raise ValueError(f"unknown upsample kind {self.upsample!r}; allowed: {', '.join(UPSAMPLE_KINDS)}")
+        if self.name in FULLY_CONNECTED and self.lam is not None:
+            raise ValueError(f"lam bounds convolutions; {self.name} has none (use lam=None)")
+        if self.name == "dip_conv_1d" and self.depth % 2:
+            raise ValueError(f"dip_conv_1d needs an even depth (half down, half up), got {self.depth}")
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def conv(cfg: NetConfig, in_ch: int, out_ch: int, kernel: int, stride: int = 1, dims: int = 2,
+         bias: bool = True) -> LipschitzConv:
+    """A convolution bounded by the config's λ (plain when λ is None)."""
+    return LipschitzConv(in_ch, out_ch, kernel, stride, dims, cfg.lam, cfg.sn_method, bias)
+
+
+def conv_block(cfg: NetConfig, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1,
+               dims: int = 2) -> nn.Sequential:
+    """conv → norm → LeakyReLU, the unit every convolutional DIP is made of."""
+    return nn.Sequential(
+        conv(cfg, in_ch, out_ch, kernel, stride, dims, bias=cfg.norm == "none"),
+        make_norm(cfg.norm, out_ch, dims),
+        nn.LeakyReLU(cfg.negative_slope),
+    )
+
+
+def uniform_noise(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    """The fixed DIP input: uniform in [0, 0.1]."""
+    return NOISE_SCALE * torch.rand(shape, generator=generator)
+
+
+def check_sides(name: str, sides: tuple[int, ...], multiple: int, minimum: int) -> None:
+    """Raise a ValueError naming the multiple when the network cannot produce these sides."""
+    if any(s % multiple or s < minimum for s in sides):
+        raise ValueError(
+            f"{name} needs sides that are multiples of {multiple} and at least {minimum}, "
+            f"got {'x'.join(map(str, sides))}"
+        )
+
+
+def check_rank(cfg: NetConfig, out_shape: tuple[int, ...]) -> None:
+    rank = 2 if cfg.name in ONE_D else 3
+    if len(out_shape) != rank:
+        kind = "(C, L)" if rank == 2 else "(C, H, W)"
+        raise ValueError(f"{cfg.name} outputs {kind}, got out_shape {out_shape}")
+    if out_shape[0] != cfg.out_channels:
+        raise ValueError(f"out_shape has {out_shape[0]} channels but out_channels={cfg.out_channels}")
+
+
+def mlp(cfg: NetConfig, out_features: int) -> nn.Sequential:
+    """depth × (linear width → width, LeakyReLU), then linear to out_features; He initialised."""
+    layers: list[nn.Module] = []
+    for _ in range(cfg.depth):
+        layers += [nn.Linear(cfg.width, cfg.width), nn.LeakyReLU(cfg.negative_slope)]
+    layers.append(nn.Linear(cfg.width, out_features))
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+class DIPNet(nn.Module):
+    """A network together with the fixed input it is fitted from (batch 1)."""
+
+    multiple: int  # sides must be multiples of this
+    body: nn.Module
+
+    def __init__(self, cfg: NetConfig, out_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.cfg, self.out_shape = cfg, tuple(out_shape)
+
+    def make_input(self, generator: torch.Generator) -> Tensor:
+        """The fixed input this network is fitted from, for its out_shape, batch 1."""
+        raise NotImplementedError
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.body(z)
+
+
+# ---------------------------------------------------------------- image networks
+
+
+class Decoder(DIPNet):
+    """Shi et al.'s default Decoder (SPEC §3).
+
+    noise at H/2^depth → 2 convs → depth × (up ×2, 2 convs) → 1×1 conv to C → sigmoid.
+    """
+
+    def __init__(self, cfg: NetConfig, out_shape: tuple[int, ...], upsampling: bool = True) -> None:
+        super().__init__(cfg, out_shape)
+        self.multiple = 2**cfg.depth if upsampling else 1
+        check_sides(cfg.name, self.out_shape[1:], self.multiple, 2 * self.multiple)
+        w = cfg.width
+        layers: list[nn.Module] = [conv_block(cfg, cfg.in_channels, w), conv_block(cfg, w, w)]
+        for _ in range(cfg.depth):
+            if upsampling:
+                layers.append(Upsample(cfg.upsample, 2, cfg.up_sigma))
+            layers += [conv_block(cfg, w, w), conv_block(cfg, w, w)]
+        layers += [conv(cfg, w, cfg.out_channels, 1), nn.Sigmoid()]
+        self.body = nn.Sequential(*layers)
+
+    def make_input(self, generator: torch.Generator) -> Tensor:
+        _, h, w = self.out_shape
+        return uniform_noise((1, self.cfg.in_channels, h // self.multiple, w // self.multiple), generator)
+
+
+class ConvNet(Decoder):
+    """The Decoder without upsampling: the same conv blocks, noise input at full resolution."""
+
+    def __init__(self, cfg: NetConfig, out_shape: tuple[int, ...]) -> None:
+        super().__init__(cfg, out_shape, upsampling=False)
+
+
+class Scale(nn.Module):
+    """One scale of the encoder-decoder: down (stride 2), the coarser scales, up, decode.
+
+    With a skip branch, its 1×1 features at this scale are concatenated before decoding.
+    """
+
+    def __init__(self, cfg: NetConfig, in_ch: int, inner: nn.Module, skip: bool) -> None:
+        super().__init__()
+        w = cfg.width
+        self.down = nn.Sequential(conv_block(cfg, in_ch, w, 3, stride=2), conv_block(cfg, w, w))
+        self.inner = inner
+        self.up = Upsample(cfg.upsample, 2, cfg.up_sigma)
+        self.skip = conv_block(cfg, in_ch, cfg.skip_channels, 1) if skip else None
+        decode_in = w + (cfg.skip_channels if skip else 0)
+        self.decode = nn.Sequential(conv_block(cfg, decode_in, w), conv_block(cfg, w, w, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.up(self.inner(self.down(x)))
+        if self.skip is not None:
+            y = torch.cat([self.skip(x), y], dim=1)
+        return self.decode(y)
+
+
+class EncoderDecoder(DIPNet):
+    """Ulyanov et al.'s DIP (Shi Fig. 2): ``depth`` scales, optional skip connections at each."""
+
+    def __init__(self, cfg: NetConfig, out_shape: tuple[int, ...], skip: bool) -> None:
+        super().__init__(cfg, out_shape)
+        self.multiple = 2**cfg.depth
+        check_sides(cfg.name, self.out_shape[1:], self.multiple, 2 * self.multiple)
+        net: nn.Module = nn.Identity()
+        for level in reversed(range(cfg.depth)):  # build from the coarsest scale outwards
+            net = Scale(cfg, cfg.in_channels if level == 0 else cfg.width, net, skip)
+        self.body = nn.Sequential(net, conv(cfg, cfg.width, cfg.out_channels, 1), nn.Sigmoid())
+
+    def make_input(self, generator: torch.Generator) -> Tensor:
+        return uniform_noise((1, self.cfg.in_channels, *self.out_shape[1:]), generator)
+
+
+class DIPLinear(DIPNet):
+    """Chakrabarty & Maji's DIP-Linear-w, for images or (``image=False``) 1-D signals.
+
+    Fully connected layers, so no spatial structure is shared between pixels:
+    noise (1, width) → depth × (linear, LeakyReLU) → linear to C·H·W (or C·L). Images go
+    through a sigmoid; signals keep the linear output.
+    """
+
+    multiple = 1
+
+    def __init__(self, cfg: NetConfig, out_shape: tuple[int, ...], image: bool = True) -> None:
+        super().__init__(cfg, out_shape)
+        self.image = image
+        self.body = mlp(cfg, math.prod(self.out_shape))
+
+    def make_input(self, generator: torch.Generator) -> Tensor:
+        return uniform_noise((1, self.cfg.width), generator)
+
+    def forward(self, z: Tensor) -> Tensor:
+        out = self.body(z).view(1, *self.out_shape)  # (1, C·H·W) → (1, C, H, W), or (1, C, L)
+        return torch.sigmoid(out) if self.image else out
+
+
+class ReLUNet(DIPNet):
+    """An MLP from pixel coordinates (x, y) ∈ [0, 1]² to intensities, evaluated at every pixel.
+
+    Written as 1×1 convolutions over the coordinate grid, which is the per-pixel MLP exactly.
+    depth × (width units, ReLU) → C, sigmoid. No normalisation: it is a plain MLP.
+    """
+
+    multiple = 1
+
+    def __init__(self, cfg: NetConfig, out_shape: tuple[int, ...]) -> None:
+        super().__init__(cfg, out_shape)
+        layers: list[nn.Module] = []
+        for i in range(cfg.depth):
+            layers += [conv(cfg, 2 if i == 0 else cfg.width, cfg.width, 1), nn.ReLU()]
+        layers += [conv(cfg, cfg.width, cfg.out_channels, 1), nn.Sigmoid()]
+        self.body = nn.Sequential(*layers)
+
+    def make_input(self, generator: torch.Generator) -> Tensor:
+        """The (1, 2, H, W) coordinate grid, channel 0 = x (columns), 1 = y; no randomness."""
+        _, h, w = self.out_shape
+        y, x = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+        return torch.stack([x, y])[None]
+
+
+# ---------------------------------------------------------------- 1-D networks
+
+
+class DIPConv1D(DIPNet):
+    """C&M's DIP-Conv: depth/2 stride-2 conv layers down, depth/2 (up ×2, conv) layers up,
+    all of width channels with norm and LeakyReLU, then a 1×1 conv to C; linear output.
+    """
+
+    def __init__(self, cfg: NetConfig, out_shape: tuple[int, ...]) -> None:
+        super().__init__(cfg, out_shape)
+        half = cfg.depth // 2
+        self.multiple = 2**half
+        check_sides(cfg.name, self.out_shape[1:], self.multiple, 2 * self.multiple)
+        w = cfg.width
+        layers: list[nn.Module] = []
+        for i in range(half):
+            layers.append(conv_block(cfg, cfg.in_channels if i == 0 else w, w, 3, stride=2, dims=1))
+        for _ in range(half):
+            layers += [Upsample(cfg.upsample, 2, cfg.up_sigma, dims=1), conv_block(cfg, w, w, dims=1)]
+        layers.append(conv(cfg, w, cfg.out_channels, 1, dims=1))
+        self.body = nn.Sequential(*layers)
+
+    def make_input(self, generator: torch.Generator) -> Tensor:
+        return uniform_noise((1, self.cfg.in_channels, self.out_shape[1]), generator)
+
+
+# ---------------------------------------------------------------- factory
+
+
+def build_network(cfg: NetConfig, out_shape: tuple[int, ...]) -> DIPNet:
+    """The network ``cfg.name`` producing ``out_shape``: (C, H, W) for images, (C, L) for signals."""
+    builders: dict[str, Callable[[], DIPNet]] = {
+        "encoder_decoder": lambda: EncoderDecoder(cfg, out_shape, skip=False),
+        "encoder_decoder_skip": lambda: EncoderDecoder(cfg, out_shape, skip=True),
+        "decoder": lambda: Decoder(cfg, out_shape),
+        "convnet": lambda: ConvNet(cfg, out_shape),
+        "dip_linear": lambda: DIPLinear(cfg, out_shape),
+        "relunet": lambda: ReLUNet(cfg, out_shape),
+        "dip_conv_1d": lambda: DIPConv1D(cfg, out_shape),
+        "dip_linear_1d": lambda: DIPLinear(cfg, out_shape, image=False),
+    }
+    if cfg.name not in builders:
+        raise ValueError(f"unknown network {cfg.name!r}; valid names: {', '.join(NETWORK_NAMES)}")
+    check_rank(cfg, out_shape)
+    return builders[cfg.name]()
+
+
+def count_parameters(net: nn.Module) -> int:
+    """Number of trainable scalars."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)

@@ -1,0 +1,208 @@
+"""The `dip` command: parses arguments and calls one pipeline function per command.
+
+User errors (bad option values, unreadable images, invalid manifests) are printed as one line
+``dip: error: …`` with exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+TASK_OPTIONS = {  # task -> the CLI options that parameterise its degradation
+    "clean": [],
+    "enhance": [],
+    "denoise": ["sigma"],
+    "lowfreq_noise": ["sigma", "cutoff"],
+    "jpeg": ["quality"],
+    "inpaint": ["kind", "ratio", "p"],
+    "superres": ["factor"],
+}
+TASK_DEFAULTS = {"denoise": {"sigma": 25.0}, "lowfreq_noise": {"sigma": 25.0}, "jpeg": {"quality": 10},
+                 "inpaint": {"kind": "center"}, "superres": {"factor": 4}}
+MODELS = ["decoder", "convnet", "encoder_decoder", "encoder_decoder_skip", "dip_linear", "relunet"]
+
+
+class UserError(Exception):
+    """An error to show as one line with exit code 2."""
+
+
+def add_fit_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit", help="fit one image and write the restored image, metrics and curves",
+                       description="Fit a deep image prior to one degraded image.")
+    p.add_argument("image", help="PNG/JPEG/BMP path, or a bundled sample such as skimage:astronaut")
+    p.add_argument("--task", choices=list(TASK_OPTIONS), default="denoise")
+    p.add_argument("--sigma", type=float, help="noise std on the 0-255 scale (denoise, lowfreq_noise); default 25")
+    p.add_argument("--cutoff", type=float, help="low-pass cutoff as a fraction of Nyquist (lowfreq_noise)")
+    p.add_argument("--quality", type=int, help="JPEG quality 1-95 (jpeg); default 10")
+    p.add_argument("--kind", choices=["center", "bernoulli"], help="inpainting mask kind; default center")
+    p.add_argument("--ratio", type=float, help="hole-to-image area ratio (inpaint center); default 0.25")
+    p.add_argument("--p", type=float, help="fraction of pixels dropped (inpaint bernoulli); default 0.5")
+    p.add_argument("--factor", type=int, help="super-resolution factor (superres); default 4")
+    p.add_argument("--model", choices=MODELS, default="decoder")
+    p.add_argument("--width", type=int, default=128, help="channels (or units) per layer")
+    p.add_argument("--depth", type=int, default=5, help="scales / upsampling steps / layers")
+    p.add_argument("--upsample", choices=["bilinear", "nearest", "gaussian", "bed_of_nails"], default=None,
+                   help="upsampling layer; default gaussian when --up-sigma is given, else bilinear")
+    p.add_argument("--up-sigma", type=float, default=None, help="Gaussian upsampling sigma (Shi et al.: 0.5)")
+    p.add_argument("--lam", type=float, default=None,
+                   help="Lipschitz bound of every conv (Shi et al.: 2); uses Lipschitz normalisation. "
+                        "Omit for the unconstrained network with batch norm")
+    p.add_argument("--iters", type=int, default=3000, help="iteration budget")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0, help="seeds the network, its input and the degradation")
+    p.add_argument("--crop", type=int, default=None, help="centre-crop to at most this many pixels a side")
+    p.add_argument("--metric-stride", type=int, default=1)
+    p.add_argument("--halt-at-stop", action="store_true", help="end the fit when the automatic stop fires")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
+    p.add_argument("--out", type=Path, default=Path("runs/fit"), help="output folder")
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from dipmodel.fit import FitConfig
+    from dipmodel.networks import NetConfig
+    from pipeline.images import load_image
+    from pipeline.single import fit_to_folder, prepare_problem
+
+    given = {k: getattr(args, k) for k in ("sigma", "cutoff", "quality", "kind", "ratio", "p", "factor")
+             if getattr(args, k) is not None}
+    extra = sorted(set(given) - set(TASK_OPTIONS[args.task]))
+    if extra:
+        raise UserError(f"--{extra[0]} does not apply to --task {args.task} "
+                        f"(it takes: {', '.join('--' + o for o in TASK_OPTIONS[args.task]) or 'no options'})")
+    given = TASK_DEFAULTS.get(args.task, {}) | given
+    if given.get("kind") == "center":
+        given.setdefault("ratio", 0.25)
+    upsample = args.upsample or ("gaussian" if args.up_sigma is not None else "bilinear")
+    image = load_image(args.image)
+    net_cfg = NetConfig(name=args.model, out_channels=image.shape[0], width=args.width, depth=args.depth,
+                        upsample=upsample, up_sigma=0.5 if args.up_sigma is None else args.up_sigma,
+                        norm="lipschitz" if args.lam is not None else "batch", lam=args.lam)
+    fit_cfg = FitConfig(iterations=args.iters, lr=args.lr, seed=args.seed, metric_stride=args.metric_stride,
+                        halt_at_stop=args.halt_at_stop,
+                        stop_window=max(100 // args.metric_stride, 1) * args.metric_stride)
+    problem = prepare_problem(image, args.task, given, net_cfg, args.seed, args.crop, args.image)
+    h, w = problem.clean.shape[-2:]
+    if (h, w) != tuple(image.shape[-2:]):
+        print(f"cropped {args.image} from {image.shape[2]}x{image.shape[1]} to {w}x{h} "
+              f"(network needs multiples of its scale factor)", file=sys.stderr)
+    title = f"{args.image} · {args.task} {given} · {args.model} λ={args.lam} up={upsample}"
+    print(f"fitting {title} for {args.iters} iterations on {args.device} …", file=sys.stderr)
+    result = fit_to_folder(problem, net_cfg, fit_cfg, args.out, title, args.device)
+    s = result.summary()
+    print(f"final PSNR {s['final_psnr']:.2f} dB at iteration {s['iterations_run']}; "
+          f"oracle {s['best_psnr']:.2f} dB at {s['best_iteration']}; "
+          + (f"auto-stop {s['stop_psnr']:.2f} dB at {s['stop_iteration']}; " if s["stop_iteration"] is not None
+             else "auto-stop did not fire; ")
+          + f"{s['ms_per_iteration']:.1f} ms/iteration")
+    print(f"results in {args.out}/ (final.png, metrics.csv, curves.png, summary.json)")
+    return 0
+
+
+def add_manifest_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("manifest", help="check a manifest, or print its JSON Schema")
+    msub = p.add_subparsers(dest="action", required=True)
+    v = msub.add_parser("validate", help="report every error with its field path and line; exit 2 if any")
+    v.add_argument("manifest", type=Path)
+    msub.add_parser("schema", help="print the manifest JSON Schema (for editor completion)")
+
+
+def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="plan, run, inspect and record sweeps")
+    ssub = p.add_subparsers(dest="action", required=True)
+    for name, text in [("plan", "how many fits, how many already done or failed, and the work left"),
+                       ("run", "run every fit that storage does not hold yet"),
+                       ("status", "counts by state, failures by reason, and where results are"),
+                       ("sync-mlflow", "log to MLflow every stored fit it lacks (no duplicates)"),
+                       ("collect", "gather all fit summaries into one Parquet file")]:
+        q = ssub.add_parser(name, help=text, description=text)
+        q.add_argument("manifest", type=Path)
+        if name == "run":
+            q.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+            q.add_argument("--retry-failed", action="store_true", help="also rerun fits recorded as failed")
+        if name == "collect":
+            q.add_argument("--out", help="output URI (default: <storage>/summary.parquet)")
+
+
+def run_manifest(args: argparse.Namespace) -> int:
+    from pipeline.manifest import expand, json_schema, load_manifest
+
+    if args.action == "schema":
+        print(json.dumps(json_schema(), indent=2))
+        return 0
+    manifest = load_manifest(args.manifest)
+    specs = expand(manifest)
+    print(f"{args.manifest}: valid, {len(specs)} fits")
+    return 0
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from pipeline import sweep
+    from pipeline.manifest import load_manifest
+
+    manifest = load_manifest(args.manifest)
+    if args.action == "plan":
+        plan = sweep.make_plan(manifest)
+        todo = plan.todo()
+        print(f"sweep {manifest.name}: {len(plan.specs)} fits · {len(plan.done)} done · {len(plan.failed)} failed · "
+              f"{len(todo)} to run · work ≈ {sweep.work_estimate(todo):.3g} iteration·pixels · storage {manifest.storage}")
+    elif args.action == "run":
+        outcome = sweep.run_sweep(manifest, args.address, args.retry_failed)
+        print(f"sweep {manifest.name}: {outcome.done} fits done, {outcome.failed} failed, "
+              f"{outcome.skipped} already done, in {outcome.seconds:.0f} s → {manifest.storage}")
+        for key, reason in list(outcome.failures.items())[:10]:
+            print(f"  failed {key}: {reason}")
+        return 1 if outcome.failed else 0
+    elif args.action == "status":
+        st = sweep.status(manifest)
+        print(f"sweep {st['sweep']}: {st['fits']} fits · {st['done']} done · {st['failed']} failed · "
+              f"{st['pending']} pending")
+        for reason, count in st["failures"].items():
+            print(f"  {count} × {reason}")
+        print(f"results: {st['storage']}\nmlflow:  {st['mlflow']}")
+    elif args.action == "sync-mlflow":
+        added, present = sweep.sync_mlflow(manifest)
+        print(f"MLflow: logged {added} missing fits; {present} were already there")
+    elif args.action == "collect":
+        out = sweep.collect(manifest, args.out)
+        print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dip", description="Deep-image-prior spectral-bias studies.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_fit_parser(sub)
+    add_manifest_parser(sub)
+    add_sweep_parser(sub)
+    return parser
+
+
+COMMANDS = {"fit": run_fit, "manifest": run_manifest, "sweep": run_sweep_command}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.images import ImageError
+    from pipeline.storage import StorageError
+    from pipeline.tracking import TrackingError
+
+    args = build_parser().parse_args(argv)
+    warnings.formatwarning = lambda msg, *a, **k: f"dip: warning: {msg}\n"
+    try:
+        return COMMANDS[args.command](args)
+    except (UserError, ImageError, ValueError, StorageError, TrackingError) as err:
+        print(f"dip: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # a fit that diverged (NaN loss) names its iteration
+        print(f"dip: fit failed: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dip: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

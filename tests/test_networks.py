@@ -1,0 +1,222 @@
+"""Properties every network must have: shapes, ranges, its fixed input, the multiple it needs,
+the Lipschitz bound reaching every convolution, and gradients reaching every parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from dipmodel.layers import LipschitzConv, LipschitzNorm, spectral_norm_exact
+from dipmodel.networks import (
+    NETWORK_NAMES,
+    DIPNet,
+    NetConfig,
+    build_network,
+    count_parameters,
+)
+
+# name -> (small config, out_shape): sizes chosen to run in well under a second each
+CASES: dict[str, tuple[dict, tuple[int, ...]]] = {
+    "encoder_decoder": ({"width": 8, "depth": 3}, (3, 16, 24)),
+    "encoder_decoder_skip": ({"width": 8, "depth": 3}, (3, 24, 16)),
+    "decoder": ({"width": 8}, (3, 64, 64)),  # the default 5 upsamplings: multiple 32
+    "convnet": ({"width": 8, "depth": 2}, (3, 20, 28)),
+    "dip_linear": ({"width": 16, "depth": 2}, (3, 16, 16)),
+    "relunet": ({"width": 16, "depth": 3}, (1, 12, 20)),
+    "dip_conv_1d": ({"width": 8, "depth": 4, "out_channels": 1}, (1, 64)),
+    "dip_linear_1d": ({"width": 16, "depth": 3, "out_channels": 1}, (1, 64)),
+}
+CONV_NETS = [n for n in NETWORK_NAMES if n not in ("dip_linear", "dip_linear_1d")]
+MULTI_SCALE = ["decoder", "encoder_decoder", "encoder_decoder_skip", "dip_conv_1d"]
+ONE_D = ["dip_conv_1d", "dip_linear_1d"]
+
+
+def config(name: str, **overrides: object) -> NetConfig:
+    kwargs, shape = CASES[name]
+    return NetConfig(name=name, **{"out_channels": shape[0], **kwargs, **overrides})
+
+
+def build(name: str, seed: int = 0, **overrides: object) -> DIPNet:
+    torch.manual_seed(seed)
+    return build_network(config(name, **overrides), CASES[name][1])
+
+
+def test_cases_cover_every_network() -> None:
+    assert set(CASES) == set(NETWORK_NAMES)
+
+
+@pytest.mark.parametrize("name", NETWORK_NAMES)
+def test_output_shape_and_range(name: str) -> None:
+    net = build(name)
+    out = net(net.make_input(torch.Generator().manual_seed(0)))
+    assert out.shape == (1, *CASES[name][1])
+    assert torch.isfinite(out).all()
+    if name not in ONE_D:  # images through a sigmoid
+        assert out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("name", ONE_D)
+def test_signal_networks_have_a_linear_output(name: str) -> None:
+    """Targets such as sin(2π·5t) + sin(2π·50t) reach ±2: scaling the last layer scales the output."""
+    net = build(name)
+    net.eval()
+    z = net.make_input(torch.Generator().manual_seed(0))
+    last = [m for m in net.modules() if isinstance(m, (nn.Linear, LipschitzConv))][-1]
+    before = net(z)
+    with torch.no_grad():
+        last.weight.mul_(50)
+        last.bias.mul_(50)
+    torch.testing.assert_close(net(z), 50 * before)
+    assert net(z).abs().max() > 1  # not squashed into [0, 1]
+
+
+@pytest.mark.parametrize("name", NETWORK_NAMES)
+def test_make_input_shape_range_and_determinism(name: str) -> None:
+    net = build(name)
+    z = net.make_input(torch.Generator().manual_seed(7))
+    _, *sides = CASES[name][1]
+    expected = {
+        "decoder": (1, 32, *(s // 32 for s in sides)),
+        "dip_linear": (1, 16),
+        "dip_linear_1d": (1, 16),
+        "relunet": (1, 2, *sides),
+    }.get(name, (1, 32, *sides))  # the rest: 32-channel noise at full resolution
+    assert z.shape == expected
+    assert z.min() >= 0
+    assert torch.equal(z, net.make_input(torch.Generator().manual_seed(7)))
+    if name == "relunet":  # pixel coordinates: x along columns, y along rows, corners 0 and 1
+        assert torch.equal(z[0, :, 0, 0], torch.tensor([0.0, 0.0]))
+        assert torch.equal(z[0, :, -1, -1], torch.tensor([1.0, 1.0]))
+        assert torch.equal(z[0, 0, 0], torch.linspace(0, 1, sides[1]))
+    else:  # uniform noise in [0, 0.1], a different draw for a different seed
+        assert z.max() <= 0.1
+        assert not torch.equal(z, net.make_input(torch.Generator().manual_seed(8)))
+
+
+@pytest.mark.parametrize("name", NETWORK_NAMES)
+def test_initialisation_is_deterministic_given_the_seed(name: str) -> None:
+    a, b = build(name, seed=3), build(name, seed=3)
+    z = a.make_input(torch.Generator().manual_seed(0))
+    assert torch.equal(a(z), b(z))
+
+
+@pytest.mark.parametrize("name", MULTI_SCALE)
+def test_sides_must_be_a_multiple_of_the_scale_factor(name: str) -> None:
+    cfg = config(name)
+    net = build(name)
+    multiple = net.multiple
+    assert multiple == 2 ** (cfg.depth // 2 if name == "dip_conv_1d" else cfg.depth)
+    c, *sides = CASES[name][1]
+    off_by_one = (c, *(s + 1 for s in sides))
+    with pytest.raises(ValueError, match=f"multiples of {multiple}"):
+        build_network(cfg, off_by_one)
+    too_small = (c, *(multiple for _ in sides))  # the coarsest scale would be 1 pixel
+    with pytest.raises(ValueError, match=f"multiples of {multiple}"):
+        build_network(cfg, too_small)
+
+
+@pytest.mark.parametrize("name", ["convnet", "relunet", "dip_linear", "dip_linear_1d"])
+def test_single_scale_networks_take_any_size(name: str) -> None:
+    net = build(name)
+    assert net.multiple == 1
+    c, *sides = CASES[name][1]
+    odd = (c, *(s + 1 for s in sides))
+    torch.manual_seed(0)
+    net = build_network(config(name), odd)
+    assert net(net.make_input(torch.Generator().manual_seed(0))).shape == (1, *odd)
+
+
+def test_default_decoder_has_the_shi_et_al_layout() -> None:
+    net = build_network(NetConfig(name="decoder"), (3, 64, 64))
+    convs = [m for m in net.modules() if isinstance(m, LipschitzConv)]
+    assert net.multiple == 32
+    assert len(convs) == 2 + 5 * 2 + 1  # first block, 5 × (up, two convs), 1×1 output
+    assert all(c.weight.shape[0] == 128 for c in convs[:-1]) and convs[-1].weight.shape == (3, 128, 1, 1)
+    leaky = [m for m in net.modules() if isinstance(m, nn.LeakyReLU)]
+    assert len(leaky) == 12 and all(m.negative_slope == 0.01 for m in leaky)
+
+
+@pytest.mark.parametrize("name", CONV_NETS)
+@pytest.mark.parametrize("method", ["power", "gram", "svd"])
+def test_lambda_reaches_every_convolution(name: str, method: str) -> None:
+    lam = 0.7
+    net = build(name, lam=lam, norm="lipschitz", sn_method=method, upsample="gaussian")
+    net.train()
+    net(net.make_input(torch.Generator().manual_seed(0)))  # one training forward (a power step)
+    convs = [m for m in net.modules() if isinstance(m, LipschitzConv)]
+    assert convs
+    assert not any(isinstance(m, nn.modules.conv._ConvNd) for m in net.modules())
+    for layer in convs:
+        assert layer.lam == lam and layer.sn_method == method
+        assert float(spectral_norm_exact(layer.effective_weight().detach())) <= lam * (1 + 1e-3)
+    if name != "relunet":  # ReLUNet is a plain MLP: no normalisation
+        assert any(isinstance(m, LipschitzNorm) for m in net.modules())
+        assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+@pytest.mark.parametrize("name", ["dip_linear", "dip_linear_1d"])
+def test_lambda_is_refused_by_fully_connected_networks(name: str) -> None:
+    with pytest.raises(ValueError, match="has none"):
+        config(name, lam=2.0)
+
+
+@pytest.mark.parametrize("name", NETWORK_NAMES)
+@pytest.mark.parametrize("norm", ["batch", "lipschitz", "none"])
+def test_gradients_reach_every_parameter(name: str, norm: str) -> None:
+    overrides = {"norm": norm} | ({"lam": 2.0} if name in CONV_NETS and norm == "lipschitz" else {})
+    net = build(name, **overrides)
+    out = net(net.make_input(torch.Generator().manual_seed(0)))
+    target = torch.rand(out.shape, generator=torch.Generator().manual_seed(1))
+    (out - target).square().sum().backward()
+    for pname, p in net.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all() and p.grad.abs().max() > 0, pname
+
+
+def test_count_parameters() -> None:
+    net = build("dip_linear")  # width 16, depth 2, out 3·16·16: (16·16 + 16)·2 + 16·768 + 768
+    assert count_parameters(net) == 2 * (16 * 16 + 16) + 16 * 768 + 768
+
+
+def test_unknown_network_name_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="valid names: encoder_decoder, .*dip_linear_1d"):
+        NetConfig(name="unet")
+    cfg = NetConfig(name="decoder")
+    cfg.name = "unet"  # a config edited after validation is caught by the factory too
+    with pytest.raises(ValueError, match="valid names"):
+        build_network(cfg, (3, 64, 64))
+
+
+@pytest.mark.parametrize("field,value", [("norm", "group"), ("upsample", "cubic"), ("width", -1)])
+def test_bad_config_values_are_refused(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field if field == "width" else repr(value)):
+        NetConfig(name="decoder", **{field: value})
+
+
+def test_out_shape_must_match_the_network_kind() -> None:
+    with pytest.raises(ValueError, match=r"\(C, L\)"):
+        build_network(NetConfig(name="dip_conv_1d", out_channels=1), (1, 64, 64))
+    with pytest.raises(ValueError, match="channels"):
+        build_network(NetConfig(name="decoder", out_channels=1), (3, 64, 64))
+
+
+@pytest.mark.parametrize("name", NETWORK_NAMES)
+def test_default_sizes_are_the_paper_sizes(name: str) -> None:
+    """SPEC §3: 128 channels / 5 scales for the image DIPs, DIP-Linear 5 layers, ReLUNet 10
+    layers of 256, the 1-D networks 10 layers of 256; explicit sizes are kept.
+    """
+    paper = {"relunet": (256, 10), "dip_conv_1d": (256, 10), "dip_linear_1d": (256, 10)}
+    cfg = NetConfig(name=name)
+    assert (cfg.width, cfg.depth) == paper.get(name, (128, 5))
+    explicit = NetConfig(name=name, width=24, depth=6)
+    assert (explicit.width, explicit.depth) == (24, 6)
+
+
+def test_config_is_a_plain_dataclass() -> None:
+    """The pipeline stores ``asdict(cfg)`` beside every result and rebuilds from it."""
+    cfg = config("decoder", lam=2.0)
+    assert NetConfig(**dataclasses.asdict(cfg)) == cfg
