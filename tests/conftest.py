@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -101,14 +102,16 @@ FAKE_AWS_ENV = {
 }
 
 
-@contextlib.contextmanager
-def local_s3_server() -> Iterator[str]:
-    """moto's S3 server on 127.0.0.1 (as s3fs's own tests use it); yields its endpoint URL.
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1, as s3fs's own tests use it; yields its endpoint URL.
 
-    The fake AWS environment holds only while the server runs. Also used by bench/resume.py.
+    One server for the session (tests keep apart by using their own bucket); the fake AWS
+    environment holds while it runs.
     """
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no log line per request
     with pytest.MonkeyPatch.context() as env:
         for name, value in FAKE_AWS_ENV.items():
             env.setenv(name, value)
@@ -120,13 +123,6 @@ def local_s3_server() -> Iterator[str]:
             yield f"http://{host}:{port}"
         finally:
             server.stop()
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    """One S3 server for the session; tests keep apart by using their own bucket."""
-    with local_s3_server() as endpoint:
-        yield endpoint
 
 
 @pytest.fixture

@@ -1,0 +1,351 @@
+"""Fit results on object storage through fsspec (``file://`` by default, ``s3://``, ``gs://``).
+
+Layout under the storage root (see docs/storage.md for the Parquet schema)::
+
+    sweep.json                  resolved manifest; a different one goes beside it as sweep-<time>.json
+    fits/<key>/spec.json        resolved fit spec
+    fits/<key>/metrics.parquet  per-iteration metrics, "iteration" (int64) first
+    fits/<key>/trajectory.npz   snapshots (T, C, H, W) + snapshot_iterations, compressed
+    fits/<key>/<name>.png       images
+    done/<key>.json             completion marker holding the flat summary row, written LAST
+    failed/<key>.json           failure record
+
+There is no multi-object transaction on S3, so a fit counts as done only once its marker exists:
+the data files go first and the marker last, and a crash in between leaves a fit that is simply
+not done. Every file is written whole: one PUT on object stores (atomic there), a temporary name
+plus rename on local disk. Markers carry the summary so that resume plans and ``collect`` need
+only the two marker folders, never the per-fit folders.
+
+A second completion of a done fit (a Ray retry of a call that had in fact finished) writes
+nothing: the first completion wins. Two completions racing at the same moment could both write;
+fits are seeded, so both write the same results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import fsspec.core
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import HTTPClientError
+from fsspec.implementations.local import LocalFileSystem
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+WRITE_TRIES = 5
+FIRST_RETRY_DELAY_S = 0.2  # then 0.4, 0.8, 1.6: about 3 s of waiting on top of the client's own retries
+# Errors that mean "the endpoint is unreachable right now"; missing paths and refused
+# permissions are answers, not outages, and are raised at once.
+_TRANSIENT = (OSError, BotoConnectionError, HTTPClientError)
+_PERMANENT = (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError)
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SCALAR = (str, int, float, bool, type(None), np.generic)
+
+
+class StorageError(RuntimeError):
+    """Storage cannot be used (unreachable, unwritable); the message is one line for users."""
+
+
+def with_retries(action: Callable[[], T], tries: int = WRITE_TRIES) -> T:
+    """Run `action`, retrying transient failures with exponential backoff.
+
+    s3fs and botocore retry single requests already; this bounds a short outage of the whole
+    endpoint (a few seconds) so that it does not fail a fit that took minutes to compute.
+    """
+    delay = FIRST_RETRY_DELAY_S
+    for attempt in range(1, tries):
+        try:
+            return action()
+        except _PERMANENT:
+            raise
+        except _TRANSIENT as err:
+            log.warning("storage call failed (try %d of %d), retrying in %.1f s: %s", attempt, tries, delay, err)
+            time.sleep(delay)
+            delay *= 2
+    return action()
+
+
+def _fs_options(uri: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """fsspec options with the store's defaults; the caller's own choices win.
+
+    Listings are never cached: markers are written by other processes, and a cached listing
+    would plan a resume from stale state. On S3, botocore's "standard" retry mode (3 retries,
+    ~2.5 s against a dead endpoint) replaces its legacy default (~11 s there), so
+    `Store.check_writable` fails in seconds and `with_retries` bounds the rest.
+    """
+    options = {"use_listings_cache": False, **storage_options}
+    if uri.startswith(("s3://", "s3a://")):
+        config = dict(options.get("config_kwargs") or {})
+        config.setdefault("retries", {"mode": "standard", "max_attempts": 3})
+        options["config_kwargs"] = config
+    return options
+
+
+def _normalise_uri(uri: str) -> str:
+    """Plain paths become absolute file:// URIs, so every process resolves them alike."""
+    if "://" not in uri:
+        uri = "file://" + os.path.abspath(os.path.expanduser(uri))
+    return uri.rstrip("/")
+
+
+def write_whole(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write one file whole: readers see it complete or not at all."""
+    if not isinstance(fs, LocalFileSystem):
+        fs.pipe_file(path, data)  # a single PUT, atomic on object stores
+        return
+    folder, name = path.rsplit("/", 1)
+    fs.makedirs(folder, exist_ok=True)
+    temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    fs.pipe_file(temporary, data)
+    fs.mv(temporary, path)  # a rename within one folder: atomic
+
+
+def _json_default(value: Any) -> Any:
+    """NumPy scalars (a fit's numbers often are) as plain JSON numbers."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _to_json(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1, default=_json_default).encode()
+
+
+def _one_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _column(values: list[Any]) -> pa.Array:
+    """One table column; a column whose values disagree in type (e.g. str and int) becomes text."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows of flat scalars as a table whose columns are the union of the rows' keys (None where absent)."""
+    columns = list(dict.fromkeys(name for row in rows for name in row))
+    return pa.table({name: _column([row.get(name) for row in rows]) for name in columns})
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _metrics_table(metrics: dict[str, np.ndarray]) -> pa.Table:
+    """Per-iteration metrics, "iteration" as int64 first, then the other columns in the given order."""
+    if "iteration" not in metrics:
+        raise ValueError(f"metrics need an 'iteration' column, got {sorted(metrics)}")
+    columns = {"iteration": np.asarray(metrics["iteration"], dtype=np.int64)}
+    columns |= {name: np.asarray(values) for name, values in metrics.items() if name != "iteration"}
+    return pa.table(columns)
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, allow_pickle=False, **arrays)  # plain arrays only, as read_trajectory loads them
+    return buffer.getvalue()
+
+
+def _check_flat(summary: dict[str, Any]) -> None:
+    nested = sorted(name for name, value in summary.items() if not isinstance(value, _SCALAR))
+    if nested:
+        raise ValueError(f"summary values must be scalars (flatten them first): {nested}")
+
+
+def _part(name: str) -> str:
+    """A key or image name, checked to be one safe path component."""
+    if not _SAFE_NAME.fullmatch(name):
+        raise ValueError(f"not a valid key or file name: {name!r}")
+    return name
+
+
+class Store:
+    """The results of one sweep under a storage root URI; see the module docstring for the layout."""
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.uri = _normalise_uri(uri)
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **_fs_options(self.uri, self.storage_options))
+
+    # --- paths -----------------------------------------------------------------------------------
+
+    def _path(self, *parts: str) -> str:
+        return "/".join((self.root, *parts))
+
+    def _fit_file(self, key: str, name: str) -> str:
+        return self._path("fits", _part(key), name)
+
+    def _done(self, key: str) -> str:
+        return self._path("done", f"{_part(key)}.json")
+
+    def _failed(self, key: str) -> str:
+        return self._path("failed", f"{_part(key)}.json")
+
+    # --- whole-file writes and reads -------------------------------------------------------------
+
+    def _write(self, path: str, data: bytes) -> None:
+        with_retries(lambda: write_whole(self.fs, path, data))
+
+    def _read_json(self, path: str) -> Any:
+        return json.loads(self.fs.cat_file(path))
+
+    def _marker_keys(self, folder: str) -> list[str]:
+        """Keys with a marker in done/ or failed/: one LIST call per 1000 keys on S3."""
+        try:
+            names = (path.rsplit("/", 1)[-1] for path in self.fs.ls(self._path(folder), detail=False))
+        except FileNotFoundError:
+            return []
+        # skip temporary files of interrupted local writes (".<name>.<id>.tmp")
+        return [name.removesuffix(".json") for name in names if name.endswith(".json") and not name.startswith(".")]
+
+    def _read_markers(self, paths: list[str]) -> list[dict[str, Any]]:
+        """Read many small JSON files at once: concurrent GETs on async file systems like s3fs.
+
+        `cat_ranges` rather than `cat`: `cat` first expands its paths, one HEAD request per file.
+        """
+        return [json.loads(blob) for blob in self.fs.cat_ranges(paths, None, None, on_error="raise")]
+
+    # --- sweep level -----------------------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        """Write, read back and delete a probe, so a sweep fails before any fit when storage is unusable.
+
+        One attempt only (the client's own retries still apply): a wrong endpoint or a missing
+        bucket should be reported in seconds, not after a minute of backoff.
+        """
+        probe = self._path(f".probe-{uuid.uuid4().hex}")
+        payload = b"dip storage probe"
+        try:
+            write_whole(self.fs, probe, payload)
+            if self.fs.cat_file(probe) != payload:
+                raise OSError("the probe read back differs from what was written")
+            self.fs.rm_file(probe)
+        except Exception as err:  # any cause becomes one line naming the URI
+            raise StorageError(f"storage {self.uri} is not usable: {type(err).__name__}: {_one_line(str(err))}") from err
+
+    def write_sweep(self, manifest: dict[str, Any]) -> None:
+        """Store the resolved manifest; never replace a different one (it describes fits already stored)."""
+        path = self._path("sweep.json")
+        data = _to_json(manifest)
+        if self.fs.exists(path):
+            if json.loads(self.fs.cat_file(path)) == json.loads(data):
+                return
+            path = self._path(f"sweep-{_now().strftime('%Y%m%dT%H%M%S.%fZ')}.json")
+        self._write(path, data)
+
+    def done_keys(self) -> set[str]:
+        return set(self._marker_keys("done"))
+
+    def failed(self) -> dict[str, dict[str, Any]]:
+        """Failure records by key; a key may also be done when a retry later succeeded elsewhere."""
+        records = self._read_markers([self._failed(key) for key in self._marker_keys("failed")])
+        return {record["key"]: record for record in records}
+
+    def is_done(self, key: str) -> bool:
+        """Whether the fit's marker exists; retried, since write_fit and the workers start with it."""
+        return with_retries(lambda: self.fs.exists(self._done(key)))
+
+    def collect(self, out: str | None = None, write: bool = True) -> pa.Table:
+        """All done summaries as one table, one row per fit sorted by key.
+
+        Columns are the union of the summaries' keys (null where a fit lacks one). Unless
+        `write` is False, the table is also written as Parquet to `out` (a path or URI; default
+        ``<root>/summary.parquet``).
+        """
+        rows = self._read_markers([self._done(key) for key in sorted(self.done_keys())])
+        table = rows_to_table(sorted(rows, key=lambda row: row["key"]))
+        if write:
+            if out is None:
+                fs, path = self.fs, self._path("summary.parquet")
+            else:
+                uri = _normalise_uri(out)
+                same_scheme = uri.split("://", 1)[0] == self.uri.split("://", 1)[0]
+                fs, path = fsspec.core.url_to_fs(uri, **_fs_options(uri, self.storage_options if same_scheme else {}))
+            data = _parquet_bytes(table)
+            with_retries(lambda: write_whole(fs, path, data))
+        return table
+
+    # --- one fit ---------------------------------------------------------------------------------
+
+    def write_fit(
+        self,
+        key: str,
+        spec: dict[str, Any],
+        summary: dict[str, Any],
+        metrics: dict[str, np.ndarray],
+        trajectory: dict[str, np.ndarray],
+        images: dict[str, bytes],
+    ) -> bool:
+        """Store a finished fit, its done marker last; False (and nothing written) if it is done already."""
+        if summary.get("key", key) != key:
+            raise ValueError(f"summary key {summary['key']!r} differs from the fit key {key!r}")
+        _check_flat(summary)
+        if self.is_done(key):
+            return False
+        files = {
+            "spec.json": _to_json(spec),
+            "metrics.parquet": _parquet_bytes(_metrics_table(metrics)),
+            "trajectory.npz": _npz_bytes(trajectory),
+        } | {f"{_part(name)}.png": png for name, png in images.items()}
+        marker = _to_json({"key": key, **summary})
+        for name, data in files.items():
+            self._write(self._fit_file(key, name), data)
+        with contextlib.suppress(FileNotFoundError):
+            with_retries(lambda: self.fs.rm_file(self._failed(key)))
+        self._write(self._done(key), marker)
+        return True
+
+    def write_failure(self, key: str, spec: dict[str, Any], reason: str, error_type: str, attempts: int) -> None:
+        """Record why a fit failed, unless it is done (a success is never overwritten by a failure)."""
+        if self.is_done(key):
+            return
+        record = {
+            "key": key,
+            "reason": _one_line(reason),
+            "error_type": error_type,
+            "attempts": attempts,
+            "time": _now().isoformat(timespec="seconds"),
+            "spec": spec,
+        }
+        self._write(self._failed(key), _to_json(record))
+
+    def summary(self, key: str) -> dict[str, Any]:
+        return self._read_json(self._done(key))
+
+    def read_spec(self, key: str) -> dict[str, Any]:
+        return self._read_json(self._fit_file(key, "spec.json"))
+
+    def read_metrics(self, key: str) -> pa.Table:
+        return pq.read_table(pa.BufferReader(self.fs.cat_file(self._fit_file(key, "metrics.parquet"))))
+
+    def read_trajectory(self, key: str) -> dict[str, np.ndarray]:
+        with np.load(io.BytesIO(self.fs.cat_file(self._fit_file(key, "trajectory.npz"))), allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+
+    def read_image(self, key: str, name: str) -> bytes:
+        return self.fs.cat_file(self._fit_file(key, f"{_part(name)}.png"))
+
+    def has_image(self, key: str, name: str) -> bool:
+        return self.fs.exists(self._fit_file(key, f"{_part(name)}.png"))

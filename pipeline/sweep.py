@@ -1,0 +1,340 @@
+"""Sweeps on Ray: plan what is missing, run it on reusable fit actors, record it in MLflow.
+
+Execution uses Ray Core actors behind ``ray.util.ActorPool``: an actor holds one GPU (or a
+CPU slot) for the whole sweep, so CUDA/cuDNN warm-up is paid once per worker, and the pool
+hands each actor its next fit as soon as it is free. Actors restart when their process or
+node dies and Ray re-runs the interrupted call (``max_restarts``/``max_task_retries``);
+storage makes a second completion of the same fit a no-op. Storage is the source of truth:
+resume, status and the MLflow backfill all start from the done/failed markers.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.manifest import FitSpec, Manifest, expand
+from pipeline.storage import Store
+from pipeline.tracking import Tracker, TrackingError, default_tracking_uri
+
+
+@dataclass
+class Plan:
+    """Where each fit of a manifest stands in storage."""
+
+    specs: list[FitSpec]
+    done: set[str]
+    failed: dict[str, dict]
+
+    def todo(self, retry_failed: bool = False) -> list[FitSpec]:
+        skip = self.done if retry_failed else self.done | set(self.failed)
+        return [s for s in self.specs if s.key not in skip]
+
+
+def open_store(manifest: Manifest) -> Store:
+    return Store(manifest.storage, manifest.storage_options)
+
+
+def make_plan(manifest: Manifest, store: Store | None = None) -> Plan:
+    specs = expand(manifest)
+    store = store or open_store(manifest)
+    keys = {s.key for s in specs}
+    failed = {k: v for k, v in store.failed().items() if k in keys}
+    return Plan(specs, store.done_keys() & keys, failed)
+
+
+def work_estimate(specs: list[FitSpec]) -> int:
+    """Iterations × pixels over the specs (pixels from the crop; uncropped images count as 512²)."""
+    return sum(s.fit["iterations"] * (s.crop or 512) ** 2 for s in specs)
+
+
+# --- Ray --------------------------------------------------------------------------------------
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a loopback-only local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="warning", log_to_driver=True)
+        return
+    # A laptop run listens on loopback only (see docs/PLATFORM-NOTES: without this Ray
+    # advertises the machine's network address).
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(include_dashboard=False, logging_level="warning", log_to_driver=True)
+
+
+def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int) -> Any:
+    """The Ray actor class that runs fits, with the manifest's resources."""
+    import ray
+
+    @ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=-1, max_task_retries=max_retries)
+    class FitWorker:
+        def __init__(self, store_uri: str, storage_options: dict | None) -> None:
+            import torch
+
+            self.store = Store(store_uri, storage_options)
+            self.storage_options = storage_options
+            self.device = "cuda" if ray.get_gpu_ids() else "cpu"
+            if self.device == "cpu":
+                torch.set_num_threads(max(int(num_cpus), 1))
+
+        def run(self, spec_json: dict) -> dict:
+            from pipeline.worker import execute_fit
+
+            return execute_fit(FitSpec.model_validate(spec_json), self.store, self.device, self.storage_options)
+
+    return FitWorker
+
+
+def pool_size(manifest: Manifest, n_fits: int) -> int:
+    """How many actors: what the cluster holds now for the manifest's resources, capped."""
+    import ray
+
+    res = manifest.resources
+    total = ray.cluster_resources()
+    if res.num_gpus > 0:
+        fit_slots = int(total.get("GPU", 0) // res.num_gpus)
+    else:
+        fit_slots = int(total.get("CPU", 1) // max(res.num_cpus, 1e-3))
+    if res.max_workers:
+        fit_slots = min(fit_slots, res.max_workers)
+    return max(1, min(fit_slots, n_fits))
+
+
+# --- progress -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """A one-line live status: done / failed / running / remaining, rate and ETA."""
+
+    total: int
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    start: float = field(default_factory=time.monotonic)
+    last_print: float = 0.0
+    stream: Any = sys.stderr
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.start
+        finished = self.done + self.failed
+        rate = finished / elapsed if elapsed > 0 else 0.0
+        remaining = self.total - finished
+        eta = f"{remaining / rate:.0f}s" if rate > 0 else "?"
+        return (f"[{finished}/{self.total}] done {self.done} · failed {self.failed} · running {self.running} · "
+                f"remaining {remaining} · {rate:.2f} fits/s · ETA {eta}")
+
+    def show(self, force: bool = False) -> None:
+        now = time.monotonic()
+        tty = self.stream.isatty()
+        if force or tty or now - self.last_print > 5:
+            end = "\r" if tty and not force else "\n"
+            print(self.line().ljust(100 if tty else 0), end=end, file=self.stream, flush=True)
+            self.last_print = now
+
+
+# --- MLflow --------------------------------------------------------------------------------------
+
+
+class MlflowLog:
+    """MLflow logging that never stops or slows a sweep.
+
+    Fits are logged from storage by one background thread (one writer: SQLite stores dislike
+    concurrent writers), so the driver loop only enqueues keys. The first failure switches
+    logging off with a hint to backfill with `dip sweep sync-mlflow`.
+    """
+
+    def __init__(self, manifest: Manifest, store: Store) -> None:
+        self.store = store
+        self.tracker: Tracker | None = None
+        self.parent = ""
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.thread: threading.Thread | None = None
+        if not manifest.mlflow.enabled:
+            return
+        try:
+            self.tracker = Tracker(manifest.mlflow.tracking_uri or default_tracking_uri(),
+                                   manifest.mlflow.experiment or manifest.name)
+            self.parent = self.tracker.sweep_run(manifest.name, {"storage": manifest.storage})
+        except TrackingError as err:
+            self.disable(err)
+            return
+        self.thread = threading.Thread(target=self.drain, name="mlflow-log", daemon=True)
+        self.thread.start()
+
+    def disable(self, err: Exception) -> None:
+        if self.tracker is not None:
+            print(f"\nwarning: MLflow unavailable ({err}); results are stored, run "
+                  f"'dip sweep sync-mlflow' later to backfill", file=sys.stderr)
+        self.tracker = None
+
+    def log(self, key: str) -> None:
+        if self.tracker is not None:
+            self.queue.put(key)
+
+    def drain(self) -> None:
+        while (key := self.queue.get()) is not None:
+            if self.tracker is None:
+                continue
+            try:
+                log_stored_fit(self.tracker, self.parent, self.store, key)
+            except TrackingError as err:
+                self.disable(err)
+
+    def close(self, timeout: float = 300.0) -> None:
+        """Finish logging what is queued, then mark the sweep run finished."""
+        if self.thread is None:
+            return
+        self.queue.put(None)
+        self.thread.join(timeout)
+        if self.tracker is not None:
+            try:
+                self.tracker.finish_sweep(self.parent)
+            except TrackingError as err:
+                self.disable(err)
+
+
+def log_stored_fit(tracker: Tracker, parent: str, store: Store, key: str) -> None:
+    """Log one stored fit to MLflow from storage (the only path, live or backfill)."""
+    summary = store.summary(key)
+    spec = store.read_spec(key)
+    params = {"image": spec["image_name"], "task": spec["task"], "seed": spec["seed"], "crop": spec["crop"]}
+    params |= {f"task.{k}": v for k, v in spec["task_params"].items()}
+    params |= {f"net.{k}": v for k, v in spec["network"].items()}
+    params |= {f"fit.{k}": v for k, v in spec["fit"].items()}
+    table = store.read_metrics(key)
+    metrics = {name: table.column(name).to_numpy() for name in table.column_names}
+    numbers = {k: v for k, v in summary.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in metrics}
+    images = {name: store.read_image(key, name) for name in ("final", "best", "autostop", "degraded")
+              if store.has_image(key, name)}
+    tracker.log_fit(parent, key, params, numbers, metrics, images, store.uri)
+
+
+# --- the sweep ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepOutcome:
+    done: int
+    failed: int
+    skipped: int
+    failures: dict[str, str]
+    seconds: float
+
+
+def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool = False,
+              progress: bool = True) -> SweepOutcome:
+    """Run every fit of the manifest that storage does not hold yet."""
+    import ray
+    from ray.util import ActorPool
+
+    store = open_store(manifest)
+    store.check_writable()
+    store.write_sweep(manifest.model_dump(mode="json"))
+    plan = make_plan(manifest, store)
+    todo = plan.todo(retry_failed)
+    start = time.monotonic()
+    if progress:
+        print(f"sweep {manifest.name}: {len(plan.specs)} fits, {len(plan.done)} already done, "
+              f"{len(plan.failed)} failed before, {len(todo)} to run → {store.uri}", file=sys.stderr)
+    if not todo:
+        return SweepOutcome(0, 0, len(plan.specs), {}, 0.0)
+
+    mlflow_log = MlflowLog(manifest, store)
+    connect(address)
+    res = manifest.resources
+    worker_cls = fit_worker_class(res.num_gpus, res.num_cpus, res.max_retries)
+    actors = [worker_cls.remote(store.uri, manifest.storage_options) for _ in range(pool_size(manifest, len(todo)))]
+    pool = ActorPool(actors)
+    bar = Progress(total=len(todo))
+    failures: dict[str, str] = {}
+    in_flight: set[str] = set()
+    try:
+        for spec in todo:
+            pool.submit(lambda actor, s: actor.run.remote(s.model_dump(mode="json")), spec)
+            in_flight.add(spec.key)
+        while pool.has_next():
+            bar.running = min(len(in_flight), len(actors))
+            if progress:
+                bar.show()
+            try:
+                record = pool.get_next_unordered()
+            except ray.exceptions.RayError as err:  # the worker died more often than max_retries
+                bar.failed += 1
+                failures[f"<worker {bar.failed}>"] = f"worker lost: {type(err).__name__}"
+                continue
+            in_flight.discard(record["key"])
+            if record["status"] == "done":
+                bar.done += 1
+                if not record.get("skipped"):
+                    mlflow_log.log(record["key"])
+            else:
+                bar.failed += 1
+                failures[record["key"]] = record["reason"]
+        # Fits whose worker died beyond its retries are written as failures so status shows them.
+        for spec in todo:
+            if spec.key in in_flight and not store.is_done(spec.key):
+                store.write_failure(spec.key, spec.model_dump(mode="json"),
+                                    "worker lost more often than resources.max_retries", "WorkerLost",
+                                    res.max_retries + 1)
+                failures[spec.key] = "worker lost"
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished fits are stored; rerun the same command to resume", file=sys.stderr)
+        raise
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    if progress:
+        bar.show(force=True)
+    mlflow_log.close()
+    return SweepOutcome(bar.done, bar.failed, len(plan.specs) - len(todo),
+                        {k: v for k, v in failures.items() if not k.startswith("<")}, time.monotonic() - start)
+
+
+def sync_mlflow(manifest: Manifest) -> tuple[int, int]:
+    """Log every stored fit that MLflow lacks; returns (newly logged, already there)."""
+    store = open_store(manifest)
+    tracker = Tracker(manifest.mlflow.tracking_uri or default_tracking_uri(),
+                      manifest.mlflow.experiment or manifest.name)
+    parent = tracker.sweep_run(manifest.name, {"storage": manifest.storage})
+    have = tracker.logged_keys(parent)
+    keys = {s.key for s in expand(manifest)}
+    missing = sorted((store.done_keys() & keys) - have)
+    for key in missing:
+        log_stored_fit(tracker, parent, store, key)
+    return len(missing), len(have & keys)
+
+
+def status(manifest: Manifest) -> dict[str, Any]:
+    """Counts by state, failures grouped by reason, and where things are."""
+    plan = make_plan(manifest)
+    reasons = Counter(rec.get("reason", "?") for rec in plan.failed.values())
+    return {
+        "sweep": manifest.name,
+        "fits": len(plan.specs),
+        "done": len(plan.done),
+        "failed": len(plan.failed),
+        "pending": len(plan.specs) - len(plan.done) - len(plan.failed),
+        "failures": dict(reasons.most_common()),
+        "storage": manifest.storage,
+        "mlflow": manifest.mlflow.tracking_uri or default_tracking_uri(),
+    }
+
+
+def collect(manifest: Manifest, out: str | None = None) -> str:
+    """All done fits' summaries as one Parquet file (default ``<storage>/summary.parquet``)."""
+    store = open_store(manifest)
+    store.collect(out)
+    return out or f"{store.uri.rstrip('/')}/summary.parquet"

@@ -1,0 +1,278 @@
+"""Storage: the layout, the done-marker-last rule, first completion wins, on local files and on S3."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import storage
+from pipeline.storage import StorageError, Store, with_retries
+
+
+@pytest.fixture(params=["local", "s3"])
+def location(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, dict]:
+    """(URI, storage options): a relative local path (resolved against the cwd) or a fresh S3 bucket."""
+    if request.param == "local":
+        monkeypatch.chdir(tmp_path)
+        return "results", {}
+    return request.getfixturevalue("s3_store_uri")
+
+
+@pytest.fixture
+def store(location: tuple[str, dict]) -> Store:
+    return Store(*location)
+
+
+def make_fit(seed: int = 0, **summary_extra: Any) -> dict[str, Any]:
+    """The arguments of one write_fit, with the dtypes a real fit produces."""
+    rng = np.random.default_rng(seed)
+    key = f"{seed:016x}"
+    return {
+        "key": key,
+        "spec": {"image_name": "peppers.png", "task": "denoise", "task_params": {"sigma": 25}, "seed": seed},
+        "summary": {"key": key, "image": "peppers", "task": "denoise", "param_sigma": 25, "seed": seed,
+                    "lam": np.float32(2.0), "best_psnr": float(rng.uniform(20, 30)), "stop_iteration": None}
+        | summary_extra,
+        "metrics": {"iteration": np.arange(0, 50, 10, dtype=np.int32), "psnr": rng.random(5, dtype=np.float32),
+                    "fbc_0": rng.random(5)},
+        "trajectory": {"snapshots": rng.random((3, 1, 8, 8)).astype(np.float16),
+                       "snapshot_iterations": np.array([0, 20, 40], dtype=np.int64)},
+        "images": {"final": b"\x89PNG final" + bytes([seed]), "best": b"\x89PNG best"},
+    }
+
+
+def read_back(store: Store, key: str) -> dict[str, Any]:
+    return {
+        "spec": store.read_spec(key),
+        "summary": store.summary(key),
+        "metrics": store.read_metrics(key),
+        "trajectory": store.read_trajectory(key),
+        "images": {name: store.read_image(key, name) for name in ("final", "best")},
+    }
+
+
+def assert_same_fit(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert got["spec"] == want["spec"]
+    assert got["images"] == want["images"]
+    assert set(got["trajectory"]) == set(want["trajectory"])
+    for name, array in want["trajectory"].items():
+        assert got["trajectory"][name].dtype == array.dtype
+        np.testing.assert_array_equal(got["trajectory"][name], array)
+
+
+def test_round_trip(store: Store) -> None:
+    fit = make_fit()
+    assert store.uri.startswith(("file:///", "s3://"))
+    assert store.write_fit(**fit) is True
+
+    assert_same_fit(read_back(store, fit["key"]), fit)
+    assert store.summary(fit["key"]) == fit["summary"] | {"lam": 2.0}  # numpy scalars stored as numbers
+    metrics = store.read_metrics(fit["key"])
+    assert metrics.column_names == ["iteration", "psnr", "fbc_0"]
+    assert [str(t) for t in metrics.schema.types] == ["int64", "float", "double"]
+    for name, values in fit["metrics"].items():
+        np.testing.assert_array_equal(metrics.column(name).to_numpy(), values)
+    assert store.has_image(fit["key"], "final") and not store.has_image(fit["key"], "autostop")
+    assert store.done_keys() == {fit["key"]}
+    assert store.is_done(fit["key"])
+
+
+def test_done_marker_is_written_last(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    fit = make_fit()
+    write = Store._write
+
+    def crash_at_marker(self: Store, path: str, data: bytes) -> None:
+        if "/done/" in path:
+            raise RuntimeError("killed before the marker")
+        write(self, path, data)
+
+    monkeypatch.setattr(Store, "_write", crash_at_marker)
+    with pytest.raises(RuntimeError, match="killed"):
+        store.write_fit(**fit)
+    assert store.read_spec(fit["key"]) == fit["spec"]  # the data files were written ...
+    # ... and a local write interrupted mid-marker leaves only a temporary name
+    store.fs.makedirs(f"{store.root}/done", exist_ok=True)
+    store.fs.pipe_file(f"{store.root}/done/.{fit['key']}.json.0123.tmp", b"{")
+    assert store.done_keys() == set()
+    assert not store.is_done(fit["key"])
+    assert store.collect(write=False).num_rows == 0
+
+    monkeypatch.undo()
+    assert store.write_fit(**fit) is True
+    assert store.done_keys() == {fit["key"]}
+
+
+def test_first_completion_wins(store: Store) -> None:
+    first, second = make_fit(seed=1), make_fit(seed=2)
+    second["key"] = second["summary"]["key"] = first["key"]
+    assert store.write_fit(**first) is True
+    assert store.write_fit(**second) is False
+    assert_same_fit(read_back(store, first["key"]), first)
+    assert store.summary(first["key"])["seed"] == 1
+
+
+def test_failure_records(store: Store) -> None:
+    fit = make_fit()
+    store.write_failure(fit["key"], fit["spec"], "ImageError: cannot read\nsecond line", "ImageError", attempts=2)
+    record = store.failed()[fit["key"]]
+    assert record["reason"] == "ImageError: cannot read"
+    assert (record["error_type"], record["attempts"], record["spec"]) == ("ImageError", 2, fit["spec"])
+    assert "time" in record
+
+    assert store.write_fit(**fit) is True
+    assert store.failed() == {}
+    store.write_failure(fit["key"], fit["spec"], "late failure of a retry", "RayActorError", attempts=3)
+    assert store.failed() == {}
+    assert store.is_done(fit["key"])
+
+
+def test_write_sweep_keeps_a_different_manifest(store: Store) -> None:
+    first, second = {"name": "s", "seeds": [0, 1]}, {"name": "s", "seeds": [0, 1, 2]}
+    store.write_sweep(first)
+    store.write_sweep(first)  # same content: nothing new
+    assert [p.rsplit("/", 1)[1] for p in store.fs.ls(store.root, detail=False)] == ["sweep.json"]
+
+    store.write_sweep(second)
+    names = sorted(p.rsplit("/", 1)[1] for p in store.fs.ls(store.root, detail=False))
+    assert len(names) == 2 and names[0].startswith("sweep-") and names[1] == "sweep.json"
+    assert json.loads(store.fs.cat_file(f"{store.root}/sweep.json")) == first
+    assert json.loads(store.fs.cat_file(f"{store.root}/{names[0]}")) == second
+
+
+def test_collect(store: Store, tmp_path: Path) -> None:
+    empty = store.collect(write=False)
+    assert (empty.num_rows, empty.num_columns) == (0, 0)
+
+    fits = [make_fit(0), make_fit(1, param_ratio=0.25), make_fit(2, note="third")]
+    for fit in reversed(fits):
+        store.write_fit(**fit)
+    table = store.collect()
+    assert table.num_rows == 3
+    assert table.column("key").to_pylist() == [f["key"] for f in fits]
+    assert table.column("param_ratio").to_pylist() == [None, 0.25, None]
+    assert table.column("note").to_pylist() == [None, None, "third"]
+    assert table.column("stop_iteration").null_count == 3
+    assert table.column_names[0] == "key"
+    assert set(table.column_names) == set().union(*(f["summary"] for f in fits))
+    assert pq.read_table(store.fs.open(f"{store.root}/summary.parquet", "rb")).equals(table)
+
+    out = tmp_path / "elsewhere" / "summary.parquet"
+    store.collect(str(out))
+    assert pq.read_table(out).equals(table)
+
+
+def test_check_writable(store: Store) -> None:
+    store.check_writable()
+    assert not [p for p in store.fs.find(store.root) if ".probe-" in p]
+
+
+def test_check_writable_unreachable_s3(s3_server: str, unused_port: int) -> None:
+    """Fails in seconds, with one line naming the URI (s3_server provides the fake credentials)."""
+    uri = "s3://nowhere/results"
+    store = Store(uri, {"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{unused_port}"}})
+    start = time.monotonic()
+    with pytest.raises(StorageError, match=f"^storage {uri} is not usable: EndpointConnectionError") as err:
+        store.check_writable()
+    assert time.monotonic() - start < 15
+    assert "\n" not in str(err.value)
+
+
+@contextlib.contextmanager
+def read_only_folder(path: Path) -> Iterator[Path]:
+    """A folder nobody can write to: root ignores modes, so for root it is made immutable (chattr +i)."""
+    path.mkdir(mode=0o555)
+    if os.geteuid() != 0:
+        yield path
+        return
+    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(path)], check=False).returncode:
+        pytest.skip("running as root, and chattr +i is not available here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_check_writable_read_only_folder(tmp_path: Path) -> None:
+    root = tmp_path / "ro"
+    with read_only_folder(root), pytest.raises(StorageError, match=f"^storage file://{root} is not usable: Perm"):
+        Store(str(root)).check_writable()
+
+
+def test_check_writable_folder_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    root = tmp_path / "file" / "results"
+    with pytest.raises(StorageError, match=f"^storage file://{root} is not usable"):
+        Store(str(root)).check_writable()
+
+
+def test_same_results_on_local_and_s3(tmp_path: Path, s3_store_uri: tuple[str, dict]) -> None:
+    local, s3 = Store(str(tmp_path / "results")), Store(*s3_store_uri)
+    fit = make_fit(seed=3)
+    for store in (local, s3):
+        store.write_fit(**fit)
+    got_local, got_s3 = read_back(local, fit["key"]), read_back(s3, fit["key"])
+    assert_same_fit(got_local, got_s3)
+    assert got_local["summary"] == got_s3["summary"]
+    assert got_local["metrics"].equals(got_s3["metrics"])
+    assert local.collect(write=False).equals(s3.collect(write=False))
+
+
+def test_retries_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    delays: list[float] = []
+    monkeypatch.setattr(storage.time, "sleep", delays.append)
+    calls: list[int] = []
+
+    def flaky(failures: int, error: Exception) -> int:
+        calls.append(1)
+        if len(calls) <= failures:
+            raise error
+        return len(calls)
+
+    assert with_retries(lambda: flaky(2, ConnectionResetError("reset"))) == 3
+    assert delays == [0.2, 0.4]
+
+    calls.clear()
+    delays.clear()
+    with pytest.raises(ConnectionRefusedError):
+        with_retries(lambda: flaky(99, ConnectionRefusedError("down")))
+    assert len(calls) == storage.WRITE_TRIES and delays == [0.2, 0.4, 0.8, 1.6]
+
+    calls.clear()
+    with pytest.raises(PermissionError):
+        with_retries(lambda: flaky(99, PermissionError("denied")))
+    assert len(calls) == 1
+
+
+def test_write_survives_a_short_s3_outage(s3_server: str, unused_port: int) -> None:
+    """The endpoint is down when write_fit starts and back 2 s later: the fit is still stored."""
+    from moto.server import ThreadedMotoServer
+
+    endpoint = f"http://127.0.0.1:{unused_port}"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=unused_port, verbose=False)
+    server.start()
+    store = Store("s3://outage/results", {"client_kwargs": {"endpoint_url": endpoint}})
+    store.fs.mkdir("outage")
+    server.stop()
+
+    restarted = ThreadedMotoServer(ip_address="127.0.0.1", port=unused_port, verbose=False)
+    restart = threading.Timer(2.0, restarted.start)
+    restart.start()
+    try:
+        fit = make_fit()
+        assert store.write_fit(**fit) is True
+        assert store.done_keys() == {fit["key"]}
+    finally:
+        restart.join()
+        restarted.stop()

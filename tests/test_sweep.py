@@ -1,0 +1,262 @@
+"""Sweeps end to end on real parts: a local Ray cluster, moto's S3 server, an MLflow server.
+
+Every service listens on 127.0.0.1 and Ray runs with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import sweep
+from pipeline.cli import main as dip
+from pipeline.manifest import load_manifest
+from pipeline.storage import Store
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+FIT_FILES = {"spec.json", "metrics.parquet", "trajectory.npz", "final.png", "clean.png"}
+
+
+def tiny_manifest(tmp_path: Path, storage: str, *, name: str = "tiny", mlflow: dict | None = None,
+                  storage_options: dict | None = None, iterations: int = 20, images: dict | None = None,
+                  lams: list | None = None, seeds: list[int] | None = None) -> Path:
+    """A 4-fit manifest (2 images × λ ∈ {none, 2}) that runs in seconds."""
+    doc = {
+        "name": name,
+        "images": [images or {"sample": ["camera", "astronaut"], "crop": 32}],
+        "tasks": [{"task": "denoise", "params": {"sigma": 25}}],
+        "model": {"name": "decoder", "width": 8, "depth": 3},
+        "grid": {"lam": lams or [None, 2]},
+        "seeds": seeds or [0],
+        "fit": {"iterations": iterations, "snapshot_stride": 10, "stop_window": 10},
+        "storage": storage,
+        "storage_options": storage_options or {},
+        "mlflow": mlflow or {"enabled": False},
+        "resources": {"num_cpus": 1},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    yield
+    ray.shutdown()
+
+
+def test_local_sweep_end_to_end_and_rerun_does_nothing(ray_cluster, tmp_path: Path) -> None:
+    path = tiny_manifest(tmp_path, str(tmp_path / "results"),
+                         mlflow={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "tiny"})
+    manifest = load_manifest(path)
+    outcome = sweep.run_sweep(manifest, progress=False)
+    assert (outcome.done, outcome.failed) == (4, 0)
+
+    store = Store(str(tmp_path / "results"))
+    keys = {s.key for s in sweep.make_plan(manifest).specs}
+    assert store.done_keys() == keys
+    for key in keys:
+        files = {p.name for p in (tmp_path / "results" / "fits" / key).iterdir()}
+        assert FIT_FILES <= files
+        summary = store.summary(key)
+        assert summary["key"] == key and summary["iterations_run"] == 20
+        assert store.read_metrics(key).num_rows == 21  # iterations 0 … 20
+        assert store.read_trajectory(key)["snapshots"].shape[0] == 3  # iterations 0, 10, 20
+
+    again = sweep.run_sweep(manifest, progress=False)
+    assert (again.done, again.skipped) == (0, 4)
+    st = sweep.status(manifest)
+    assert (st["done"], st["failed"], st["pending"]) == (4, 0, 0)
+    assert sweep.collect(manifest).endswith("summary.parquet")
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "results" / "summary.parquet").num_rows == 4
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["tiny"], filter_string="tags.`dip.kind` = 'fit'")
+    assert sorted(runs["tags.dip.fit_key"]) == sorted(keys)
+
+
+def test_s3_and_local_storage_give_the_same_results(ray_cluster, tmp_path: Path, s3_store_uri) -> None:
+    uri, options = s3_store_uri
+    options = options | {"key": "testing", "secret": "testing"}  # workers get credentials explicitly
+    local = load_manifest(tiny_manifest(tmp_path, str(tmp_path / "local"), name="local"))
+    remote = load_manifest(tiny_manifest(tmp_path, uri, name="remote", storage_options=options))
+    assert sweep.run_sweep(local, progress=False).done == 4
+    assert sweep.run_sweep(remote, progress=False).done == 4
+    a, b = sweep.open_store(local), sweep.open_store(remote)
+    assert a.done_keys() == b.done_keys()
+    for key in a.done_keys():
+        sa, sb = a.summary(key), b.summary(key)
+        assert sa["final_psnr"] == pytest.approx(sb["final_psnr"], abs=1e-5)
+        assert a.read_metrics(key).column("psnr_clean").to_pylist() == pytest.approx(
+            b.read_metrics(key).column("psnr_clean").to_pylist(), abs=1e-5)
+
+
+def test_mlflow_server_gets_a_parent_and_nested_runs(ray_cluster, tmp_path: Path, mlflow_server: str) -> None:
+    import mlflow
+
+    manifest = load_manifest(tiny_manifest(tmp_path, str(tmp_path / "r"), name="tracked",
+                                           mlflow={"tracking_uri": mlflow_server, "experiment": "tracked"}))
+    assert sweep.run_sweep(manifest, progress=False).done == 4
+    mlflow.set_tracking_uri(mlflow_server)
+    runs = mlflow.search_runs(experiment_names=["tracked"])
+    parents = runs[runs["tags.dip.kind"] == "sweep"]
+    children = runs[runs["tags.dip.kind"] == "fit"]
+    assert len(parents) == 1 and len(children) == 4
+    assert set(children["tags.mlflow.parentRunId"]) == set(parents["run_id"])
+    assert (children["status"] == "FINISHED").all()
+    assert children["metrics.final_psnr"].notna().all()
+
+
+def test_mlflow_down_then_sync_backfills_without_duplicates(ray_cluster, tmp_path: Path, unused_port: int,
+                                                           mlflow_server: str) -> None:
+    import mlflow
+
+    down = load_manifest(tiny_manifest(tmp_path, str(tmp_path / "r"), name="offline", mlflow={
+        "tracking_uri": f"http://127.0.0.1:{unused_port}", "experiment": "offline"}))
+    assert sweep.run_sweep(down, progress=False).done == 4  # fits complete without MLflow
+    up = load_manifest(tiny_manifest(tmp_path, str(tmp_path / "r"), name="offline", mlflow={
+        "tracking_uri": mlflow_server, "experiment": "offline"}))
+    assert sweep.sync_mlflow(up) == (4, 0)
+    assert sweep.sync_mlflow(up) == (0, 4)
+    mlflow.set_tracking_uri(mlflow_server)
+    runs = mlflow.search_runs(experiment_names=["offline"], filter_string="tags.`dip.kind` = 'fit'")
+    assert len(runs) == 4
+
+
+def test_a_bad_image_fails_only_its_own_fits(ray_cluster, tmp_path: Path) -> None:
+    from PIL import Image
+
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.new("RGB", (40, 40), (90, 120, 200)).save(good)
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    manifest = load_manifest(tiny_manifest(tmp_path, str(tmp_path / "r"),
+                                           images={"uris": [str(good), str(bad)], "crop": 32}))
+    outcome = sweep.run_sweep(manifest, progress=False)
+    assert (outcome.done, outcome.failed) == (2, 2)
+    st = sweep.status(manifest)
+    assert (st["done"], st["failed"]) == (2, 2)
+    [(reason, count)] = st["failures"].items()
+    assert count == 2 and "bad.png" in reason
+    # A rerun leaves failed fits alone; --retry-failed tries them again (and they fail again).
+    assert sweep.run_sweep(manifest, progress=False).skipped == 4
+    assert sweep.run_sweep(manifest, retry_failed=True, progress=False).failed == 2
+
+
+@pytest.mark.parametrize("problem, field", [
+    ({"fit": {"iterations": "many"}}, "fit.iterations"),
+    ({"colour": "blue"}, "colour"),
+    ({"grid": {"lam": []}}, "grid.lam"),
+    ({"images": [{"dataset": "no-such-set"}]}, "no-such-set"),
+])
+def test_invalid_manifests_fail_before_any_fit(tmp_path: Path, capsys, problem: dict, field: str) -> None:
+    path = tiny_manifest(tmp_path, str(tmp_path / "r"))
+    doc = yaml.safe_load(path.read_text()) | problem
+    path.write_text(yaml.safe_dump(doc))
+    assert dip(["sweep", "run", str(path)]) == 2
+    assert field in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_unreachable_storage_fails_before_any_fit(tmp_path: Path, capsys) -> None:
+    path = tiny_manifest(tmp_path, "s3://nowhere/results", storage_options={
+        "key": "k", "secret": "s", "client_kwargs": {"endpoint_url": "http://127.0.0.1:1"}})
+    start = time.monotonic()
+    assert dip(["sweep", "run", str(path)]) == 2
+    assert "s3://nowhere/results" in capsys.readouterr().err
+    assert time.monotonic() - start < 60
+
+
+# --- crashes: the driver killed, a worker killed ---------------------------------------------------
+
+
+def start_sweep(path: Path, log: Path) -> subprocess.Popen:
+    env = os.environ | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "sweep", "run", str(path)],
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def done_markers(root: Path) -> dict[str, str]:
+    folder = root / "done"
+    return {p.stem: p.read_text() for p in folder.glob("*.json")} if folder.exists() else {}
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver and everything it started (its local Ray cluster included)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    path = tiny_manifest(tmp_path, str(root), iterations=150, seeds=[0, 1, 2])  # 12 fits of ~2 s
+    proc = start_sweep(path, tmp_path / "first.log")
+    try:
+        wait_for(lambda: len(done_markers(root)) >= 3, 240, "three finished fits")
+    finally:
+        kill_session(proc)
+    before = done_markers(root)
+    assert 3 <= len(before) < 12, (tmp_path / "first.log").read_text()[-2000:]
+
+    second = start_sweep(path, tmp_path / "second.log")
+    assert second.wait(timeout=400) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    after = done_markers(root)
+    keys = {s.key for s in sweep.make_plan(load_manifest(path)).specs}
+    assert set(after) == keys  # every fit exactly once: one marker per key, nothing else
+    assert all(after[k] == before[k] for k in before), "fits done before the kill were recomputed"
+    for key in keys:  # no partial fit: every folder complete
+        assert FIT_FILES <= {p.name for p in (root / "fits" / key).iterdir()}
+    log = (tmp_path / "second.log").read_text()
+    assert f"{len(before)} already done" in log
+
+
+def worker_pids() -> list[int]:
+    """Processes of Ray workers that are running a fit right now (Ray names them ray::FitWorker.run)."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "ray::FitWorker.run" in line]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_does_not_lose_fits(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    path = tiny_manifest(tmp_path, str(root), iterations=300, seeds=[0, 1])  # 8 fits of ~4 s
+    proc = start_sweep(path, tmp_path / "run.log")
+    try:
+        wait_for(lambda: bool(worker_pids()), 240, "a worker running a fit")
+        victim = worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        assert proc.wait(timeout=400) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        kill_session(proc)
+    keys = {s.key for s in sweep.make_plan(load_manifest(path)).specs}
+    assert set(done_markers(root)) == keys
+    assert not (root / "failed").exists() or not list((root / "failed").iterdir())
+    summaries = [json.loads(v) for v in done_markers(root).values()]
+    assert all(s["iterations_run"] == 300 for s in summaries)
