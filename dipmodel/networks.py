@@ -119,6 +119,15 @@ def uniform_noise(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
     return NOISE_SCALE * torch.rand(shape, generator=generator)
 
 
+def side_multiple(cfg: NetConfig) -> int:
+    """What output sides must be multiples of: 2 per down/upsampling scale (callers crop to it)."""
+    if cfg.name in ("decoder", "encoder_decoder", "encoder_decoder_skip"):
+        return 2**cfg.depth
+    if cfg.name == "dip_conv_1d":
+        return 2 ** (cfg.depth // 2)
+    return 1
+
+
 def check_sides(name: str, sides: tuple[int, ...], multiple: int, minimum: int) -> None:
     """Raise a ValueError naming the multiple when the network cannot produce these sides."""
     if any(s % multiple or s < minimum for s in sides):
@@ -179,7 +188,7 @@ class Decoder(DIPNet):
 
     def __init__(self, cfg: NetConfig, out_shape: tuple[int, ...], upsampling: bool = True) -> None:
         super().__init__(cfg, out_shape)
-        self.multiple = 2**cfg.depth if upsampling else 1
+        self.multiple = side_multiple(cfg) if upsampling else 1
         check_sides(cfg.name, self.out_shape[1:], self.multiple, 2 * self.multiple)
         w = cfg.width
         layers: list[nn.Module] = [conv_block(cfg, cfg.in_channels, w), conv_block(cfg, w, w)]
@@ -230,7 +239,7 @@ class EncoderDecoder(DIPNet):
 
     def __init__(self, cfg: NetConfig, out_shape: tuple[int, ...], skip: bool) -> None:
         super().__init__(cfg, out_shape)
-        self.multiple = 2**cfg.depth
+        self.multiple = side_multiple(cfg)
         check_sides(cfg.name, self.out_shape[1:], self.multiple, 2 * self.multiple)
         net: nn.Module = nn.Identity()
         for level in reversed(range(cfg.depth)):  # build from the coarsest scale outwards
@@ -299,7 +308,7 @@ class DIPConv1D(DIPNet):
     def __init__(self, cfg: NetConfig, out_shape: tuple[int, ...]) -> None:
         super().__init__(cfg, out_shape)
         half = cfg.depth // 2
-        self.multiple = 2**half
+        self.multiple = side_multiple(cfg)
         check_sides(cfg.name, self.out_shape[1:], self.multiple, 2 * self.multiple)
         w = cfg.width
         layers: list[nn.Module] = []

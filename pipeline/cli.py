@@ -190,15 +190,20 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.tracking import TrackingError
 
     args = build_parser().parse_args(argv)
-    warnings.formatwarning = lambda msg, *a, **k: f"dip: warning: {msg}\n"
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", UserWarning)
+            warnings.showwarning = lambda message, *_, **__: print(f"dip: warning: {message}", file=sys.stderr)
+            return COMMANDS[args.command](args)
     except (UserError, ImageError, ValueError, StorageError, TrackingError) as err:
         print(f"dip: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:  # a fit that diverged (NaN loss) names its iteration
         print(f"dip: fit failed: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("dip: interrupted", file=sys.stderr)
         return 130

@@ -61,8 +61,11 @@ def decode(data: bytes | BinaryIO, label: str) -> torch.Tensor:
             img.load()
         except ImageError:
             raise
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
-                Image.DecompressionBombError) as err:
+        except UnidentifiedImageError:
+            raise ImageError(f"{label}: not a readable image (unknown or corrupt format)") from None
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            raise ImageError(f"{label}: refused as a decompression bomb (over {MAX_PIXELS} pixels)") from None
+        except (OSError, SyntaxError, ValueError) as err:
             raise ImageError(f"{label}: not a readable image ({err})") from None
     return to_tensor(img, label)
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from dipmodel.fit import FitConfig, FitResult, fit
-from dipmodel.networks import NetConfig, build_network
+from dipmodel.networks import NetConfig, build_network, side_multiple
 from dipmodel.operators import Operator, build_operator
 from pipeline import plots
-from pipeline.images import center_crop, encode_png
+from pipeline.images import ImageError, center_crop, encode_png
 
 
 @dataclass
@@ -30,20 +30,19 @@ class Problem:
     y: torch.Tensor
 
 
-def network_multiple(net_cfg: NetConfig, channels: int) -> int:
-    """The side multiple a network needs, read from a tiny instance of it."""
-    probe = build_network(NetConfig(**(asdict(net_cfg) | {"width": 1, "lam": None})), (channels, 64, 64))
-    return int(probe.multiple)
-
-
 def prepare_problem(
     image: torch.Tensor, task: str, task_params: dict, net_cfg: NetConfig, seed: int, crop: int | None, label: str
 ) -> Problem:
     """Crop to the network's multiple and degrade reproducibly from ``seed``."""
-    multiple = network_multiple(net_cfg, image.shape[0])
+    multiple = side_multiple(net_cfg)
     if task == "superres":  # the low-resolution observation must have whole pixels too
         multiple = math.lcm(multiple, int(task_params.get("factor", 4)))
     clean = center_crop(image, multiple, crop, label)[None]
+    try:  # a 1-wide copy of the network checks the cropped size against every constraint
+        build_network(NetConfig(**(asdict(net_cfg) | {"width": 1, "lam": None})), tuple(clean.shape[1:]))
+    except ValueError as err:
+        raise ImageError(f"{label}: too small for the network after cropping to "
+                         f"{clean.shape[-1]}x{clean.shape[-2]} ({err})") from None
     op = build_operator(task, tuple(clean.shape[1:]), seed=seed, **task_params)
     return Problem(clean=clean, op=op, y=op.degrade(clean))
 

@@ -41,8 +41,8 @@ def open_store(manifest: Manifest) -> Store:
     return Store(manifest.storage, manifest.storage_options)
 
 
-def make_plan(manifest: Manifest, store: Store | None = None) -> Plan:
-    specs = expand(manifest)
+def make_plan(manifest: Manifest, store: Store | None = None, specs: list[FitSpec] | None = None) -> Plan:
+    specs = expand(manifest) if specs is None else specs
     store = store or open_store(manifest)
     keys = {s.key for s in specs}
     failed = {k: v for k, v in store.failed().items() if k in keys}
@@ -240,10 +240,11 @@ def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool
     import ray
     from ray.util import ActorPool
 
+    specs = expand(manifest)  # every manifest error surfaces before anything is written
     store = open_store(manifest)
     store.check_writable()
     store.write_sweep(manifest.model_dump(mode="json"))
-    plan = make_plan(manifest, store)
+    plan = make_plan(manifest, store, specs)
     todo = plan.todo(retry_failed)
     start = time.monotonic()
     if progress:

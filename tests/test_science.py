@@ -62,10 +62,10 @@ def noisy_crop() -> tuple[torch.Tensor, object, torch.Tensor]:
     return clean, op, op.degrade(clean)
 
 
-def denoise(noisy_crop: tuple, lam: float | None, iterations: int = 1000):
+def denoise(noisy_crop: tuple, lam: float | None, iterations: int = 1500):
     clean, op, y = noisy_crop
     net = NetConfig(name="decoder", width=32, lam=lam, norm="lipschitz" if lam else "batch")
-    return fit(net, op, y, clean, FitConfig(iterations=iterations, lr=0.01, metric_stride=10, stop_window=100))
+    return fit(net, op, y, clean, FitConfig(iterations=iterations, lr=1e-3, metric_stride=10, stop_window=100))
 
 
 @pytest.fixture(scope="module")

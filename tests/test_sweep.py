@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -233,8 +234,11 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     assert all(after[k] == before[k] for k in before), "fits done before the kill were recomputed"
     for key in keys:  # no partial fit: every folder complete
         assert FIT_FILES <= {p.name for p in (root / "fits" / key).iterdir()}
+    # Workers of the killed driver may finish the fits they had started; those count as done.
     log = (tmp_path / "second.log").read_text()
-    assert f"{len(before)} already done" in log
+    already = int(re.search(r"(\d+) already done", log).group(1))
+    assert already >= len(before)
+    assert f"{12 - already} fits done, 0 failed" in log
 
 
 def worker_pids() -> list[int]:

@@ -1,0 +1,69 @@
+"""`dip fit` from a user's side: files it writes, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.cli import main as dip
+
+TINY = ["--width", "4", "--depth", "3", "--iters", "6", "--lam", "2"]
+
+
+def picture(path: Path, mode: str, size: tuple[int, int] = (40, 36)) -> Path:
+    rng = np.random.default_rng(0)
+    channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+    arr = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    Image.fromarray(arr[..., 0] if channels == 1 else arr, mode).save(path)
+    return path
+
+
+@pytest.mark.parametrize("name, mode", [("g.png", "L"), ("c.jpg", "RGB"), ("c.bmp", "RGB"), ("a.png", "RGBA")])
+def test_fit_writes_images_metrics_and_curves(tmp_path: Path, capsys, name: str, mode: str) -> None:
+    image = picture(tmp_path / name, mode)
+    out = tmp_path / "out"
+    assert dip(["fit", str(image), "--out", str(out), *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "from 40x36 to 40x32" in err  # 36 rows cropped to the network's multiple of 8
+    assert ("alpha channel dropped" in err) == (mode == "RGBA")
+    for png in ("final.png", "clean.png", "degraded.png", "curves.png"):
+        assert (out / png).stat().st_size > 0
+    final = np.asarray(Image.open(out / "final.png"))
+    assert final.shape[:2] == (32, 40) and (final.ndim == 2) == (mode == "L")
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(float(r["iteration"])) for r in rows] == list(range(7))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_psnr"] == pytest.approx(float(rows[-1]["psnr_clean"]), abs=1e-3)
+
+
+@pytest.mark.parametrize("make, args, message", [
+    (lambda p: p / "missing.png", [], "cannot read image"),
+    (lambda p: (p / "bad.png").write_bytes(b"not an image") and p / "bad.png", [], "not a readable image"),
+    (lambda p: (p / "empty.png").write_bytes(b"") is not None and p / "empty.png", [], "empty"),
+    (lambda p: picture(p / "small.png", "RGB", (12, 12)), [], "too small"),
+    (lambda p: picture(p / "ok.png", "RGB"), ["--quality", "10"], "--quality does not apply to --task denoise"),
+    (lambda p: picture(p / "ok.png", "RGB"), ["--task", "jpeg", "--quality", "0"], "quality"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys, make, args: list, message: str) -> None:
+    path = make(tmp_path)
+    assert dip(["fit", str(path), "--out", str(tmp_path / "o"), *TINY, *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("dip: error:") and message in err[-1]
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_unknown_option_values_exit_2(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        dip(["fit", "x.png", "--task", "deblur"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'deblur'" in capsys.readouterr().err
+
+
+def test_bundled_sample_needs_no_file(tmp_path: Path) -> None:
+    assert dip(["fit", "skimage:camera", "--crop", "32", "--out", str(tmp_path), *TINY]) == 0
+    assert np.asarray(Image.open(tmp_path / "final.png")).shape == (32, 32)
