@@ -128,13 +128,14 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_manifest(args: argparse.Namespace) -> int:
-    from pipeline.manifest import expand, json_schema, load_manifest
+    from pipeline.manifest import json_schema, load_manifest
+    from pipeline.sweep import expand_specs
 
     if args.action == "schema":
         print(json.dumps(json_schema(), indent=2))
         return 0
     manifest = load_manifest(args.manifest)
-    specs = expand(manifest)
+    specs = expand_specs(manifest)
     print(f"{args.manifest}: valid, {len(specs)} fits")
     return 0
 

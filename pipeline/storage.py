@@ -349,3 +349,16 @@ class Store:
 
     def has_image(self, key: str, name: str) -> bool:
         return self.fs.exists(self._fit_file(key, f"{_part(name)}.png"))
+
+
+def data_lister(storage_options: dict[str, Any] | None = None) -> Callable[[str, str], list[str]]:
+    """A ``list_files`` for ``manifest.expand`` that finds data sets on any fsspec data root."""
+
+    def list_files(data_root: str, pattern: str) -> list[str]:
+        fs, root = fsspec.core.url_to_fs(data_root, **(storage_options or {}))
+        root = root.rstrip("/")
+        if not fs.isdir(f"{root}/{pattern.split('/', 1)[0]}"):
+            raise FileNotFoundError(f"no folder {data_root.rstrip('/')}/{pattern.split('/', 1)[0]}")
+        return sorted(p[len(root) + 1 :] for p in fs.glob(f"{root}/{pattern}") if fs.isfile(p))
+
+    return list_files

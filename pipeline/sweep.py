@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.manifest import FitSpec, Manifest, expand
-from pipeline.storage import Store
+from pipeline.storage import Store, data_lister
 from pipeline.tracking import Tracker, TrackingError, default_tracking_uri
 
 
@@ -41,8 +41,15 @@ def open_store(manifest: Manifest) -> Store:
     return Store(manifest.storage, manifest.storage_options)
 
 
+def expand_specs(manifest: Manifest) -> list[FitSpec]:
+    """The manifest's fits; data sets on a remote data root are listed through fsspec."""
+    root = manifest.data_root or ""
+    remote = "://" in root and not root.startswith("file://")
+    return expand(manifest, data_lister(manifest.storage_options) if remote else None)
+
+
 def make_plan(manifest: Manifest, store: Store | None = None, specs: list[FitSpec] | None = None) -> Plan:
-    specs = expand(manifest) if specs is None else specs
+    specs = expand_specs(manifest) if specs is None else specs
     store = store or open_store(manifest)
     keys = {s.key for s in specs}
     failed = {k: v for k, v in store.failed().items() if k in keys}
@@ -240,7 +247,7 @@ def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool
     import ray
     from ray.util import ActorPool
 
-    specs = expand(manifest)  # every manifest error surfaces before anything is written
+    specs = expand_specs(manifest)  # every manifest error surfaces before anything is written
     store = open_store(manifest)
     store.check_writable()
     store.write_sweep(manifest.model_dump(mode="json"))
@@ -272,10 +279,8 @@ def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool
                 bar.show()
             try:
                 record = pool.get_next_unordered()
-            except ray.exceptions.RayError as err:  # the worker died more often than max_retries
-                bar.failed += 1
-                failures[f"<worker {bar.failed}>"] = f"worker lost: {type(err).__name__}"
-                continue
+            except ray.exceptions.RayError:  # the worker died more often than max_retries;
+                continue  # its fit stays in in_flight and is recorded below
             in_flight.discard(record["key"])
             if record["status"] == "done":
                 bar.done += 1
@@ -287,10 +292,11 @@ def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool
         # Fits whose worker died beyond its retries are written as failures so status shows them.
         for spec in todo:
             if spec.key in in_flight and not store.is_done(spec.key):
-                store.write_failure(spec.key, spec.model_dump(mode="json"),
-                                    "worker lost more often than resources.max_retries", "WorkerLost",
+                reason = f"worker lost more than resources.max_retries={res.max_retries} times"
+                store.write_failure(spec.key, spec.model_dump(mode="json"), reason, "WorkerLost",
                                     res.max_retries + 1)
-                failures[spec.key] = "worker lost"
+                failures[spec.key] = reason
+                bar.failed += 1
     except KeyboardInterrupt:
         print("\ninterrupted: finished fits are stored; rerun the same command to resume", file=sys.stderr)
         raise
@@ -300,8 +306,7 @@ def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool
     if progress:
         bar.show(force=True)
     mlflow_log.close()
-    return SweepOutcome(bar.done, bar.failed, len(plan.specs) - len(todo),
-                        {k: v for k, v in failures.items() if not k.startswith("<")}, time.monotonic() - start)
+    return SweepOutcome(bar.done, bar.failed, len(plan.specs) - len(todo), failures, time.monotonic() - start)
 
 
 def sync_mlflow(manifest: Manifest) -> tuple[int, int]:
@@ -311,7 +316,7 @@ def sync_mlflow(manifest: Manifest) -> tuple[int, int]:
                       manifest.mlflow.experiment or manifest.name)
     parent = tracker.sweep_run(manifest.name, {"storage": manifest.storage})
     have = tracker.logged_keys(parent)
-    keys = {s.key for s in expand(manifest)}
+    keys = {s.key for s in expand_specs(manifest)}
     missing = sorted((store.done_keys() & keys) - have)
     for key in missing:
         log_stored_fit(tracker, parent, store, key)

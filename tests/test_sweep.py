@@ -108,6 +108,29 @@ def test_s3_and_local_storage_give_the_same_results(ray_cluster, tmp_path: Path,
             b.read_metrics(key).column("psnr_clean").to_pylist(), abs=1e-5)
 
 
+def test_images_from_a_data_set_on_s3(ray_cluster, tmp_path: Path, s3_store_uri) -> None:
+    import io
+
+    import s3fs
+    from PIL import Image
+
+    uri, options = s3_store_uri
+    options = options | {"key": "testing", "secret": "testing"}
+    bucket = uri.split("/")[2]
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
+    for name, colour in [("a.png", (200, 40, 40)), ("b.png", (40, 200, 40))]:
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), colour).save(buf, format="PNG")
+        fs.pipe(f"{bucket}/data/mini/{name}", buf.getvalue())
+    path = tiny_manifest(tmp_path, uri, name="s3data", storage_options=options, lams=[2],
+                         images={"dataset": "mini", "crop": 32})
+    doc = yaml.safe_load(path.read_text()) | {"data_root": f"s3://{bucket}/data"}
+    path.write_text(yaml.safe_dump(doc))
+    manifest = load_manifest(path)
+    assert sorted(s.image_name for s in sweep.expand_specs(manifest)) == ["mini/a.png", "mini/b.png"]
+    assert sweep.run_sweep(manifest, progress=False).done == 2
+
+
 def test_mlflow_server_gets_a_parent_and_nested_runs(ray_cluster, tmp_path: Path, mlflow_server: str) -> None:
     import mlflow
 
