@@ -55,6 +55,7 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0, help="seeds the network, its input and the degradation")
     p.add_argument("--crop", type=int, default=None, help="centre-crop to at most this many pixels a side")
+    p.add_argument("--grey", action="store_true", help="fit the luma (Y of YCbCr) of a colour image")
     p.add_argument("--metric-stride", type=int, default=1)
     p.add_argument("--halt-at-stop", action="store_true", help="end the fit when the automatic stop fires")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
@@ -63,6 +64,7 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_fit(args: argparse.Namespace) -> int:
     from dipmodel.fit import FitConfig
+    from dipmodel.metrics import to_grey
     from dipmodel.networks import NetConfig
     from pipeline.images import load_image
     from pipeline.single import fit_to_folder, prepare_problem
@@ -78,6 +80,8 @@ def run_fit(args: argparse.Namespace) -> int:
         given.setdefault("ratio", 0.25)
     upsample = args.upsample or ("gaussian" if args.up_sigma is not None else "bilinear")
     image = load_image(args.image)
+    if args.grey and image.shape[0] == 3:
+        image = to_grey(image[None])[0]
     net_cfg = NetConfig(name=args.model, out_channels=image.shape[0], width=args.width, depth=args.depth,
                         upsample=upsample, up_sigma=0.5 if args.up_sigma is None else args.up_sigma,
                         norm="lipschitz" if args.lam is not None else "batch", lam=args.lam)

@@ -67,3 +67,17 @@ def test_unknown_option_values_exit_2(tmp_path: Path, capsys) -> None:
 def test_bundled_sample_needs_no_file(tmp_path: Path) -> None:
     assert dip(["fit", "skimage:camera", "--crop", "32", "--out", str(tmp_path), *TINY]) == 0
     assert np.asarray(Image.open(tmp_path / "final.png")).shape == (32, 32)
+
+
+def test_grey_fits_the_luma_of_a_colour_image(tmp_path: Path) -> None:
+    assert dip(["fit", "skimage:astronaut", "--crop", "32", "--grey", "--task", "jpeg", "--out", str(tmp_path),
+                *TINY]) == 0
+    clean = np.asarray(Image.open(tmp_path / "clean.png"), dtype=np.float64)
+    rgb = np.asarray(Image.open(tmp_path / "final.png"))
+    assert clean.ndim == 2 and rgb.ndim == 2  # one channel in, one channel out
+    from skimage import data
+
+    full = data.astronaut().astype(np.float64)
+    top, left = (512 - 32) // 2, (512 - 32) // 2
+    luma = full[top:top + 32, left:left + 32] @ np.array([0.299, 0.587, 0.114])
+    assert np.abs(clean - luma).max() <= 1.0  # ITU-R 601 luma, up to 8-bit rounding

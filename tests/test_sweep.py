@@ -264,6 +264,24 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     assert f"{12 - already} fits done, 0 failed" in log
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    path = tiny_manifest(tmp_path, str(root), iterations=150, seeds=[0, 1])  # 8 fits
+    proc = start_sweep(path, tmp_path / "first.log")
+    try:
+        wait_for(lambda: len(done_markers(root)) >= 2, 240, "two finished fits")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        kill_session(proc)
+    assert "rerun the same command to resume" in (tmp_path / "first.log").read_text()
+    assert subprocess.run([sys.executable, "-m", "pipeline.cli", "sweep", "run", str(path)],
+                          capture_output=True, timeout=400).returncode == 0
+    keys = {s.key for s in sweep.make_plan(load_manifest(path)).specs}
+    assert set(done_markers(root)) == keys
+
+
 def worker_pids() -> list[int]:
     """Processes of Ray workers that are running a fit right now (Ray names them ray::FitWorker.run)."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
