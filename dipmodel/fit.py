@@ -129,8 +129,58 @@ def column_names(row: Mapping[str, Tensor]) -> list[str]:
     return names
 
 
-def fit(
-    net_cfg: NetConfig,
+class DeviceRecord:
+    """What the fit remembers along the way, all on the device: no host sync per iteration.
+
+    Metric rows go into a preallocated (rows, columns) buffer; the oracle-best output and
+    Shi et al.'s automatic stop (Eq. 8, over the blur/sharpness ratio column) are tracked
+    with ``torch.where``.
+    """
+
+    def __init__(self, cfg: FitConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.n_rows = cfg.iterations // cfg.metric_stride + 2
+        self.window = cfg.stop_window // cfg.metric_stride  # n of Eq. 8, in logged rows
+        self.rows: Tensor | None = None  # allocated at the first row, when the columns are known
+        self.names: list[str] = []
+        self.iterations: list[int] = []
+        self.best_psnr = torch.tensor(-float("inf"), device=device)
+        self.best_iter = torch.tensor(-1, device=device)
+        self.best_out: Tensor | None = None
+        self.stopped = torch.tensor(False, device=device)
+        self.stop_iter = torch.tensor(-1, device=device)
+        self.stop_out: Tensor | None = None
+
+    def add(self, t: int, out: Tensor, row: dict[str, Tensor]) -> None:
+        flat = torch.cat([v.reshape(-1).float() for v in row.values()])
+        if self.rows is None:
+            self.names = column_names(row)
+            self.rows = torch.empty(self.n_rows, len(self.names), device=self.device)
+            self.best_out, self.stop_out = out.clone(), out.clone()
+        j = len(self.iterations)
+        self.rows[j] = flat
+        self.iterations.append(t)
+        if "psnr_clean" in row:
+            better = row["psnr_clean"] > self.best_psnr
+            self.best_psnr = torch.where(better, row["psnr_clean"], self.best_psnr)
+            self.best_iter = torch.where(better, t, self.best_iter)
+            self.best_out = torch.where(better, out, self.best_out)
+        if self.cfg.auto_stop and "ratio" in self.names and j >= 2 * self.window:
+            r = self.rows[j - 2 * self.window : j, self.names.index("ratio")]
+            delta = (r[self.window :].mean() - r[: self.window].mean()).abs()
+            fire = (delta < self.cfg.stop_eps) & ~self.stopped
+            self.stop_iter = torch.where(fire, t, self.stop_iter)
+            self.stop_out = torch.where(fire, out, self.stop_out)
+            self.stopped = self.stopped | fire
+
+    def table(self) -> dict[str, np.ndarray]:
+        """The logged rows on the host: column -> values, with "iteration" first."""
+        assert self.rows is not None
+        values = self.rows[: len(self.iterations)].cpu().numpy()
+        return {"iteration": np.asarray(self.iterations)} | {n: values[:, i] for i, n in enumerate(self.names)}
+
+
+def fit(    net_cfg: NetConfig,
     op: Operator,
     y: Tensor,
     clean: Tensor | None = None,
@@ -160,92 +210,60 @@ def fit(
     z = net.make_input(torch.Generator().manual_seed(cfg.seed)).to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
 
-    # --- device-side buffers ----------------------------------------------------------------
+    # --- device-side state ----------------------------------------------------------------
     T = cfg.iterations
-    n_rows = T // cfg.metric_stride + 2
     loss_hist = torch.full((T + 1,), float("nan"), device=device)
-    rows: Tensor | None = None  # (n_rows, n_columns), allocated at the first logged row
-    names: list[str] = []
-    logged_iters: list[int] = []
-    window = cfg.stop_window // cfg.metric_stride
-    ratio_col = -1
-    best_psnr = torch.tensor(-float("inf"), device=device)
-    best_iter = torch.tensor(-1, device=device)
-    best_out: Tensor | None = None
-    stopped = torch.tensor(False, device=device)
-    stop_iter = torch.tensor(-1, device=device)
-    stop_out: Tensor | None = None
+    record = DeviceRecord(cfg, device)
     snap_dtype = getattr(torch, cfg.snapshot_dtype)
     snapshots: list[Tensor] = []
     snapshot_iters: list[int] = []
 
-    def check_chunk(upto: int) -> bool:
+    def check_chunk(upto: int, lo: int | None = None) -> bool:
         """Host sync point: raise on a non-finite loss; say whether to halt at the stop."""
-        lo = max(0, upto - cfg.sync_every)
+        lo = max(0, upto - cfg.sync_every) if lo is None else lo
         chunk = loss_hist[lo:upto].cpu()
         bad = (~torch.isfinite(chunk)).nonzero()
         if len(bad):
             t_bad = lo + int(bad[0])
             raise FitDivergedError(f"loss became {float(chunk[bad[0]])} at iteration {t_bad}")
-        return cfg.halt_at_stop and bool(stopped)
+        return cfg.halt_at_stop and bool(record.stopped)
 
     start = time.perf_counter()
     net.train()
     t = 0
-    for t in range(T + 1):
-        out = net(z)
-        loss = data_term(op, out, y)
-        loss_hist[t] = loss.detach()
+    try:
+        for t in range(T + 1):
+            out = net(z)
+            loss = data_term(op, out, y)
+            loss_hist[t] = loss.detach()
 
-        # --- metrics on the device, at the stride and always at the last iteration ----------
-        if t % cfg.metric_stride == 0 or t == T:
-            with torch.no_grad():
-                row = metric_row(out.detach(), y, op, clean, cfg.spectral, extra)
-                row["loss"] = loss.detach()
-                flat = torch.cat([v.reshape(-1).float() for v in row.values()])
-                if rows is None:
-                    names = column_names(row)
-                    rows = torch.empty(n_rows, len(names), device=device)
-                    ratio_col = names.index("ratio") if "ratio" in names else -1
-                    best_out = out.detach().clone()
-                    stop_out = out.detach().clone()
-                j = len(logged_iters)
-                rows[j] = flat
-                logged_iters.append(t)
-                if clean is not None:
-                    better = row["psnr_clean"] > best_psnr
-                    best_psnr = torch.where(better, row["psnr_clean"], best_psnr)
-                    best_iter = torch.where(better, t, best_iter)
-                    best_out = torch.where(better, out.detach(), best_out)
-                if cfg.auto_stop and ratio_col >= 0 and j >= 2 * window:
-                    r = rows[j - 2 * window : j, ratio_col]
-                    delta = (r[window:].mean() - r[:window].mean()).abs()
-                    fire = (delta < cfg.stop_eps) & ~stopped
-                    stop_iter = torch.where(fire, t, stop_iter)
-                    stop_out = torch.where(fire, out.detach(), stop_out)
-                    stopped = stopped | fire
-        if cfg.snapshot_stride and (t % cfg.snapshot_stride == 0 or t == T):
-            snapshots.append(out.detach()[0].to(snap_dtype))
-            snapshot_iters.append(t)
+            # --- metrics on the device, at the stride and always at the last iteration ----------
+            if t % cfg.metric_stride == 0 or t == T:
+                with torch.no_grad():
+                    row = metric_row(out.detach(), y, op, clean, cfg.spectral, extra)
+                    record.add(t, out.detach(), row | {"loss": loss.detach()})
+            if cfg.snapshot_stride and (t % cfg.snapshot_stride == 0 or t == T):
+                snapshots.append(out.detach()[0].to(snap_dtype))
+                snapshot_iters.append(t)
 
-        if (t + 1) % cfg.sync_every == 0 and check_chunk(t + 1):
-            break
-        if t == T:
-            break
-        # --- the optimisation step ---------------------------------------------------------
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-
+            if (t + 1) % cfg.sync_every == 0 and check_chunk(t + 1):
+                break
+            if t == T:
+                break
+            # --- the optimisation step ---------------------------------------------------------
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+    except torch.linalg.LinAlgError:  # NaN weights break the exact σ before a sync sees the loss
+        check_chunk(t + 1, lo=0)
+        raise
     check_chunk(t + 1)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
 
     # --- back to the host, once ---------------------------------------------------------------
-    assert rows is not None
-    table = rows[: len(logged_iters)].cpu().numpy()
-    metrics = {"iteration": np.asarray(logged_iters)} | {n: table[:, i] for i, n in enumerate(names)}
+    metrics = record.table()
     final = out.detach()[0].float().cpu().numpy()
     result = FitResult(
         metrics=metrics,
@@ -259,12 +277,12 @@ def fit(
     )
     if clean is not None:
         result.final_psnr = float(M.psnr(out.detach(), clean)[0])
-        result.best_psnr = float(best_psnr)
-        result.best_iteration = int(best_iter)
-        result.best_output = best_out[0].float().cpu().numpy()
-    if bool(stopped):
-        result.stop_iteration = int(stop_iter)
-        result.stop_output = stop_out[0].float().cpu().numpy()
+        result.best_psnr = float(record.best_psnr)
+        result.best_iteration = int(record.best_iter)
+        result.best_output = record.best_out[0].float().cpu().numpy()
+    if bool(record.stopped):
+        result.stop_iteration = int(record.stop_iter)
+        result.stop_output = record.stop_out[0].float().cpu().numpy()
         if clean is not None:
-            result.stop_psnr = float(M.psnr(stop_out, clean)[0])
+            result.stop_psnr = float(M.psnr(record.stop_out, clean)[0])
     return result
