@@ -8,7 +8,8 @@ pydantic validates the structure and, per field, the names and types of the sett
 the structure is sound, every network/fit configuration the grid produces is built, so the
 dataclasses' own checks (`NetConfig`/`FitConfig.__post_init__`) fail here and not in a worker.
 Data sets are looked up only by `expand`, through a `list_files` callable, so storage
-(fsspec) stays outside this module.
+(fsspec) stays outside this module; the data sets of the papers are checked against their
+checksums there too (`pipeline.datasets.verify`, replaceable by a `verify` callable).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
@@ -40,15 +42,20 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError, to_jsonable_python
 
 from dipmodel.fit import FitConfig
-from dipmodel.networks import NetConfig
+from dipmodel.networks import ONE_D, NetConfig
+from pipeline import datasets
 from pipeline.images import SAMPLE_PREFIX
 
 KEY_VERSION = 1  # bump when the meaning of a key's content changes, so old results are not reused
 KEY_FIELDS = ("image_name", "crop", "grey", "task", "task_params", "network", "fit", "seed")
+# Added after version 1 keys existed: entered only when set, so the keys of fits that do not
+# use them (and their stored results) stay valid.
+OPTIONAL_KEY_FIELDS = ("downsample",)
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]  # where in the manifest, what is wrong
 ListFiles = Callable[[str, str], list[str]]
+VerifyDataset = Callable[[str, str, list[str] | None], None]  # (data_root, data set, files or all)
 
 # --- what may be set where ---------------------------------------------------------------------
 
@@ -132,8 +139,51 @@ def _names_schema(names: Iterable[str]) -> dict[str, Any]:
 # --- manifest models -----------------------------------------------------------------------------
 
 
+class SignalSpec(BaseModel):
+    """A 1-D sum of sines, C&M §3.1: x0(t) = sum_i a_i sin(2 pi k_i t), t = i / length."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    length: int = Field(256, ge=8, description="samples")
+    freqs: list[PositiveInt] = Field(
+        [5, 50], min_length=1, description="integer frequencies k_i (cycles per signal), increasing, below length/2"
+    )
+    amplitudes: list[float] | None = Field(None, min_length=1, description="a_i, one per frequency; default 1 each")
+
+    @model_validator(mode="after")
+    def _check(self) -> SignalSpec:
+        problems: list[Problem] = []
+        if any(b <= a for a, b in zip(self.freqs, self.freqs[1:])):
+            problems.append((("freqs",), "frequencies must increase (se_1, converged_k1 are the lowest)"))
+        half = f"length/2 = {self.length / 2:g}"
+        problems += [
+            (("freqs", i), f"frequency {k} is not below {half} (SE(k) needs 0 < k < length/2)")
+            for i, k in enumerate(self.freqs)
+            if 2 * k >= self.length
+        ]
+        if self.amplitudes is not None and len(self.amplitudes) != len(self.freqs):
+            problems.append((("amplitudes",), f"give one amplitude per frequency ({len(self.freqs)})"))
+        _raise_if(problems, "SignalSpec")
+        return self
+
+    def amplitude_list(self) -> list[float]:
+        """a_i, the default (1 each) written out."""
+        return self.amplitudes or [1.0] * len(self.freqs)
+
+    def resolved(self) -> SignalSpec:
+        """The same signal with its amplitudes written out, so equal signals compare equal."""
+        return self.model_copy(update={"amplitudes": self.amplitude_list()})
+
+    def name(self) -> str:
+        """Its image name, e.g. ``signal:256:5+50``; amplitudes follow when any is not 1."""
+        text = f"signal:{self.length}:{'+'.join(map(str, self.freqs))}"
+        amplitudes = _canonical(self.amplitude_list())
+        return text if all(a == 1 for a in amplitudes) else f"{text}:{'+'.join(map(str, amplitudes))}"
+
+
 class ImageSet(BaseModel):
-    """Where images come from: bundled samples, a data-set folder under the data root, or URIs."""
+    """What to fit: bundled samples, a data-set folder under the data root, URIs, or a 1-D signal,
+    with the preprocessing that is part of the experiment (downsampling, luma)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -143,12 +193,18 @@ class ImageSet(BaseModel):
         description="scikit-image bundled sample(s), e.g. astronaut, camera",
         json_schema_extra={"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
     )
-    dataset: str | None = Field(None, description="folder under the data root")
+    dataset: str | None = Field(None, description="folder under the data root; known names are checksum-verified")
     files: list[str] | None = Field(None, min_length=1, description="file names inside the dataset folder")
     glob: str | None = Field(None, description="pattern inside the dataset folder (default *)")
     uris: list[str] | None = Field(None, min_length=1, description="explicit image paths or URIs")
+    signal: SignalSpec | None = Field(None, description="a 1-D sum of sines (C&M §3.1) instead of images")
+    downsample: int | None = Field(
+        None, ge=2, description="shrink by this factor (PIL Lanczos) before cropping; C&M Tables 1-2 use 4"
+    )
     crop: PositiveInt | None = Field(None, description="centre-crop to at most crop x crop")
-    grey: bool = Field(False, description="fit the luma (Y) channel only")
+    grey: bool | None = Field(
+        None, description="fit the luma (Y of YCbCr, ITU-R 601) only; default: the data set's convention (live1: true)"
+    )
 
     @field_validator("sample", mode="before")
     @classmethod
@@ -170,13 +226,19 @@ class ImageSet(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> ImageSet:
-        sources = [k for k in ("sample", "dataset", "uris") if getattr(self, k) is not None]
+        sources = [k for k in ("sample", "dataset", "uris", "signal") if getattr(self, k) is not None]
         if len(sources) != 1:
-            raise PydanticCustomError("manifest", "give exactly one of sample, dataset or uris")
+            raise PydanticCustomError("manifest", "give exactly one of sample, dataset, uris or signal")
         if self.dataset is None and (self.files is not None or self.glob is not None):
             raise PydanticCustomError("manifest", "files and glob choose files inside a dataset")
         if self.files is not None and self.glob is not None:
             raise PydanticCustomError("manifest", "give files or glob, not both")
+        if self.signal is not None:
+            _raise_if([((f,), "applies to images, not to a 1-D signal") for f in ("downsample", "crop", "grey")
+                       if getattr(self, f)], "ImageSet")
+        if self.grey is None:  # the data set's convention, e.g. LIVE1 is evaluated on the Y channel
+            known = datasets.registry().get(self.dataset or "")
+            self.grey = known is not None and known.grey
         return self
 
 
@@ -302,6 +364,9 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-z0-9_-]+$", description="sweep name: lower-case letters, digits, _ and -")
+    experiment: str | None = Field(
+        None, min_length=1, description="paper experiment id (e.g. S6, C4) for reports; not part of fit keys"
+    )
     data_root: str | None = Field(
         None, validate_default=True, description="path or URI of the data sets; default $DIP_DATA_ROOT, else ./data"
     )
@@ -388,7 +453,7 @@ class Manifest(BaseModel):
                 problems.append((loc, f"{field} is already set at {_path(seen[field])}"))
             seen[field] = loc
         if not problems:
-            problems = self._config_problems()
+            problems = self._config_problems() or self._input_problems()
         _raise_if(problems, "Manifest")
         if self.storage is None:
             self.storage = f"file://{Path.cwd()}/results/{self.name}"
@@ -437,6 +502,28 @@ class Manifest(BaseModel):
 
     def _config_problems(self) -> list[Problem]:
         return list(dict.fromkeys(p for setting in self._settings() for p in self._resolve(setting)[2]))
+
+    def _input_problems(self) -> list[Problem]:
+        """1-D signals and images need different networks, and a signal takes task clean only."""
+        signals = [i for i, images in enumerate(self.images) if images.signal is not None]
+        pictures = [i for i, images in enumerate(self.images) if images.signal is None]
+        problems: list[Problem] = [
+            (("images", i, "signal"), f"a 1-D signal takes task clean only; tasks[{j}] is {task.task}")
+            for i in signals
+            for j, task in enumerate(self.tasks)
+            if task.task != "clean"
+        ]
+        for setting in self._settings():
+            name, loc = setting["name"]
+            if signals and name not in ONE_D:
+                needs = f"the signal of images[{signals[0]}] needs a 1-D network ({', '.join(ONE_D)})"
+                problems.append((loc, f"{name} fits images; {needs}"))
+            if pictures and name in ONE_D:
+                problems.append((loc, f"{name} fits 1-D signals; images[{pictures[0]}] holds images"))
+            spectral, spectral_loc = setting.get("spectral", (False, ()))
+            if signals and spectral:
+                problems.append((spectral_loc, "FBC and blur/sharpness need images; signals fit with spectral: false"))
+        return list(dict.fromkeys(problems))
 
     def configurations(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """(network, fit) dicts of every grid point, in grid order; fit.seed is set per spec."""
@@ -488,10 +575,13 @@ class FitSpec(BaseModel):
 
     sweep: str
     image_uri: str  # where to read the image: a path, a URI, or skimage:NAME
-    image_name: str  # stable short name: dataset/file, sample:NAME, or the URI as written
+    image_name: str  # stable short name: dataset/file, sample:NAME, signal:LENGTH:FREQS, or the URI as written
     dataset: str | None
     crop: int | None
     grey: bool
+    downsample: int | None = None
+    signal: SignalSpec | None = None  # a 1-D input instead of an image, amplitudes written out
+    experiment: str | None = None  # the manifest's paper experiment id; not part of the key
     task: str
     task_params: dict[str, Any]
     network: dict[str, Any]  # every NetConfig field
@@ -521,25 +611,20 @@ def fit_key(spec_content: dict[str, Any]) -> str:
     """Stable 16-hex-digit key of a fit: sha256 of the canonical JSON of what determines its result.
 
     The key covers ``KEY_FIELDS`` (image_name, crop, grey, task, task_params, the full network
-    and fit configurations, seed) and ``KEY_VERSION``; extra entries in `spec_content` (e.g. a
-    whole FitSpec dump) are ignored. Deliberately excluded: the sweep name, storage, MLflow,
+    and fit configurations, seed), those of ``OPTIONAL_KEY_FIELDS`` (downsample) that are set,
+    and ``KEY_VERSION``; extra entries in `spec_content` (e.g. a whole FitSpec dump, with its
+    experiment id) are ignored. Deliberately excluded: the sweep name, storage, MLflow,
     resources and the data root (image_name is relative to it), so renaming a sweep, moving
     its data or its results, or changing the cluster reuses the fits already done. JSON is
     written with sorted keys and no spaces, and integral floats as integers (2 == 2.0).
     """
     content = {k: spec_content[k] for k in KEY_FIELDS} | {"key_version": KEY_VERSION}
+    content |= {k: spec_content[k] for k in OPTIONAL_KEY_FIELDS if spec_content.get(k) is not None}
     text = json.dumps(_canonical(content), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # --- images --------------------------------------------------------------------------------------
-
-
-def _local_root(root: str) -> Path | None:
-    """The local folder of a data root, or None for a remote URI."""
-    if root.startswith("file://"):
-        return Path(root.removeprefix("file://"))
-    return None if "://" in root else Path(root).expanduser()
 
 
 def list_local_files(data_root: str, pattern: str) -> list[str]:
@@ -548,7 +633,7 @@ def list_local_files(data_root: str, pattern: str) -> list[str]:
     This is the contract of `expand`'s `list_files`: '/'-separated paths relative to the
     root, and FileNotFoundError when the pattern's top folder (the data set) does not exist.
     """
-    root = _local_root(data_root)
+    root = datasets.local_root(data_root)
     if root is None:
         raise FileNotFoundError(f"{data_root} is not a local folder; pass expand() a list_files for it")
     folder = root / pattern.split("/", 1)[0]
@@ -558,18 +643,20 @@ def list_local_files(data_root: str, pattern: str) -> list[str]:
 
 
 def _image_uri(data_root: str, relative: str) -> str:
-    root = _local_root(data_root)
+    root = datasets.local_root(data_root)
     return os.path.abspath(root / relative) if root is not None else f"{data_root.rstrip('/')}/{relative}"
 
 
 def _resolve_images(
-    manifest: Manifest, index: int, images: ImageSet, list_files: ListFiles
+    manifest: Manifest, index: int, images: ImageSet, list_files: ListFiles, verify: VerifyDataset
 ) -> tuple[list[tuple[str, str]], list[Problem]]:
     """(image_name, image_uri) pairs of one image set, or the problems found looking them up."""
     if images.sample is not None:
         return [(f"sample:{n}", f"{SAMPLE_PREFIX}{n}") for n in images.sample], []
     if images.uris is not None:
         return [(u, u) for u in images.uris], []
+    if images.signal is not None:
+        return [(images.signal.name(), images.signal.name())], []
     root, dataset = manifest.data_root or "", images.dataset or ""
     loc: Loc = ("images", index, "dataset")
     try:
@@ -588,21 +675,48 @@ def _resolve_images(
             missing = [] if relative else [(loc, nothing)]
     except OSError as err:
         return [], [(loc, f"dataset {dataset!r} not found under data root {root} ({err})")]
+    if not missing:
+        missing = _verification_problems(root, index, images, [r.split("/", 1)[1] for r in relative], verify)
     return [(r, _image_uri(root, r)) for r in relative], missing
 
 
-def expand(manifest: Manifest, list_files: ListFiles | None = None) -> list[FitSpec]:
+def _verification_problems(
+    root: str, index: int, images: ImageSet, names: list[str], verify: VerifyDataset
+) -> list[Problem]:
+    """Checksum problems of the files an image set uses; a glob needs the whole data set intact."""
+    dataset = images.dataset or ""
+    try:
+        if images.files is None:
+            verify(root, dataset, None)
+        verify(root, dataset, names)
+    except datasets.DatasetError as err:
+        files = images.files or []
+        return [
+            (("images", index, "files", files.index(p.file)) if p.file in files else ("images", index, "dataset"),
+             p.message)
+            for p in err.problems
+        ]
+    return []
+
+
+def expand(
+    manifest: Manifest, list_files: ListFiles | None = None, verify: VerifyDataset | None = None
+) -> list[FitSpec]:
     """Every fit of the manifest, once each (deduplicated by key), in a deterministic order.
 
     Order: image sets, their images, tasks, task-parameter combinations, grid points
     (grid axes in written order, then zip groups), seeds. `list_files(data_root, pattern)`
     finds data-set files (see `list_local_files`, the default, for its contract).
+    `verify(data_root, dataset, files)` checks the files of a data set (None: all of them) and
+    raises `datasets.DatasetError`; the default, `datasets.verify`, checks the known data sets'
+    checksums through fsspec with the manifest's storage options.
     """
     list_files = list_files or list_local_files
+    verify = verify or partial(datasets.verify, storage_options=manifest.storage_options)
     images: list[tuple[ImageSet, str, str]] = []
     problems: list[Problem] = []
     for i, image_set in enumerate(manifest.images):
-        found, bad = _resolve_images(manifest, i, image_set, list_files)
+        found, bad = _resolve_images(manifest, i, image_set, list_files, verify)
         images += [(image_set, name, uri) for name, uri in found]
         problems += bad
     if problems:
@@ -610,14 +724,18 @@ def expand(manifest: Manifest, list_files: ListFiles | None = None) -> list[FitS
     configs = manifest.configurations()
     specs: dict[str, FitSpec] = {}
     for (image_set, name, uri), task in itertools.product(images, manifest.tasks):
+        signal = image_set.signal.resolved() if image_set.signal is not None else None
         for params, (network, fit), seed in itertools.product(task.combinations(), configs, manifest.seed_list()):
+            fit_cfg = fit | {"seed": seed} | ({"spectral": False} if signal else {})  # 2-D metrics need images
             content = {
-                "image_name": name, "crop": image_set.crop, "grey": image_set.grey, "task": task.task,
-                "task_params": params, "network": network, "fit": fit | {"seed": seed}, "seed": seed,
+                "image_name": name, "crop": image_set.crop, "grey": image_set.grey,
+                "downsample": image_set.downsample, "task": task.task, "task_params": params,
+                "network": network, "fit": fit_cfg, "seed": seed,
             }  # fmt: skip
             key = fit_key(content)
             if key not in specs:
-                specs[key] = FitSpec(sweep=manifest.name, image_uri=uri, dataset=image_set.dataset, key=key, **content)
+                specs[key] = FitSpec(sweep=manifest.name, image_uri=uri, dataset=image_set.dataset, signal=signal,
+                                     experiment=manifest.experiment, key=key, **content)
     return list(specs.values())
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -63,6 +65,147 @@ def fit_curves(
     axes[-1, 0].set_xlabel("iteration")
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- sweep reports: several fits per figure ----------------------------------------------------
+
+# How each kind of point marked on a curve is drawn (one legend entry per kind and panel).
+MARK_STYLES: dict[str, dict] = {
+    "oracle peak": {"marker": "o", "s": 36, "edgecolors": "black", "linewidths": 0.6},
+    "auto-stop": {"marker": "v", "s": 46, "edgecolors": "black", "linewidths": 0.6},
+    "converged": {"marker": "s", "s": 30, "edgecolors": "black", "linewidths": 0.6},
+}
+
+
+@dataclass
+class Series:
+    """One line: a setting's values over a shared x grid, one row per seed (or seed pair).
+
+    The line is the mean over rows (NaN where a row has no value); the shaded band is their
+    min–max range, or ± one standard deviation with ``spread="std"``.
+    """
+
+    label: str
+    x: np.ndarray  # (T,)
+    values: np.ndarray  # (S, T)
+    marks: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # MARK_STYLES kind -> points
+    color: Any = None
+    linestyle: str = "-"
+    spread: str = "range"  # "range" (min–max) or "std"
+
+
+@dataclass
+class Panel:
+    """One axes of a figure: its series, the y label (with units), and scale choices."""
+
+    series: list[Series]
+    ylabel: str
+    title: str = ""
+    log_y: bool = False
+    log_x: bool = False
+    ylim: tuple[float, float] | None = None
+    hlines: dict[str, float] = field(default_factory=dict)  # label -> y, e.g. a threshold
+    legend_title: str = ""
+
+
+def _draw_series(ax: plt.Axes, series: Series, color: Any) -> None:
+    values = np.atleast_2d(np.asarray(series.values, dtype=np.float64))
+    present = ~np.all(np.isnan(values), axis=0)
+    x, values = np.asarray(series.x)[present], values[:, present]
+    if not x.size:
+        return
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(values, axis=0)
+        if series.spread == "std":
+            std = np.nan_to_num(np.nanstd(values, axis=0, ddof=1 if len(values) > 1 else 0))
+            low, high = mean - std, mean + std
+        else:
+            low, high = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+    marker = "o" if series.spread == "std" else None
+    ax.plot(x, mean, color=color, ls=series.linestyle, marker=marker, ms=4, lw=1.4, label=series.label)
+    if len(values) > 1:
+        ax.fill_between(x, low, high, color=color, alpha=0.18, lw=0)
+    for kind, points in series.marks.items():
+        if points:
+            px, py = zip(*points)
+            ax.scatter(px, py, color=color, zorder=3, **MARK_STYLES[kind])
+
+
+def curves_figure(panels: list[Panel], path: str | Path, title: str, xlabel: str = "iteration") -> None:
+    """Panels of mean curves with their spread across seeds, side by side on one x axis."""
+    ncols = min(len(panels), 3)
+    nrows = -(-len(panels) // ncols)
+    size = (7.5, 4.5) if len(panels) == 1 else (5.2 * ncols, 3.9 * nrows)
+    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False, sharex=True)
+    for ax, panel in zip(axes.flat, panels):
+        for i, series in enumerate(panel.series):
+            _draw_series(ax, series, series.color if series.color is not None else f"C{i % 10}")
+        kinds = dict.fromkeys(kind for s in panel.series for kind, points in s.marks.items() if points)
+        for kind in kinds:  # one grey legend entry per kind of mark, whatever the colours
+            ax.scatter([], [], color="0.6", label=f"{kind} (one per seed)", **MARK_STYLES[kind])
+        for label, y in panel.hlines.items():
+            ax.axhline(y, color="0.3", ls=":", lw=1, label=label)
+        ax.set_yscale("log" if panel.log_y else "linear")
+        ax.set_xscale("log" if panel.log_x else "linear")
+        if panel.ylim:
+            ax.set_ylim(*panel.ylim)
+        ax.set_ylabel(panel.ylabel)
+        ax.set_xlabel(xlabel)
+        ax.set_title(panel.title, fontsize=9)
+        ax.grid(alpha=0.3, which="both" if panel.log_y else "major")
+        ax.legend(fontsize=7, title=panel.legend_title or None, title_fontsize=7)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def heatmap_figure(
+    maps: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: str | Path, title: str, colorbar: str,
+    xlabel: str, ylabel: str = "iteration",
+) -> None:
+    """Side-by-side images (title, values (Y, X), y coordinates, x coordinates) on one colour scale."""
+    high = max(float(np.nanpercentile(values, 99)) for _, values, _, _ in maps)
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps) + 1.2, 4.2), squeeze=False, sharey=True)
+    for ax, (name, values, ys, xs) in zip(axes[0], maps):
+        image = ax.imshow(values, aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=high,
+                          extent=(xs[0], xs[-1], ys[0], ys[-1]), interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel)
+    axes[0, 0].set_ylabel(ylabel)
+    fig.colorbar(image, ax=list(axes[0]), label=colorbar, shrink=0.9)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def image_grid(rows: list[tuple[str, list[tuple[str, np.ndarray]]]], path: str | Path, title: str) -> None:
+    """Rows of (C, H, W) images in [0, 1], each with a caption; a row is labelled on its left."""
+    ncols = max(len(images) for _, images in rows)
+    cell = 1.9
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(cell * ncols + 1.0, cell * len(rows) + 0.6), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(ncols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(images):
+                ax.set_visible(False)
+                continue
+            caption, image = images[c]
+            pixels = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
+            if pixels.shape[0] == 1:
+                ax.imshow(pixels[0], cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(pixels.transpose(1, 2, 0))
+            ax.set_title(caption, fontsize=8)
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -2,53 +2,113 @@
 
 ``prepare_problem`` is the shared first half (image → crop → operator → observation), used
 by the command line and by the sweep workers alike, so both degrade an image the same way.
+The preprocessing that defines an input (``downsample``, 1-D ``sine_signal``) and the 1-D
+amplitude metrics of C&M §3.1 live here for the same reason.
 """
 
 from __future__ import annotations
 
 import csv
-import math
 import json
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
-from dipmodel.fit import FitConfig, FitResult, fit
+from dipmodel import metrics as M
+from dipmodel.fit import ExtraMetric, FitConfig, FitResult, fit
 from dipmodel.networks import NetConfig, build_network, side_multiple
 from dipmodel.operators import Operator, build_operator
 from pipeline import plots
 from pipeline.images import ImageError, center_crop, encode_png
 
+SE_CONVERGED = 0.01  # C&M's delta: frequency k has converged once SE(k) <= delta
+
 
 @dataclass
 class Problem:
-    """A clean image, its degradation operator and the observation the fit sees."""
+    """A clean input, its degradation operator and the observation the fit sees."""
 
-    clean: torch.Tensor  # (1, C, H, W)
+    clean: torch.Tensor  # (1, C, H, W), or (1, C, L) for a 1-D signal
     op: Operator
     y: torch.Tensor
+
+
+def downsample(image: torch.Tensor, factor: int, label: str) -> torch.Tensor:
+    """Shrink (C, H, W) by ``factor`` (sides floored) with PIL's Lanczos filter, per channel in float.
+
+    C&M Tables 1–2 fit the standard images downsampled ×4. Their make_dataset.py used OpenCV's
+    default (bilinear, not antialiased) resize, which aliases at ×4; Lanczos, as in Ulyanov et
+    al.'s code and our super-resolution operator, keeps that spurious high-frequency content out
+    of a study of spectral bias. Float ('F') images avoid 8-bit rounding; the filter's overshoot
+    is clipped to [0, 1].
+    """
+    _, h, w = image.shape
+    size = (w // factor, h // factor)
+    if min(size) < 1:
+        raise ImageError(f"{label}: {w}x{h} is too small to downsample by {factor}")
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(c.numpy())).resize(size, Image.Resampling.LANCZOS))
+                for c in image]
+    return torch.from_numpy(np.stack(channels)).clamp_(0.0, 1.0)
+
+
+def sine_signal(length: int, freqs: Sequence[int], amplitudes: Sequence[float]) -> torch.Tensor:
+    """C&M §3.1's 1-D input, (1, length): x0(t) = Σ a_i sin(2π k_i t) at t = i / length."""
+    t = torch.arange(length, dtype=torch.float64) / length
+    x = sum(a * torch.sin(2 * torch.pi * k * t) for k, a in zip(freqs, amplitudes))
+    return torch.as_tensor(x, dtype=torch.float32)[None]
+
+
+def amplitude_metrics(clean: torch.Tensor, freqs: Sequence[int], device: str | torch.device) -> dict[str, ExtraMetric]:
+    """SE(k) = (Ã_k(output) − A_k(x0))² at each k, on the device: metric columns se_1 … se_K."""
+    target = clean[0, 0].to(device)
+    return {"se": lambda out: M.amplitude_error(out[0, 0], target, freqs)}
+
+
+def convergence_iterations(metrics: Mapping[str, np.ndarray], count: int) -> dict[str, int]:
+    """converged_k1 … converged_kK: the first logged iteration with SE(k_i) ≤ δ, −1 if never."""
+    se = torch.from_numpy(np.stack([metrics[f"se_{i + 1}"] for i in range(count)], axis=1))
+    rows = M.first_convergence(se, delta=SE_CONVERGED).tolist()  # rows of the table, not iterations
+    return {f"converged_k{i + 1}": int(metrics["iteration"][r]) if r >= 0 else -1 for i, r in enumerate(rows)}
 
 
 def prepare_problem(
     image: torch.Tensor, task: str, task_params: dict, net_cfg: NetConfig, seed: int, crop: int | None, label: str
 ) -> Problem:
-    """Crop to the network's multiple and degrade reproducibly from ``seed``."""
-    multiple = side_multiple(net_cfg)
-    if task == "superres":  # the low-resolution observation must have whole pixels too
-        multiple = math.lcm(multiple, int(task_params.get("factor", 4)))
-    clean = center_crop(image, multiple, crop, label)[None]
+    """Crop an image to the network's multiple (a (C, L) signal is used whole) and degrade it
+    reproducibly from ``seed``."""
+    one_d = image.dim() == 2
+    if one_d:
+        if task != "clean":
+            raise ValueError(f"{label}: a 1-D signal takes task clean only, not {task}")
+        clean = image[None]
+    else:
+        multiple = side_multiple(net_cfg)
+        if task == "superres":  # the low-resolution observation must have whole pixels too
+            multiple = math.lcm(multiple, int(task_params.get("factor", 4)))
+        clean = center_crop(image, multiple, crop, label)[None]
     try:  # a 1-wide copy of the network checks the cropped size against every constraint
         build_network(NetConfig(**(asdict(net_cfg) | {"width": 1, "lam": None})), tuple(clean.shape[1:]))
     except ValueError as err:
-        raise ImageError(f"{label}: too small for the network after cropping to "
-                         f"{clean.shape[-1]}x{clean.shape[-2]} ({err})") from None
+        raise ImageError(f"{label}: too small for the network at size "
+                         f"{'x'.join(map(str, clean.shape[:1:-1]))} ({err})") from None
+    if one_d:  # the operators take images: a (C, L) signal is a (C, 1, L) one
+        op = build_operator(task, (clean.shape[1], 1, clean.shape[2]), seed=seed, **task_params)
+        return Problem(clean=clean, op=op, y=op.degrade(clean[:, :, None])[:, :, 0])
     op = build_operator(task, tuple(clean.shape[1:]), seed=seed, **task_params)
     return Problem(clean=clean, op=op, y=op.degrade(clean))
 
 
 def result_images(problem: Problem, result: FitResult) -> dict[str, bytes]:
-    """PNG bytes of the images worth looking at: truth, observation, and the three outputs."""
+    """PNG bytes of the images worth looking at: truth, observation, and the three outputs.
+
+    Nothing for a 1-D signal: its outputs are in the trajectory snapshots, its fit in SE(k)."""
+    if problem.clean.dim() != 4:
+        return {}
     images = {"clean": problem.clean[0].numpy(), "final": result.final, "best": result.best_output,
               "autostop": result.stop_output}
     if problem.y.shape == problem.clean.shape:

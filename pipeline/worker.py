@@ -19,12 +19,22 @@ from dipmodel.fit import FitResult, fit
 from dipmodel.metrics import to_grey
 from pipeline.images import ImageError, decode, read_bytes
 from pipeline.manifest import FitSpec
-from pipeline.single import prepare_problem, result_images
+from pipeline.single import (
+    amplitude_metrics,
+    convergence_iterations,
+    downsample,
+    prepare_problem,
+    result_images,
+    sine_signal,
+)
 from pipeline.storage import Store
 
 
 def load_spec_image(spec: FitSpec, storage_options: dict | None = None) -> torch.Tensor:
-    """The clean image of a spec, from a bundled sample, a local path or an fsspec URI."""
+    """The clean input of a spec: a (1, L) signal, or an image from a bundled sample, a local path
+    or an fsspec URI, downsampled and then reduced to its luma as the spec says."""
+    if spec.signal is not None:
+        return sine_signal(spec.signal.length, spec.signal.freqs, spec.signal.amplitude_list())
     uri = spec.image_uri
     if "://" in uri and not uri.startswith("file://"):
         import fsspec
@@ -39,6 +49,8 @@ def load_spec_image(spec: FitSpec, storage_options: dict | None = None) -> torch
     if not data:
         raise ImageError(f"{uri}: file is empty")
     image = decode(data, uri)
+    if spec.downsample:
+        image = downsample(image, spec.downsample, spec.image_name)
     return to_grey(image[None])[0] if spec.grey and image.shape[0] == 3 else image
 
 
@@ -46,13 +58,16 @@ def summary_row(spec: FitSpec, result: FitResult) -> dict[str, Any]:
     """The flat row that describes a finished fit in tables: what was run, and how it went."""
     net = spec.network
     row: dict[str, Any] = {
-        "key": spec.key, "sweep": spec.sweep, "image": spec.image_name, "dataset": spec.dataset,
-        "task": spec.task, "seed": spec.seed, "crop": spec.crop,
+        "key": spec.key, "sweep": spec.sweep, "experiment": spec.experiment, "image": spec.image_name,
+        "dataset": spec.dataset, "task": spec.task, "seed": spec.seed, "crop": spec.crop,
+        "downsample": spec.downsample, "grey": spec.grey,
         "model": net["name"], "width": net["width"], "depth": net["depth"], "upsample": net["upsample"],
         "up_sigma": net["up_sigma"], "norm": net["norm"], "lam": net["lam"],
         "iterations": spec.fit["iterations"], "lr": spec.fit["lr"],
     }
     row |= {f"param_{k}": v for k, v in sorted(spec.task_params.items())}
+    if spec.signal is not None:
+        row |= convergence_iterations(result.metrics, len(spec.signal.freqs))
     return row | result.summary()
 
 
@@ -65,7 +80,9 @@ def execute_fit(spec: FitSpec, store: Store, device: str = "cpu", storage_option
         net_cfg = dataclasses.replace(spec.net_config(), out_channels=image.shape[0])
         problem = prepare_problem(image, spec.task, dict(spec.task_params), net_cfg, spec.seed, spec.crop,
                                   spec.image_name)
-        result = fit(net_cfg, problem.op, problem.y, problem.clean, spec.fit_config(), device=device)
+        extra = amplitude_metrics(problem.clean, spec.signal.freqs, device) if spec.signal is not None else {}
+        result = fit(net_cfg, problem.op, problem.y, problem.clean, spec.fit_config(),
+                     extra_metrics=extra, device=device)
     except Exception as err:  # noqa: BLE001 - any error of the fit itself is recorded, not raised
         reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
         store.write_failure(spec.key, spec.model_dump(mode="json"), reason, type(err).__name__, attempts=1)

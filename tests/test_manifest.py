@@ -83,7 +83,7 @@ def test_quickstart_is_eight_distinct_fits() -> None:
     assert len({s.key for s in specs}) == 8
     assert {s.image_name for s in specs} == {"sample:astronaut", "sample:camera"}
     assert {(s.network["lam"], s.network["norm"]) for s in specs} == {(None, "batch"), (2.0, "lipschitz")}
-    assert all(s.crop == 64 and s.fit["iterations"] == 300 and s.network["width"] == 16 for s in specs)
+    assert all(s.crop == 64 and s.fit["iterations"] == 1500 and s.network["width"] == 32 for s in specs)
 
 
 def test_spec_round_trips_through_json() -> None:
@@ -91,7 +91,7 @@ def test_spec_round_trips_through_json() -> None:
     again = FitSpec.model_validate_json(spec.model_dump_json())
     assert again == spec
     assert fit_key(again.model_dump()) == spec.key
-    assert again.net_config().width == 16
+    assert again.net_config().width == 32
     assert again.fit_config().betas == (0.9, 0.999)
     assert again.fit_config().seed == spec.seed
 
@@ -101,7 +101,7 @@ def test_spec_round_trips_through_json() -> None:
 
 def test_key_ignores_where_and_how_a_sweep_runs(tmp_path: Path) -> None:
     a = write(tmp_path, file="a.yaml")
-    elsewhere = BASE.replace("name: base", "name: other-sweep") + (
+    elsewhere = BASE.replace("name: base", "name: other-sweep\nexperiment: S6") + (
         "data_root: /somewhere/else\nstorage: s3://bucket/results\nstorage_options: {anon: true}\n"
         "mlflow: {tracking_uri: http://127.0.0.1:5000, experiment: x, enabled: false}\n"
         "resources: {num_gpus: 0.25, num_cpus: 2, max_retries: 5, max_workers: 3}\n"
@@ -135,15 +135,30 @@ name: base
         {"width": "  width: 16"},
         {"spare": "repeats: 2"},  # adds seed 1 beside seed 0 (seeds line removed below)
         {"crop": "    crop: 64\n    grey: true"},
+        {"crop": "    crop: 64\n    downsample: 2"},
         {"task": "  - task: lowfreq_noise", "sigma": "      sigma: 25\n      cutoff: 0.1"},
     ],
-    ids=["sigma", "lam", "seed", "iterations", "crop", "image", "width", "repeats", "grey", "task"],
+    ids=["sigma", "lam", "seed", "iterations", "crop", "image", "width", "repeats", "grey", "downsample", "task"],
 )
 def test_key_changes_with_what_determines_the_result(tmp_path: Path, change: dict[str, str]) -> None:
     base = keys(write(tmp_path, file="a.yaml"))
     lines = change | ({"seeds": ""} if "spare" in change else {})
     changed = keys(write(tmp_path, file="b.yaml", **lines))
     assert changed - base, "a changed result-determining field must give a new key"
+
+
+def test_keys_of_fits_without_the_newer_fields_are_unchanged(tmp_path: Path) -> None:
+    """downsample entered the key after version-1 keys were stored: unset, it leaves them as they were."""
+    content = one_spec(write(tmp_path)).model_dump()
+    assert content["downsample"] is None
+    assert fit_key(content) == fit_key({k: v for k, v in content.items() if k != "downsample"})
+    assert fit_key(content | {"downsample": 4}) != fit_key(content)
+
+
+def test_experiment_is_copied_into_every_spec(tmp_path: Path) -> None:
+    path = write(tmp_path, name="name: base\nexperiment: S3", seeds="seeds: [0, 1]")
+    assert {s.experiment for s in expand(load_manifest(path))} == {"S3"}
+    assert one_spec(write(tmp_path, file="b.yaml")).experiment is None
 
 
 # --- networks: lambda and the normalisation it needs ---------------------------------------------
@@ -343,6 +358,71 @@ def test_data_root_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_manifest(BASE).data_root == "/mnt/data"
 
 
+# --- 1-D signals --------------------------------------------------------------------------------------
+
+SIGNAL = """\
+name: signal
+images:
+  - signal: {length: 256, freqs: [5, 50]}
+tasks:
+  - task: clean
+model: {name: dip_conv_1d, width: 8, depth: 4}
+fit:
+  iterations: 10
+  stop_window: 5
+seeds: [0]
+# spare
+"""
+
+
+def test_each_signal_is_one_input(tmp_path: Path) -> None:
+    two = SIGNAL.replace("# spare", "").replace(
+        "  - signal: {length: 256, freqs: [5, 50]}",
+        "  - signal: {length: 256, freqs: [5, 50]}\n  - signal: {}\n  - signal: {freqs: [3], amplitudes: [0.5]}")
+    specs = expand(load_manifest(write(tmp_path, two, seeds="seeds: [0, 1]")))
+    # the first two are the same signal (the defaults are C&M's), so they share their fits
+    assert [(s.image_name, s.seed) for s in specs] == [
+        ("signal:256:5+50", 0), ("signal:256:5+50", 1), ("signal:256:3:0.5", 0), ("signal:256:3:0.5", 1)]
+    assert specs[0].signal.amplitudes == [1.0, 1.0] and specs[2].signal.amplitudes == [0.5]
+    assert all(s.fit["spectral"] is False and s.dataset is None and s.crop is None for s in specs)
+
+
+def test_explicit_unit_amplitudes_are_the_default_signal(tmp_path: Path) -> None:
+    a = keys(write(tmp_path, SIGNAL, file="a.yaml"))
+    b = keys(write(tmp_path, SIGNAL.replace("freqs: [5, 50]}", "freqs: [5, 50], amplitudes: [1, 1.0]}"), file="b.yaml"))
+    assert a == b
+
+
+BAD_SIGNAL = {  # id: (lines to change, start of the line blamed, field path, words of the message)
+    "task": ({"task": "  - task: denoise\n    params: {sigma: 25}"}, "- signal", "images[0].signal",
+             "takes task clean only; tasks[0] is denoise"),
+    "network": ({"model": "model: {name: decoder}"}, "model", "model.name",
+                "needs a 1-D network (dip_conv_1d, dip_linear_1d)"),
+    "image-on-1d-network": ({"signal": "  - signal: {}\n  - sample: camera"}, "model", "model.name",
+                            "dip_conv_1d fits 1-D signals; images[1] holds images"),
+    "crop": ({"signal": "  - signal: {}\n    crop: 64"}, "crop", "images[0].crop", "not to a 1-D signal"),
+    "nyquist": ({"signal": "  - signal: {length: 64, freqs: [5, 32]}"}, "- signal", "images[0].signal.freqs[1]",
+                "not below length/2 = 32"),
+    "order": ({"signal": "  - signal: {freqs: [50, 5]}"}, "- signal", "images[0].signal.freqs", "must increase"),
+    "amplitudes": ({"signal": "  - signal: {amplitudes: [1]}"}, "- signal", "images[0].signal.amplitudes",
+                   "one amplitude per frequency (2)"),
+    "spectral": ({"stop_window": "  stop_window: 5\n  spectral: true"}, "spectral", "fit.spectral", "spectral: false"),
+    "two-sources": ({"signal": "  - signal: {}\n    sample: camera"}, "- signal", "images[0]",
+                    "exactly one of sample, dataset, uris or signal"),
+}
+
+
+@pytest.mark.parametrize(("lines", "where", "field", "words"), BAD_SIGNAL.values(), ids=BAD_SIGNAL.keys())
+def test_bad_signal_manifest_names_field_and_line(
+    tmp_path: Path, lines: dict[str, str], where: str, field: str, words: str
+) -> None:
+    path = write(tmp_path, SIGNAL, **lines)
+    with pytest.raises(ManifestError) as err:
+        load_manifest(path)
+    assert f"{path}:{line_of(path, where)}: {field}: " in str(err.value)
+    assert words in str(err.value)
+
+
 # --- schema -------------------------------------------------------------------------------------------
 
 
@@ -350,6 +430,8 @@ def test_json_schema_lists_the_manifest_fields() -> None:
     schema = json.loads(json.dumps(json_schema()))
     props = set(schema["properties"])
     assert {"name", "data_root", "images", "tasks", "model", "grid", "zip", "seeds", "repeats", "fit"} <= props
-    assert {"storage", "storage_options", "mlflow", "resources"} <= props
+    assert {"storage", "storage_options", "mlflow", "resources", "experiment"} <= props
+    image_set = schema["$defs"]["ImageSet"]["properties"]
+    assert {"signal", "downsample", "grey"} <= set(image_set)
     assert "lam" in schema["properties"]["model"]["propertyNames"]["enum"]
     assert set(yaml.safe_load(QUICKSTART.read_text())) <= props

@@ -1,0 +1,719 @@
+"""The tables and figures of a sweep, read from its storage alone (MLflow is not needed).
+
+`write_report` reads the done markers (one summary row per fit) for the tables, then the
+metrics and trajectories of a capped number of figure groups, and writes Markdown and CSV
+tables, PNG figures and an ``index.md`` linking all of them. docs/report.md says how to read
+each one. Rows of every table are *settings* (what varies between fits of the same task,
+parameters and image: network, λ, upsampling, …), named once for the whole report, so the
+same row reads the same in every table and figure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dipmodel import metrics as M
+from pipeline import plots
+from pipeline.images import decode
+from pipeline.paper import FIGURE_ITERATIONS, PaperTable, paper_row, tables_for
+from pipeline.single import SE_CONVERGED
+from pipeline.storage import Store
+
+# What may distinguish the rows of a table; a column is used only where it varies (see `varying_settings`).
+SETTING_COLUMNS = ("method", "model", "width", "depth", "upsample", "up_sigma", "norm", "lam", "lr",
+                   "iterations", "crop", "downsample", "grey")
+NUMERIC_COLUMNS = ("seed", "width", "depth", "up_sigma", "lam", "lr", "iterations", "iterations_run", "crop",
+                   "downsample", "final_psnr", "best_psnr", "best_iteration", "stop_psnr", "stop_iteration")
+# The three ways to pick one output of a fit, as summary columns; autostop_psnr is derived in `load_fits`.
+METRICS = {
+    "best_psnr": ("oracle", "oracle PSNR: the best on the trajectory (needs the clean image, as the papers' DIP rows)"),
+    "autostop_psnr": ("auto-stop", "PSNR where Shi et al.'s automatic stop (Eq. 8) fired, or at the budget "
+                                   "where it never fired"),
+    "final_psnr": ("final", "PSNR at the end of the fixed iteration budget"),
+}
+PARAM_SYMBOLS = {"sigma": "σ=", "quality": "q=", "ratio": "r=", "p": "p=", "factor": "×", "cutoff": "cutoff=",
+                 "kind": ""}
+DEFAULT_MAX_GROUPS = 12
+GRID_COLUMNS = 5  # default number of iterations in output grids and spectra
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+# --- reading the sweep --------------------------------------------------------------------------
+
+
+def open_source(source: str | Path) -> tuple[Store, str | None, str | None]:
+    """The store of a manifest (YAML path) or a storage URI/path, with the manifest's name and experiment."""
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        from pipeline.manifest import load_manifest  # here: reading a storage URI needs no manifest machinery
+        from pipeline.sweep import open_store
+
+        manifest = load_manifest(path)
+        return open_store(manifest), manifest.name, getattr(manifest, "experiment", None)
+    return Store(str(source)), None, None
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value is not pd.NA
+
+
+def _fmt(value: Any) -> str:
+    """2.0 → "2", 0.25 → "0.25", strings as they are."""
+    if isinstance(value, (float, np.floating)):
+        return str(int(value)) if float(value).is_integer() else f"{value:g}"
+    return str(value)
+
+
+def params_label(params: Mapping[str, Any]) -> str:
+    """A task-parameter setting as a column heading: {"sigma": 25} → "σ=25", {"factor": 4} → "×4"."""
+    return " ".join(f"{PARAM_SYMBOLS.get(k, k + '=')}{_fmt(v)}" for k, v in params.items() if _present(v)) or "—"
+
+
+def _param_columns(fits: pd.DataFrame) -> list[str]:
+    return sorted(c for c in fits.columns if c.startswith("param_"))
+
+
+def varying_settings(fits: pd.DataFrame) -> list[str]:
+    """Setting columns that tell apart fits of the same task, task parameters and image.
+
+    Only those name rows. A column that changes only together with a task parameter (a longer
+    budget for ×8 than for ×4 super-resolution) would split a table into a diagonal, so it does not.
+    """
+    by_problem = fits.groupby(["task", "image", *_param_columns(fits)], dropna=False)
+    return [c for c in SETTING_COLUMNS if (by_problem[c].nunique(dropna=False) > 1).any()]
+
+
+def setting_name(fit: Mapping[str, Any], shown: Sequence[str]) -> str:
+    """A row name such as "decoder λ=2 gaussian σ=0.5" or "decoder unconstrained".
+
+    The method (baselines) and network are always named; λ whenever it varies or is set
+    ("unconstrained" when not); upsampling with its σ when either varies; any other varying
+    setting as name=value.
+    """
+    parts = [str(fit[c]) for c in ("method", "model") if _present(fit.get(c))]
+    if "lam" in shown or _present(fit.get("lam")):
+        parts.append(f"λ={_fmt(fit['lam'])}" if _present(fit.get("lam")) else "unconstrained")
+    if ("upsample" in shown or "up_sigma" in shown) and _present(fit.get("upsample")):
+        gaussian = fit["upsample"] == "gaussian" and _present(fit.get("up_sigma"))
+        parts.append(f"{fit['upsample']} σ={_fmt(fit['up_sigma'])}" if gaussian else str(fit["upsample"]))
+    named = ("method", "model", "lam", "upsample", "up_sigma")
+    parts += [f"{c}={_fmt(fit[c])}" for c in shown if c not in named and _present(fit.get(c))]
+    return " ".join(parts) or "fit"
+
+
+def load_fits(store: Store) -> pd.DataFrame:
+    """One row per done fit, sorted, with the report's columns added.
+
+    ``setting`` (row name), ``image_set`` (data set, or "images" for samples, files and
+    signals), ``params`` (task-parameter label) and ``autostop_psnr``: the PSNR of the output
+    the automatic rule hands back, which is the final one when the rule never fired.
+    """
+    table = store.collect(write=False)
+    if table.num_rows == 0:
+        raise ValueError(f"no finished fits in storage {store.uri} ({len(store.failed())} failed): nothing to report")
+    fits = table.to_pandas()
+    for column in (*SETTING_COLUMNS, *NUMERIC_COLUMNS, "dataset", "experiment", "sweep"):
+        if column not in fits:  # older markers, or fits of a kind without it
+            fits[column] = None
+    for column in NUMERIC_COLUMNS:
+        fits[column] = pd.to_numeric(fits[column], errors="coerce")
+    fired = fits["stop_iteration"].notna()
+    fits["autostop_psnr"] = fits["stop_psnr"].where(fired, fits["final_psnr"])
+    fits["image_set"] = fits["dataset"].where(fits["dataset"].map(_present), "images")
+    params = _param_columns(fits)
+    fits["params"] = [params_label({c.removeprefix("param_"): row[c] for c in params})
+                      for row in fits.to_dict("records")]
+    shown = varying_settings(fits)
+    fits = fits.sort_values(["task", "image_set", *params, *shown, "image", "seed"], na_position="first",
+                            kind="stable", ignore_index=True)
+    fits["setting"] = [setting_name(row, shown) for row in fits.to_dict("records")]
+    return fits
+
+
+def _ordered(values: pd.Series) -> list[Any]:
+    """Distinct values in order of first appearance (the fits are sorted already)."""
+    return list(dict.fromkeys(values))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower().replace("σ", "sigma").replace("λ", "lam")).strip("-")[:80]
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean, sample standard deviation (NaN for one value) and count of some PSNRs or iterations."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Any) -> Stat | None:
+        v = np.asarray(values, dtype=np.float64)
+        v = v[~np.isnan(v)]
+        if not v.size:
+            return None
+        return cls(float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan, int(v.size))
+
+    def text(self, digits: int = 2) -> str:
+        mean = f"{self.mean:.{digits}f}"
+        return mean if math.isnan(self.std) else f"{mean} ± {self.std:.{digits}f}"
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    """A Markdown table of a frame of strings (no tabulate dependency)."""
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    rows = [line(frame.columns), line(["---"] * len(frame.columns))]
+    return "\n".join(rows + [line(r) for r in frame.itertuples(index=False)]) + "\n"
+
+
+@dataclass
+class Output:
+    """Where the report is written, and the index that links what is written."""
+
+    root: Path
+    sections: dict[str, list[str]] = field(default_factory=dict)
+
+    def link(self, section: str, path: Path, text: str, note: str, csv: Path | None = None) -> None:
+        extra = f" ([CSV]({csv.relative_to(self.root).as_posix()}))" if csv else ""
+        self.sections.setdefault(section, []).append(
+            f"- [{text}]({path.relative_to(self.root).as_posix()}){extra}: {note}")
+
+    def note(self, section: str, text: str) -> None:
+        self.sections.setdefault(section, []).append(text)
+
+    def table(self, section: str, stem: str, title: str, shown: pd.DataFrame, data: pd.DataFrame,
+              note: str, footnotes: Sequence[str] = ()) -> None:
+        """Write a table as Markdown (`shown`, strings) and CSV (`data`, numbers) and link it."""
+        md, csv = self.root / "tables" / f"{stem}.md", self.root / "tables" / f"{stem}.csv"
+        md.write_text(f"# {title}\n\n{_markdown(shown)}" + "".join(f"\n{line}\n" for line in footnotes))
+        data.to_csv(csv, index=False)
+        self.link(section, md, title, note, csv)
+
+
+def stat_table(frame: pd.DataFrame, value: str, rows: str, columns: str, header: str,
+               digits: int = 2) -> tuple[pd.DataFrame, pd.DataFrame, list[str]] | None:
+    """Mean ± std of `value` per (row, column) label: (Markdown frame, CSV frame, footnotes).
+
+    None when no fit has a value. Counts are printed in a cell only where they differ from
+    the most common count, which a footnote gives.
+    """
+    frame = frame[frame[value].notna()]
+    if frame.empty:
+        return None
+    row_names, col_names = _ordered(frame[rows]), _ordered(frame[columns])
+    cells = {key: Stat.of(g[value]) for key, g in frame.groupby([rows, columns], sort=False)}
+    usual = Counter(s.n for s in cells.values()).most_common(1)[0][0]
+    shown, data = [], []
+    for r in row_names:
+        found = [cells.get((r, c)) for c in col_names]
+        shown.append([r] + ["—" if s is None else s.text(digits) + (f" (n={s.n})" if s.n != usual else "")
+                            for s in found])
+        data.append([r] + [x for s in found for x in ((s.mean, s.std, s.n) if s else (None, None, 0))])
+    data_columns = [header] + [f"{c} {part}" for c in col_names for part in ("mean", "std", "n")]
+    return (pd.DataFrame(shown, columns=[header, *col_names]), pd.DataFrame(data, columns=data_columns),
+            [f"Mean ± sample standard deviation over n = {usual} fits per cell unless a cell says otherwise."])
+
+
+def _column_labels(group: pd.DataFrame) -> pd.Series:
+    """Per fit, the label of its table column: the task parameters that vary in the group (all if none do)."""
+    params = [c for c in _param_columns(group) if group[c].notna().any()]
+    varying = [c for c in params if group[c].nunique() > 1] or params
+    return pd.Series([params_label({c.removeprefix("param_"): row[c] for c in varying})
+                      for row in group.to_dict("records")], index=group.index)
+
+
+def paper_comparison(group: pd.DataFrame, paper: PaperTable) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The paper's table with ours beside it: each paper row, then each of our settings that reproduces it.
+
+    A setting is compared on the column `paper_row` names for it (oracle PSNR for "DIP",
+    auto-stop PSNR for "controlled"); Δ = ours − paper.
+    """
+    values = pd.to_numeric(group.get(f"param_{paper.param}"), errors="coerce")
+    columns = sorted({v for cells in paper.rows.values() for v in cells})
+    labels = [params_label({paper.param: v}) for v in columns]
+    settings = {name: paper_row(rows.iloc[0]) for name, rows in group.groupby("setting", sort=False)}
+    shown, data = [], []
+    for paper_name in paper.rows:
+        ours = [(s, m) for s, match in settings.items() if match and match[0].casefold() == paper_name.casefold()
+                for m in [match[1]]]
+        for setting, metric in ours or [(None, None)]:
+            label = paper_name if setting is None else f"{paper_name} ← {setting} ({METRICS[metric][0]})"
+            shown_row, data_row = [label], [paper_name, setting, metric]
+            for column in columns:
+                published = paper.value(paper_name, column)
+                stat = None
+                if setting is not None:
+                    chosen = group[(group["setting"] == setting) & np.isclose(values, column)]
+                    stat = Stat.of(chosen[metric])
+                diff = stat.mean - published if stat and published is not None else None
+                shown_row += [stat.text() if stat else "—", "—" if published is None else f"{published:.2f}",
+                              "—" if diff is None else f"{diff:+.2f}"]
+                data_row += [stat.mean if stat else None, stat.std if stat else None, stat.n if stat else 0,
+                             published, diff]
+            shown.append(shown_row)
+            data.append(data_row)
+    shown_columns = ["row"] + [f"{lab} {part}" for lab in labels for part in ("ours", "paper", "Δ")]
+    data_columns = ["paper_row", "setting", "compared_on"] + [
+        f"{lab} {part}" for lab in labels for part in ("ours mean", "ours std", "ours n", "paper", "diff")]
+    return pd.DataFrame(shown, columns=shown_columns), pd.DataFrame(data, columns=data_columns)
+
+
+def _signal_freqs(store: Store, key: str, count: int) -> list[str]:
+    """Labels "k=5", "k=50" of a 1-D fit's frequencies, from its spec (k1, k2 if the spec lacks them)."""
+    freqs = (store.read_spec(key).get("signal") or {}).get("freqs") or []
+    return [f"k={freqs[i]}" if i < len(freqs) else f"k{i + 1}" for i in range(count)]
+
+
+def _converged_columns(frame: pd.DataFrame) -> list[str]:
+    columns = [c for c in frame.columns if re.fullmatch(r"converged_k\d+", c) and frame[c].notna().any()]
+    return sorted(columns, key=lambda c: int(c.removeprefix("converged_k")))
+
+
+def write_tables(fits: pd.DataFrame, store: Store, experiment: str | None, out: Output) -> None:
+    """Per task and image set: PSNR tables for the three stopping choices, per image, against the
+    paper, and 1-D convergence iterations."""
+    section = "Tables"
+    for (task, image_set), group in fits.groupby(["task", "image_set"], sort=False):
+        group = group.assign(column=_column_labels(group))
+        stem, where = _slug(f"{task}-{image_set}"), f"{task} on {image_set}"
+        for metric, (short, meaning) in METRICS.items():
+            table = stat_table(group, metric, "setting", "column", "setting")
+            if table:
+                out.table(section, f"{stem}-{short}", f"{where}: {short} PSNR (dB)", *table[:2],
+                          f"{meaning}; rows are settings, columns task parameters, mean ± std over seeds"
+                          + (" and images" if group["image"].nunique() > 1 else ""), table[2])
+        if group["image"].nunique() > 1:
+            several = group["column"].nunique() > 1
+            rows = group["setting"] + (", " + group["column"] if several else "")
+            per_image = pd.concat([group.assign(row=rows), group.assign(row=rows, image="all images")])
+            table = stat_table(per_image, "best_psnr", "row", "image", "setting")
+            if table:
+                out.table(section, f"{stem}-oracle-per-image", f"{where}: oracle PSNR (dB) per image", *table[:2],
+                          "the same oracle PSNRs per image (mean ± std over seeds); the last column pools all "
+                          "images", table[2])
+        for paper in tables_for(task, image_set if image_set != "images" else None, experiment):
+            shown, data = paper_comparison(group, paper)
+            out.table(section, f"{stem}-paper-{_slug(paper.source)[:40]}", f"{where}: ours vs {paper.source}",
+                      shown, data, "the published PSNRs with ours beside them and Δ = ours − paper; which of our "
+                      "settings reproduces which paper row is pipeline.paper.paper_row",
+                      [f"Paper values: {paper.source}. Ours: mean ± std over seeds and images of this sweep "
+                       f"({group['image'].nunique()} image(s)); a paper average over a full data set is "
+                       "comparable only when the sweep covers it."])
+        converged = _converged_columns(group)
+        if converged:
+            labels = _signal_freqs(store, group["key"].iloc[0], len(converged))
+            long = pd.concat([group.assign(freq=label, iteration=group[c].where(group[c] >= 0))
+                              for c, label in zip(converged, labels)])
+            table = stat_table(long, "iteration", "setting", "freq", "setting", digits=1)
+            never = int((group[converged] < 0).to_numpy().sum())
+            if table:
+                out.table(section, f"{stem}-convergence", f"{where}: iterations until SE(k) ≤ {SE_CONVERGED}",
+                          *table[:2], "1-D fits: first iteration at which each frequency's amplitude error "
+                          "reached δ (C&M §3.1), mean ± std over seeds", [*table[2],
+                          f"{never} (fit, frequency) pairs never converged and are left out."])
+
+
+# --- oracle vs automatic stopping ---------------------------------------------------------------
+
+
+STOP_COLUMNS = {  # per-fit column -> how the summary names it
+    "oracle_psnr": "oracle PSNR (dB)", "stop_psnr": "auto-stop PSNR (dB)", "final_psnr": "final PSNR (dB)",
+    "oracle_iteration": "oracle iteration", "stop_iteration": "stop iteration",
+    "iterations_saved": "iterations saved", "psnr_lost_at_stop": "PSNR lost at auto-stop (dB)",
+    "psnr_lost_at_budget": "PSNR lost at budget (dB)",
+}
+
+
+def stopping_per_fit(fits: pd.DataFrame) -> pd.DataFrame:
+    """For each fit with a clean reference: oracle, automatic stop and fixed budget side by side.
+
+    A fit whose rule never fired ran its whole budget: it saved 0 iterations, and what it
+    lost is the final PSNR's distance to the oracle.
+    """
+    ref = fits[fits["best_psnr"].notna()]
+    fired = ref["stop_iteration"].notna()
+    return pd.DataFrame({
+        "key": ref["key"], "task": ref["task"], "params": ref["params"], "image": ref["image"],
+        "setting": ref["setting"], "seed": ref["seed"], "budget": ref["iterations"],
+        "iterations_run": ref["iterations_run"],
+        "oracle_iteration": ref["best_iteration"], "oracle_psnr": ref["best_psnr"],
+        "stop_fired": fired, "stop_iteration": ref["stop_iteration"], "stop_psnr": ref["stop_psnr"],
+        "final_psnr": ref["final_psnr"],
+        "iterations_saved": (ref["iterations"] - ref["stop_iteration"]).where(fired, 0),
+        "psnr_lost_at_stop": ref["best_psnr"] - ref["autostop_psnr"],
+        "psnr_lost_at_budget": ref["best_psnr"] - ref["final_psnr"],
+    })
+
+
+def write_stopping(fits: pd.DataFrame, out: Output) -> None:
+    """Item 4: what the automatic stop costs and saves against the oracle, per fit and per task."""
+    section = "Oracle vs automatic stopping"
+    per_fit = stopping_per_fit(fits)
+    if per_fit.empty:
+        out.note(section, "No fit has a clean reference, so there is no oracle to compare with.")
+        return
+    path = out.root / "tables" / "stopping-per-fit.csv"
+    per_fit.to_csv(path, index=False)
+    out.link(section, path, "per fit (CSV)", "oracle peak, auto-stop and fixed-budget PSNR and iteration of "
+             "every fit with a clean reference, iterations saved (budget − stop iteration) and PSNR lost")
+    shown, data = [], []
+    for task, by_task in per_fit.groupby("task", sort=False):
+        parts = [("all settings", by_task)] if by_task["setting"].nunique() > 1 else []
+        for setting, rows in parts + list(by_task.groupby("setting", sort=False)):
+            stats = {c: Stat.of(rows[c]) for c in STOP_COLUMNS}
+            fired = f"{int(rows['stop_fired'].sum())}/{len(rows)}"
+            digits = {c: 0 if "iteration" in c else 2 for c in STOP_COLUMNS}
+            shown.append([task, setting, fired] + ["—" if s is None else s.text(digits[c]) for c, s in stats.items()])
+            data.append([task, setting, len(rows), int(rows["stop_fired"].sum())]
+                        + [x for s in stats.values() for x in ((s.mean, s.std) if s else (None, None))])
+    out.table(section, "stopping-summary", "Oracle vs automatic stopping, per task",
+              pd.DataFrame(shown, columns=["task", "setting", "stop fired", *STOP_COLUMNS.values()]),
+              pd.DataFrame(data, columns=["task", "setting", "fits", "stop_fired"]
+                           + [f"{c} {p}" for c in STOP_COLUMNS for p in ("mean", "std")]),
+              "mean ± std per task (and setting) of the per-fit numbers",
+              ["Mean ± sample standard deviation over fits. Stop iteration: fits whose rule fired only. "
+               "Iterations saved and PSNR lost at auto-stop count a fit whose rule never fired as run to "
+               "its budget (0 saved, final PSNR)."])
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+
+class FitFiles:
+    """The per-fit files of one figure group, each read at most once."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._metrics: dict[str, pd.DataFrame] = {}
+        self._trajectories: dict[str, dict[str, np.ndarray]] = {}
+
+    def metrics(self, key: str) -> pd.DataFrame:
+        if key not in self._metrics:
+            self._metrics[key] = self.store.read_metrics(key).to_pandas()
+        return self._metrics[key]
+
+    def snapshots(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(iterations (T,), snapshots (T, C, …) as float32), or None for a fit that kept none."""
+        if key not in self._trajectories:
+            self._trajectories[key] = self.store.read_trajectory(key)
+        trajectory = self._trajectories[key]
+        if "snapshots" not in trajectory or not len(trajectory["snapshot_iterations"]):
+            return None
+        return trajectory["snapshot_iterations"], trajectory["snapshots"].astype(np.float32)
+
+    def image(self, key: str, name: str) -> np.ndarray | None:
+        """A stored PNG (clean, degraded, …) as (C, H, W) float32 in [0, 1], None if the fit has none."""
+        if not self.store.has_image(key, name):
+            return None
+        return decode(self.store.read_image(key, name), f"{key}/{name}.png").numpy()
+
+
+def _stack(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Curves (x, y) of several seeds on the union of their x: (x (T,), values (S, T)), NaN where missing."""
+    x = np.unique(np.concatenate([np.asarray(cx) for cx, _ in curves]))
+    values = np.full((len(curves), x.size), np.nan)
+    for row, (cx, cy) in zip(values, curves):
+        row[np.searchsorted(x, cx)] = cy
+    return x, values
+
+
+def _at(frame: pd.DataFrame, column: str, iteration: float) -> float:
+    """A metric's value at an iteration (interpolated between logged rows)."""
+    return float(np.interp(iteration, frame["iteration"], frame[column]))
+
+
+def chosen_iterations(available: np.ndarray, wanted: Sequence[int] | None, count: int = GRID_COLUMNS) -> list[int]:
+    """The snapshot iterations nearest to `wanted`; by default `count` spread geometrically over
+    the trajectory, since a DIP output changes fastest early."""
+    if wanted is None:
+        positive = available[available > 0]
+        wanted = np.geomspace(positive.min(), positive.max(), count) if positive.size else available
+    return sorted({int(available[np.abs(available - w).argmin()]) for w in wanted})
+
+
+@dataclass
+class FigureGroup:
+    """The fits of one task, parameter setting and image: one line (or panel) per setting."""
+
+    title: str
+    stem: str
+    settings: dict[str, pd.DataFrame]  # setting -> its fits, one per seed
+    files: FitFiles
+    out: Output
+
+    def path(self, kind: str) -> Path:
+        return self.out.root / "figures" / f"{self.stem}-{kind}.png"
+
+    def add(self, kind: str, text: str, note: str) -> None:
+        self.out.link(f"Figures: {self.title}", self.path(kind), text, note)
+
+    def curves(self, setting: str, column: str) -> tuple[np.ndarray, np.ndarray]:
+        return _stack([(m["iteration"].to_numpy(), m[column].to_numpy())
+                       for m in map(self.files.metrics, self.settings[setting]["key"])])
+
+    def has(self, column: str) -> bool:
+        return all(column in self.files.metrics(k) for fits in self.settings.values() for k in fits["key"])
+
+    def first_with_snapshots(self) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
+        """Per setting, its first fit (lowest seed) that kept snapshots: (key, iterations, snapshots)."""
+        found = {}
+        for setting, fits in self.settings.items():
+            for key in fits["key"]:
+                if (snaps := self.files.snapshots(key)) is not None:
+                    found[setting] = (key, *snaps)
+                    break
+        return found
+
+
+def psnr_figure(g: FigureGroup) -> None:
+    clean = g.has("psnr_clean")
+    column = "psnr_clean" if clean else "psnr_target"
+    series = []
+    for setting, fits in g.settings.items():
+        marks = {}
+        if clean:
+            marks = {"oracle peak": list(zip(fits["best_iteration"], fits["best_psnr"])),
+                     "auto-stop": list(zip(fits["stop_iteration"], fits["stop_psnr"]).__iter__())}
+            marks = {k: [p for p in v if _present(p[0])] for k, v in marks.items()}
+        series.append(plots.Series(f"{setting} ({len(fits)} seed{'s' * (len(fits) > 1)})",
+                                   *g.curves(setting, column), marks))
+    ylabel = "PSNR vs clean image (dB)" if clean else "PSNR vs degraded target (dB)"
+    plots.curves_figure([plots.Panel(series, ylabel)], g.path("psnr"), f"PSNR over the fit: {g.title}")
+    g.add("psnr", "PSNR vs iteration", "mean over seeds, shaded min–max; dots: each seed's oracle peak, "
+          "triangles: its automatic stop" if clean else "no clean reference: PSNR against the degraded target")
+
+
+def fbc_figure(g: FigureGroup) -> None:
+    bands = sorted((c for c in g.files.metrics(next(iter(g.settings.values()))["key"].iloc[0])
+                    if re.fullmatch(r"fbc_\d+", c)), key=lambda c: int(c[4:]))
+    colors = plt_colors(len(bands))
+    labels = plots.BAND_LABELS if len(bands) == len(plots.BAND_LABELS) else bands
+    panels = [plots.Panel([plots.Series(label, *g.curves(setting, band), color=color)
+                           for band, label, color in zip(bands, labels, colors)],
+                          "FBC (mean |F out| / |F y|, clipped to 1)", setting, ylim=(0, 1.05),
+                          legend_title="frequency band") for setting in g.settings]
+    plots.curves_figure(panels, g.path("fbc"), f"Frequency-band correspondence: {g.title}")
+    g.add("fbc", "FBC bands", "the five frequency bands' correspondence (Shi Eq. 1), one panel per setting: "
+          "low bands rise first (spectral bias)")
+
+
+def plt_colors(count: int) -> list[Any]:
+    """`count` colours from low (dark) to high (bright) frequency."""
+    return [plots.plt.cm.viridis(i / max(count - 1, 1)) for i in range(count)]
+
+
+def ratio_figure(g: FigureGroup) -> None:
+    series = []
+    for setting, fits in g.settings.items():
+        stops = [(it, _at(g.files.metrics(k), "ratio", it)) for k, it in zip(fits["key"], fits["stop_iteration"])
+                 if _present(it)]
+        series.append(plots.Series(setting, *g.curves(setting, "ratio"), {"auto-stop": stops}))
+    plots.curves_figure([plots.Panel(series, "blurriness / sharpness (ratio)", log_y=True)], g.path("ratio"),
+                        f"Auto-stop signal: {g.title}")
+    g.add("ratio", "blur/sharpness ratio", "the signal of the automatic stop (Shi Eq. 8): it fires where the "
+          "ratio's windowed mean stops changing; log scale")
+
+
+def divergence_figure(g: FigureGroup) -> bool:
+    """ε(i) between every pair of seeds of a setting (C&M Fig. 1); False where no setting has two."""
+    series = []
+    for setting, fits in g.settings.items():
+        trajectories = [s for s in map(g.files.snapshots, fits["key"]) if s is not None]
+        curves = []
+        for (ia, a), (ib, b) in itertools.combinations(trajectories, 2):
+            common, pa, pb = np.intersect1d(ia, ib, return_indices=True)
+            eps = M.trajectory_divergence(torch.from_numpy(a[pa]), torch.from_numpy(b[pb]))
+            curves.append((common, eps.numpy()))
+        if curves:
+            series.append(plots.Series(f"{setting} ({len(curves)} seed pair{'s' * (len(curves) > 1)})",
+                                       *_stack(curves)))
+    if not series:
+        return False
+    plots.curves_figure([plots.Panel(series, "ε(i) = Σ (T₁(i) − T₂(i))²  (pixels in [0, 1])", log_y=True)],
+                        g.path("divergence"), f"Trajectory divergence between seeds: {g.title}")
+    g.add("divergence", "ε(i) between seeds", "squared distance between the outputs of two fits that differ "
+          "only in their seed (C&M Fig. 1), at the snapshot iterations; mean over seed pairs, shaded min–max")
+    return True
+
+
+def amplitude_error_figure(g: FigureGroup) -> None:
+    """SE(k) of 1-D fits with each seed's convergence iteration marked (C&M Fig. 3)."""
+    first = next(iter(g.settings.values()))
+    columns = sorted((c for c in g.files.metrics(first["key"].iloc[0]) if re.fullmatch(r"se_\d+", c)),
+                     key=lambda c: int(c[3:]))
+    labels = _signal_freqs(g.files.store, first["key"].iloc[0], len(columns))
+    series = []
+    for i, (setting, fits) in enumerate(g.settings.items()):
+        for j, (column, label) in enumerate(zip(columns, labels)):
+            converged = f"converged_k{j + 1}"
+            marks = [(it, _at(g.files.metrics(k), column, it))
+                     for k, it in zip(fits["key"], fits.get(converged, pd.Series(dtype=float)))
+                     if _present(it) and it >= 0]
+            series.append(plots.Series(f"{setting}, {label}", *g.curves(setting, column), {"converged": marks},
+                                       color=f"C{i % 10}", linestyle=LINESTYLES[j % len(LINESTYLES)]))
+    plots.curves_figure([plots.Panel(series, "SE(k) = (Ã_k − A_k)²", log_y=True,
+                                     hlines={f"δ = {SE_CONVERGED}": SE_CONVERGED})],
+                        g.path("amplitude-error"), f"Amplitude error per frequency: {g.title}")
+    g.add("amplitude-error", "SE(k) per frequency", "squared amplitude error of each frequency of the 1-D "
+          "signal (C&M Fig. 3); squares: the iteration each seed first reached δ")
+
+
+def spectrum_figures(g: FigureGroup, wanted: Sequence[int] | None) -> None:
+    """From each setting's first trajectory and the clean image: power-spectrum error over
+    iterations (C&M Fig. 4), radial power spectra at chosen iterations (C&M Fig. 5), output grids."""
+    maps, panels, rows = [], [], []
+    for setting, (key, iterations, snapshots) in g.first_with_snapshots().items():
+        clean = g.files.image(key, "clean")
+        if clean is None or snapshots.ndim != 4 or clean.shape != snapshots.shape[1:]:
+            continue
+        side = min(clean.shape[1:])
+        error = M.power_spectrum_error(torch.from_numpy(snapshots), torch.from_numpy(clean)[None]).numpy()
+        freqs = np.arange(error.shape[1]) / side
+        maps.append((setting, error, iterations, freqs))
+        chosen = chosen_iterations(iterations, wanted)
+        index = [int(np.flatnonzero(iterations == it)[0]) for it in chosen]
+        power = M.radial_power_spectrum(torch.from_numpy(snapshots[index])).numpy()
+        panels.append(plots.Panel(
+            [plots.Series("clean image", freqs, M.radial_power_spectrum(torch.from_numpy(clean)[None]).numpy(),
+                          color="black")]
+            + [plots.Series(f"iteration {it}", freqs, p[None], color=c)
+               for it, p, c in zip(chosen, power, plt_colors(len(chosen)))],
+            "radial mean power |F|²", setting, log_y=True))
+        degraded = g.files.image(key, "degraded")
+        inputs = [("clean", clean)] + ([("degraded", degraded)] if degraded is not None else [])
+        rows.append((setting, inputs + [(f"iteration {it}", snapshots[i]) for it, i in zip(chosen, index)]))
+    if not maps:
+        return
+    plots.heatmap_figure(maps, g.path("spectrum-error"), f"Power-spectrum error over the fit: {g.title}",
+                         "|log P(output) − log P(clean)|", "radial frequency (cycles / pixel)")
+    g.add("spectrum-error", "power-spectrum error", "per iteration (y) and radial frequency (x), how far the "
+          "output's power is from the clean image's (C&M Fig. 4): dark = matched; first seed of each setting")
+    plots.curves_figure(panels, g.path("spectra"), f"Radial power spectra along the fit: {g.title}",
+                        xlabel="radial frequency (cycles / pixel)")
+    g.add("spectra", "power spectra at chosen iterations", "the output's radially averaged power at a few "
+          "snapshot iterations against the clean image's (C&M Fig. 5); first seed of each setting")
+    plots.image_grid(rows, g.path("outputs"), f"Outputs along the fit: {g.title}")
+    g.add("outputs", "outputs at chosen iterations", "clean and degraded images, then the output at the "
+          "snapshot iterations nearest to the chosen ones; one row per setting (first seed)")
+
+
+def capacity_figures(fits: pd.DataFrame, store: Store, out: Output) -> None:
+    """1-D convergence iteration against network width and depth, mean ± std over seeds (C&M App. B)."""
+    converged = _converged_columns(fits)
+    if not converged:
+        return
+    one_d = fits[fits[converged[0]].notna()]
+    labels = _signal_freqs(store, one_d["key"].iloc[0], len(converged))
+    shown = varying_settings(one_d)
+    for axis in ("width", "depth"):
+        xs = sorted(one_d[axis].dropna().unique())
+        if len(xs) < 2:
+            continue
+        names = [setting_name(row, [c for c in shown if c != axis]) for row in one_d.to_dict("records")]
+        series = []
+        for i, (name, fits_of) in enumerate(one_d.assign(line=names).groupby("line", sort=False)):
+            for j, (column, label) in enumerate(zip(converged, labels)):
+                per_x = [fits_of.loc[fits_of[axis] == x, column] for x in xs]
+                seeds = max(len(v) for v in per_x)
+                values = np.full((seeds, len(xs)), np.nan)
+                for col, v in enumerate(per_x):
+                    values[: len(v), col] = v.where(v >= 0)
+                series.append(plots.Series(f"{name}, {label}", np.asarray(xs, dtype=float), values,
+                                           color=f"C{i % 10}", linestyle=LINESTYLES[j % len(LINESTYLES)],
+                                           spread="std"))
+        path = out.root / "figures" / f"capacity-{axis}.png"
+        plots.curves_figure([plots.Panel(series, f"iterations until SE(k) ≤ {SE_CONVERGED}", log_x=axis == "width")],
+                            path, f"Convergence iteration against network {axis} (1-D)", xlabel=f"network {axis}")
+        out.link("Figures: 1-D capacity", path, f"convergence vs {axis}", "mean ± std over seeds of the first "
+                 f"iteration at which each frequency converged, against network {axis} (C&M App. B Fig. 6); "
+                 "fits that never converged are left out")
+
+
+def write_figures(fits: pd.DataFrame, store: Store, experiment: str | None, wanted: Sequence[int] | None,
+                  max_groups: int, out: Output) -> None:
+    """Group-level figures for the first `max_groups` (task, parameters, image) groups, never one per fit."""
+    groups = list(fits.groupby(["task", "params", "image"], sort=False))
+    out.note("Figures", f"Figures are drawn for {min(len(groups), max_groups)} of {len(groups)} groups "
+             "(task × task parameters × image, in table order), one figure per group and kind with one line "
+             "or panel per setting; `write_report(..., max_groups=N)` draws more.")
+    wanted = wanted if wanted is not None else FIGURE_ITERATIONS.get(experiment or "")
+    for n, ((task, params, image), group) in enumerate(groups[:max_groups], start=1):
+        title = f"{task} {params}, {image}".replace(" —", "")
+        g = FigureGroup(title, f"g{n:02d}-{_slug(f'{task}-{params}-{image}')}",
+                        {s: f for s, f in group.groupby("setting", sort=False)}, FitFiles(store), out)
+        psnr_figure(g)
+        if g.has("fbc_1"):
+            fbc_figure(g)
+        if g.has("ratio"):
+            ratio_figure(g)
+        divergence_figure(g)
+        if g.has("se_1"):
+            amplitude_error_figure(g)
+        spectrum_figures(g, wanted)
+    capacity_figures(fits, store, out)
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def _summary_lines(store: Store, fits: pd.DataFrame, name: str | None, experiment: str | None) -> list[str]:
+    done = set(fits["key"])
+    failed = [record for key, record in store.failed().items() if key not in done]
+    lines = [f"# Report: {name or 'sweep'}" + (f" (experiment {experiment})" if experiment else ""), "",
+             f"Storage `{store.uri}`.", "",
+             f"- fits done: {len(fits)} ({fits['task'].nunique()} task(s), {fits['image'].nunique()} image(s), "
+             f"{fits['setting'].nunique()} setting(s), seeds {sorted(fits['seed'].dropna().astype(int).unique())})",
+             f"- fits failed: {len(failed)}"]
+    reasons = Counter(record.get("reason", "?") for record in failed)
+    lines += [f"  - {count} × {reason}" for reason, count in reasons.most_common(5)]
+    no_clean = int(fits["best_psnr"].isna().sum())
+    if no_clean:
+        lines.append(f"- {no_clean} done fit(s) have no clean reference: they are left out of the PSNR tables and "
+                     "of the stopping analysis, and their figures show PSNR against the degraded target")
+    return lines
+
+
+def write_report(
+    source: str | Path, out_dir: str | Path, iterations: Sequence[int] | None = None,
+    max_groups: int = DEFAULT_MAX_GROUPS,
+) -> Path:
+    """Write the report of a sweep (a manifest path or a storage URI/path) into `out_dir`.
+
+    `iterations`: where grids of outputs and power spectra look (nearest snapshots); default
+    the paper's choice for the experiment (C3, C9), else a few spread over the trajectory.
+    `max_groups` caps the figure groups. Returns the path of ``index.md``; raises ValueError
+    when the storage holds no finished fit.
+    """
+    store, name, experiment = open_source(source)
+    fits = load_fits(store)
+    name = name or next(iter(fits["sweep"].dropna()), None)
+    experiment = experiment or next(iter(fits["experiment"].dropna()), None)
+    out = Output(Path(out_dir))
+    for folder in ("tables", "figures"):
+        (out.root / folder).mkdir(parents=True, exist_ok=True)
+    write_tables(fits, store, experiment, out)
+    write_stopping(fits, out)
+    write_figures(fits, store, experiment, iterations, max_groups, out)
+    lines = _summary_lines(store, fits, name, experiment)
+    for section, entries in out.sections.items():
+        lines += ["", f"## {section}", "", *entries]
+    index = out.root / "index.md"
+    index.write_text("\n".join(lines) + "\n")
+    return index
