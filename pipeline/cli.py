@@ -131,6 +131,22 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--out", help="output URI (default: <storage>/summary.parquet)")
 
 
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="tables and figures of a sweep, from stored results",
+                       description="Write the papers' tables (Markdown, CSV) and figures (PNG) of a sweep.")
+    p.add_argument("source", help="a manifest (YAML) or a storage URI/path of a sweep")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<sweep name>)")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from pipeline.report import write_report
+
+    out = args.out or Path("reports") / Path(str(args.source).rstrip("/")).stem
+    index = write_report(args.source, out)
+    print(f"report written: {index}")
+    return 0
+
+
 def run_manifest(args: argparse.Namespace) -> int:
     from pipeline.manifest import json_schema, load_manifest
     from pipeline.sweep import expand_specs
@@ -183,10 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_fit_parser(sub)
     add_manifest_parser(sub)
     add_sweep_parser(sub)
+    add_report_parser(sub)
     return parser
 
 
-COMMANDS = {"fit": run_fit, "manifest": run_manifest, "sweep": run_sweep_command}
+COMMANDS = {"fit": run_fit, "manifest": run_manifest, "sweep": run_sweep_command, "report": run_report}
 
 
 def main(argv: list[str] | None = None) -> int:

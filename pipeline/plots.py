@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -149,7 +150,11 @@ def curves_figure(panels: list[Panel], path: str | Path, title: str, xlabel: str
         for label, y in panel.hlines.items():
             ax.axhline(y, color="0.3", ls=":", lw=1, label=label)
         ax.set_yscale("log" if panel.log_y else "linear")
-        ax.set_xscale("log" if panel.log_x else "linear")
+        if panel.log_x:  # ticks at the measured values, written plainly (8, 16, 128), not as powers
+            ax.set_xscale("log")
+            ax.set_xticks(sorted({float(x) for s in panel.series for x in s.x}))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         if panel.ylim:
             ax.set_ylim(*panel.ylim)
         ax.set_ylabel(panel.ylabel)
@@ -167,10 +172,15 @@ def curves_figure(panels: list[Panel], path: str | Path, title: str, xlabel: str
 
 def heatmap_figure(
     maps: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: str | Path, title: str, colorbar: str,
-    xlabel: str, ylabel: str = "iteration",
+    xlabel: str, ylabel: str = "iteration", skip_rows: int = 0,
 ) -> None:
-    """Side-by-side images (title, values (Y, X), y coordinates, x coordinates) on one colour scale."""
-    high = max(float(np.nanpercentile(values, 99)) for _, values, _, _ in maps)
+    """Side-by-side images (title, values (Y, X), y coordinates, x coordinates) on one colour scale.
+
+    The scale's top is the 99th percentile after the first `skip_rows` rows, so that one
+    outlying row (a fit's random initial output) saturates instead of flattening the rest.
+    """
+    high = max(float(np.nanpercentile(values[skip_rows:] if len(values) > skip_rows else values, 99))
+               for _, values, _, _ in maps)
     fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps) + 1.2, 4.2), squeeze=False, sharey=True)
     for ax, (name, values, ys, xs) in zip(axes[0], maps):
         image = ax.imshow(values, aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=high,
@@ -178,7 +188,7 @@ def heatmap_figure(
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel)
     axes[0, 0].set_ylabel(ylabel)
-    fig.colorbar(image, ax=list(axes[0]), label=colorbar, shrink=0.9)
+    fig.colorbar(image, ax=list(axes[0]), label=colorbar, shrink=0.9, extend="max")
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -188,7 +198,8 @@ def image_grid(rows: list[tuple[str, list[tuple[str, np.ndarray]]]], path: str |
     """Rows of (C, H, W) images in [0, 1], each with a caption; a row is labelled on its left."""
     ncols = max(len(images) for _, images in rows)
     cell = 1.9
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(cell * ncols + 1.0, cell * len(rows) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(cell * ncols + 1.0, (cell + 0.35) * len(rows) + 0.6),
+                             squeeze=False)
     for r, (label, images) in enumerate(rows):
         for c in range(ncols):
             ax = axes[r, c]
@@ -209,3 +220,8 @@ def image_grid(rows: list[tuple[str, list[tuple[str, np.ndarray]]]], path: str |
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def ramp(count: int) -> list[Any]:
+    """`count` colours in order, dark to bright: frequency bands low to high, iterations early to late."""
+    return [plt.cm.viridis(i / max(count - 1, 1)) for i in range(count)]

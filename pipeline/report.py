@@ -14,7 +14,7 @@ import itertools
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,16 +30,17 @@ from pipeline.paper import FIGURE_ITERATIONS, PaperTable, paper_row, tables_for
 from pipeline.single import SE_CONVERGED
 from pipeline.storage import Store
 
-# What may distinguish the rows of a table; a column is used only where it varies (see `varying_settings`).
-SETTING_COLUMNS = ("method", "model", "width", "depth", "upsample", "up_sigma", "norm", "lam", "lr",
+# What may distinguish the rows of a table, most telling first; a column is used only where it
+# varies and is not implied by those before it (see `varying_settings`).
+SETTING_COLUMNS = ("method", "model", "lam", "upsample", "up_sigma", "width", "depth", "norm", "lr",
                    "iterations", "crop", "downsample", "grey")
 NUMERIC_COLUMNS = ("seed", "width", "depth", "up_sigma", "lam", "lr", "iterations", "iterations_run", "crop",
                    "downsample", "final_psnr", "best_psnr", "best_iteration", "stop_psnr", "stop_iteration")
 # The three ways to pick one output of a fit, as summary columns; autostop_psnr is derived in `load_fits`.
 METRICS = {
     "best_psnr": ("oracle", "oracle PSNR: the best on the trajectory (needs the clean image, as the papers' DIP rows)"),
-    "autostop_psnr": ("auto-stop", "PSNR where Shi et al.'s automatic stop (Eq. 8) fired, or at the budget "
-                                   "where it never fired"),
+    "autostop_psnr": ("auto-stop", ("PSNR where Shi et al.'s automatic stop (Eq. 8) fired, or at the budget "
+                                    "where it never fired")),
     "final_psnr": ("final", "PSNR at the end of the fixed iteration budget"),
 }
 PARAM_SYMBOLS = {"sigma": "σ=", "quality": "q=", "ratio": "r=", "p": "p=", "factor": "×", "cutoff": "cutoff=",
@@ -47,6 +48,7 @@ PARAM_SYMBOLS = {"sigma": "σ=", "quality": "q=", "ratio": "r=", "p": "p=", "fac
 DEFAULT_MAX_GROUPS = 12
 GRID_COLUMNS = 5  # default number of iterations in output grids and spectra
 LINESTYLES = ("-", "--", ":", "-.")
+SIGNAL_PREFIX = "signal:"  # image names of 1-D inputs (SignalSpec.name)
 
 
 # --- reading the sweep --------------------------------------------------------------------------
@@ -56,11 +58,12 @@ def open_source(source: str | Path) -> tuple[Store, str | None, str | None]:
     """The store of a manifest (YAML path) or a storage URI/path, with the manifest's name and experiment."""
     path = Path(source)
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        from pipeline.manifest import load_manifest  # here: reading a storage URI needs no manifest machinery
+        # imported here: reading a storage URI needs no manifest machinery
+        from pipeline.manifest import load_manifest
         from pipeline.sweep import open_store
 
         manifest = load_manifest(path)
-        return open_store(manifest), manifest.name, getattr(manifest, "experiment", None)
+        return open_store(manifest), manifest.name, manifest.experiment
     return Store(str(source)), None, None
 
 
@@ -77,7 +80,7 @@ def _fmt(value: Any) -> str:
 
 def params_label(params: Mapping[str, Any]) -> str:
     """A task-parameter setting as a column heading: {"sigma": 25} → "σ=25", {"factor": 4} → "×4"."""
-    return " ".join(f"{PARAM_SYMBOLS.get(k, k + '=')}{_fmt(v)}" for k, v in params.items() if _present(v)) or "—"
+    return " ".join(f"{PARAM_SYMBOLS.get(k, k + '=')}{_fmt(v)}" for k, v in params.items() if _present(v))
 
 
 def _param_columns(fits: pd.DataFrame) -> list[str]:
@@ -88,10 +91,20 @@ def varying_settings(fits: pd.DataFrame) -> list[str]:
     """Setting columns that tell apart fits of the same task, task parameters and image.
 
     Only those name rows. A column that changes only together with a task parameter (a longer
-    budget for ×8 than for ×4 super-resolution) would split a table into a diagonal, so it does not.
+    budget for ×8 than for ×4 super-resolution) would split a table into a diagonal, so it does
+    not; nor does one implied by more telling columns (batch norm exactly when λ is unset).
     """
     by_problem = fits.groupby(["task", "image", *_param_columns(fits)], dropna=False)
-    return [c for c in SETTING_COLUMNS if (by_problem[c].nunique(dropna=False) > 1).any()]
+    shown = [c for c in SETTING_COLUMNS if (by_problem[c].nunique(dropna=False) > 1).any()]
+
+    def combinations(columns: list[str]) -> int:
+        return len(fits[columns].astype(str).drop_duplicates()) if columns else 1
+
+    for column in reversed(shown[1:]):
+        rest = [c for c in shown if c != column]
+        if combinations(rest) == combinations(shown):
+            shown = rest
+    return shown
 
 
 def setting_name(fit: Mapping[str, Any], shown: Sequence[str]) -> str:
@@ -115,9 +128,10 @@ def setting_name(fit: Mapping[str, Any], shown: Sequence[str]) -> str:
 def load_fits(store: Store) -> pd.DataFrame:
     """One row per done fit, sorted, with the report's columns added.
 
-    ``setting`` (row name), ``image_set`` (data set, or "images" for samples, files and
-    signals), ``params`` (task-parameter label) and ``autostop_psnr``: the PSNR of the output
-    the automatic rule hands back, which is the final one when the rule never fired.
+    ``setting`` (row name), ``image_set`` (data set; else "signals" or "images"), ``params``
+    (task-parameter label), ``one_d`` (a 1-D signal fit) and ``autostop_psnr``: the PSNR of
+    the output the automatic rule hands back, which is the final one when the rule never
+    fired (NaN for 1-D fits, which have no blur/sharpness signal to stop on).
     """
     table = store.collect(write=False)
     if table.num_rows == 0:
@@ -128,9 +142,11 @@ def load_fits(store: Store) -> pd.DataFrame:
             fits[column] = None
     for column in NUMERIC_COLUMNS:
         fits[column] = pd.to_numeric(fits[column], errors="coerce")
+    fits["one_d"] = fits["image"].astype(str).str.startswith(SIGNAL_PREFIX)
     fired = fits["stop_iteration"].notna()
-    fits["autostop_psnr"] = fits["stop_psnr"].where(fired, fits["final_psnr"])
-    fits["image_set"] = fits["dataset"].where(fits["dataset"].map(_present), "images")
+    fits["autostop_psnr"] = fits["stop_psnr"].where(fired, fits["final_psnr"]).mask(fits["one_d"])
+    fits["image_set"] = fits["dataset"].where(fits["dataset"].map(_present),
+                                              fits["one_d"].map({True: "signals", False: "images"}))
     params = _param_columns(fits)
     fits["params"] = [params_label({c.removeprefix("param_"): row[c] for c in params})
                       for row in fits.to_dict("records")]
@@ -218,7 +234,7 @@ def stat_table(frame: pd.DataFrame, value: str, rows: str, columns: str, header:
     if frame.empty:
         return None
     row_names, col_names = _ordered(frame[rows]), _ordered(frame[columns])
-    cells = {key: Stat.of(g[value]) for key, g in frame.groupby([rows, columns], sort=False)}
+    cells = {key: stat for key, g in frame.groupby([rows, columns], sort=False) if (stat := Stat.of(g[value]))}
     usual = Counter(s.n for s in cells.values()).most_common(1)[0][0]
     shown, data = [], []
     for r in row_names:
@@ -235,7 +251,7 @@ def _column_labels(group: pd.DataFrame) -> pd.Series:
     """Per fit, the label of its table column: the task parameters that vary in the group (all if none do)."""
     params = [c for c in _param_columns(group) if group[c].notna().any()]
     varying = [c for c in params if group[c].nunique() > 1] or params
-    return pd.Series([params_label({c.removeprefix("param_"): row[c] for c in varying})
+    return pd.Series([params_label({c.removeprefix("param_"): row[c] for c in varying}) or "no task parameters"
                       for row in group.to_dict("records")], index=group.index)
 
 
@@ -245,23 +261,22 @@ def paper_comparison(group: pd.DataFrame, paper: PaperTable) -> tuple[pd.DataFra
     A setting is compared on the column `paper_row` names for it (oracle PSNR for "DIP",
     auto-stop PSNR for "controlled"); Δ = ours − paper.
     """
-    values = pd.to_numeric(group.get(f"param_{paper.param}"), errors="coerce")
+    values = pd.to_numeric(group.get(f"param_{paper.param}", pd.Series(np.nan, index=group.index)), errors="coerce")
     columns = sorted({v for cells in paper.rows.values() for v in cells})
     labels = [params_label({paper.param: v}) for v in columns]
     settings = {name: paper_row(rows.iloc[0]) for name, rows in group.groupby("setting", sort=False)}
     shown, data = [], []
     for paper_name in paper.rows:
-        ours = [(s, m) for s, match in settings.items() if match and match[0].casefold() == paper_name.casefold()
-                for m in [match[1]]]
-        for setting, metric in ours or [(None, None)]:
+        ours: list[tuple[str | None, str]] = [(s, match[1]) for s, match in settings.items()
+                                              if match and match[0].casefold() == paper_name.casefold()]
+        for setting, metric in ours or [(None, "")]:  # a paper row no setting of ours reproduces
             label = paper_name if setting is None else f"{paper_name} ← {setting} ({METRICS[metric][0]})"
-            shown_row, data_row = [label], [paper_name, setting, metric]
+            shown_row: list[str] = [label]
+            data_row: list[Any] = [paper_name, setting, metric or None]
             for column in columns:
                 published = paper.value(paper_name, column)
-                stat = None
-                if setting is not None:
-                    chosen = group[(group["setting"] == setting) & np.isclose(values, column)]
-                    stat = Stat.of(chosen[metric])
+                chosen = (group["setting"] == setting) & np.isclose(values, column)
+                stat = Stat.of(group.loc[chosen, metric]) if setting is not None else None
                 diff = stat.mean - published if stat and published is not None else None
                 shown_row += [stat.text() if stat else "—", "—" if published is None else f"{published:.2f}",
                               "—" if diff is None else f"{diff:+.2f}"]
@@ -313,9 +328,9 @@ def write_tables(fits: pd.DataFrame, store: Store, experiment: str | None, out: 
             out.table(section, f"{stem}-paper-{_slug(paper.source)[:40]}", f"{where}: ours vs {paper.source}",
                       shown, data, "the published PSNRs with ours beside them and Δ = ours − paper; which of our "
                       "settings reproduces which paper row is pipeline.paper.paper_row",
-                      [f"Paper values: {paper.source}. Ours: mean ± std over seeds and images of this sweep "
-                       f"({group['image'].nunique()} image(s)); a paper average over a full data set is "
-                       "comparable only when the sweep covers it."])
+                      [(f"Paper values: {paper.source}. Ours: mean ± std over seeds and images of this sweep "
+                        f"({group['image'].nunique()} image(s)); a paper average over a full data set is "
+                        "comparable only when the sweep covers it.")])
         converged = _converged_columns(group)
         if converged:
             labels = _signal_freqs(store, group["key"].iloc[0], len(converged))
@@ -334,7 +349,7 @@ def write_tables(fits: pd.DataFrame, store: Store, experiment: str | None, out: 
 
 
 STOP_COLUMNS = {  # per-fit column -> how the summary names it
-    "oracle_psnr": "oracle PSNR (dB)", "stop_psnr": "auto-stop PSNR (dB)", "final_psnr": "final PSNR (dB)",
+    "oracle_psnr": "oracle PSNR (dB)", "autostop_psnr": "auto-stop PSNR (dB)", "final_psnr": "final PSNR (dB)",
     "oracle_iteration": "oracle iteration", "stop_iteration": "stop iteration",
     "iterations_saved": "iterations saved", "psnr_lost_at_stop": "PSNR lost at auto-stop (dB)",
     "psnr_lost_at_budget": "PSNR lost at budget (dB)",
@@ -342,12 +357,12 @@ STOP_COLUMNS = {  # per-fit column -> how the summary names it
 
 
 def stopping_per_fit(fits: pd.DataFrame) -> pd.DataFrame:
-    """For each fit with a clean reference: oracle, automatic stop and fixed budget side by side.
+    """For each image fit with a clean reference: oracle, automatic stop and fixed budget side by side.
 
-    A fit whose rule never fired ran its whole budget: it saved 0 iterations, and what it
-    lost is the final PSNR's distance to the oracle.
+    ``stop_iteration``/``stop_psnr`` are blank where the rule never fired; such a fit ran its
+    whole budget, so it saved 0 iterations and its ``autostop_psnr`` is the final PSNR.
     """
-    ref = fits[fits["best_psnr"].notna()]
+    ref = fits[fits["best_psnr"].notna() & ~fits["one_d"]]
     fired = ref["stop_iteration"].notna()
     return pd.DataFrame({
         "key": ref["key"], "task": ref["task"], "params": ref["params"], "image": ref["image"],
@@ -355,11 +370,12 @@ def stopping_per_fit(fits: pd.DataFrame) -> pd.DataFrame:
         "iterations_run": ref["iterations_run"],
         "oracle_iteration": ref["best_iteration"], "oracle_psnr": ref["best_psnr"],
         "stop_fired": fired, "stop_iteration": ref["stop_iteration"], "stop_psnr": ref["stop_psnr"],
-        "final_psnr": ref["final_psnr"],
+        "autostop_psnr": ref["autostop_psnr"], "final_psnr": ref["final_psnr"],
         "iterations_saved": (ref["iterations"] - ref["stop_iteration"]).where(fired, 0),
         "psnr_lost_at_stop": ref["best_psnr"] - ref["autostop_psnr"],
         "psnr_lost_at_budget": ref["best_psnr"] - ref["final_psnr"],
-    })
+    }).astype({c: "Int64" for c in ("seed", "budget", "iterations_run", "oracle_iteration", "stop_iteration",
+                                    "iterations_saved")})
 
 
 def write_stopping(fits: pd.DataFrame, out: Output) -> None:
@@ -367,19 +383,20 @@ def write_stopping(fits: pd.DataFrame, out: Output) -> None:
     section = "Oracle vs automatic stopping"
     per_fit = stopping_per_fit(fits)
     if per_fit.empty:
-        out.note(section, "No fit has a clean reference, so there is no oracle to compare with.")
+        out.note(section, "No image fit with a clean reference, so nothing to compare the automatic stop with "
+                 "(1-D signal fits have no automatic stop: no blur/sharpness signal).")
         return
     path = out.root / "tables" / "stopping-per-fit.csv"
     per_fit.to_csv(path, index=False)
     out.link(section, path, "per fit (CSV)", "oracle peak, auto-stop and fixed-budget PSNR and iteration of "
              "every fit with a clean reference, iterations saved (budget − stop iteration) and PSNR lost")
+    digits = {c: 0 if "iteration" in c else 2 for c in STOP_COLUMNS}
     shown, data = [], []
     for task, by_task in per_fit.groupby("task", sort=False):
         parts = [("all settings", by_task)] if by_task["setting"].nunique() > 1 else []
         for setting, rows in parts + list(by_task.groupby("setting", sort=False)):
             stats = {c: Stat.of(rows[c]) for c in STOP_COLUMNS}
             fired = f"{int(rows['stop_fired'].sum())}/{len(rows)}"
-            digits = {c: 0 if "iteration" in c else 2 for c in STOP_COLUMNS}
             shown.append([task, setting, fired] + ["—" if s is None else s.text(digits[c]) for c, s in stats.items()])
             data.append([task, setting, len(rows), int(rows["stop_fired"].sum())]
                         + [x for s in stats.values() for x in ((s.mean, s.std) if s else (None, None))])
@@ -388,21 +405,20 @@ def write_stopping(fits: pd.DataFrame, out: Output) -> None:
               pd.DataFrame(data, columns=["task", "setting", "fits", "stop_fired"]
                            + [f"{c} {p}" for c in STOP_COLUMNS for p in ("mean", "std")]),
               "mean ± std per task (and setting) of the per-fit numbers",
-              ["Mean ± sample standard deviation over fits. Stop iteration: fits whose rule fired only. "
-               "Iterations saved and PSNR lost at auto-stop count a fit whose rule never fired as run to "
-               "its budget (0 saved, final PSNR)."])
+              [("Mean ± sample standard deviation over fits. Stop iteration: fits whose rule fired only. "
+                "Auto-stop PSNR, iterations saved and PSNR lost at auto-stop count a fit whose rule never "
+                "fired as run to its budget (final PSNR, 0 iterations saved).")])
 
 
 # --- figures ------------------------------------------------------------------------------------
 
 
 class FitFiles:
-    """The per-fit files of one figure group, each read at most once."""
+    """The per-fit files of one figure group; metrics (small) are read once and kept."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._metrics: dict[str, pd.DataFrame] = {}
-        self._trajectories: dict[str, dict[str, np.ndarray]] = {}
 
     def metrics(self, key: str) -> pd.DataFrame:
         if key not in self._metrics:
@@ -410,13 +426,12 @@ class FitFiles:
         return self._metrics[key]
 
     def snapshots(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """(iterations (T,), snapshots (T, C, …) as float32), or None for a fit that kept none."""
-        if key not in self._trajectories:
-            self._trajectories[key] = self.store.read_trajectory(key)
-        trajectory = self._trajectories[key]
+        """(iterations (T,), snapshots (T, C, …) as stored, float16 by default), or None for a fit
+        that kept none. Not kept: a paper-scale trajectory is hundreds of MB."""
+        trajectory = self.store.read_trajectory(key)
         if "snapshots" not in trajectory or not len(trajectory["snapshot_iterations"]):
             return None
-        return trajectory["snapshot_iterations"], trajectory["snapshots"].astype(np.float32)
+        return trajectory["snapshot_iterations"], trajectory["snapshots"]
 
     def image(self, key: str, name: str) -> np.ndarray | None:
         """A stored PNG (clean, degraded, …) as (C, H, W) float32 in [0, 1], None if the fit has none."""
@@ -442,10 +457,11 @@ def _at(frame: pd.DataFrame, column: str, iteration: float) -> float:
 def chosen_iterations(available: np.ndarray, wanted: Sequence[int] | None, count: int = GRID_COLUMNS) -> list[int]:
     """The snapshot iterations nearest to `wanted`; by default `count` spread geometrically over
     the trajectory, since a DIP output changes fastest early."""
-    if wanted is None:
+    targets: Sequence[float] | np.ndarray | None = wanted
+    if targets is None:
         positive = available[available > 0]
-        wanted = np.geomspace(positive.min(), positive.max(), count) if positive.size else available
-    return sorted({int(available[np.abs(available - w).argmin()]) for w in wanted})
+        targets = np.geomspace(positive.min(), positive.max(), count) if positive.size else available
+    return sorted({int(available[np.abs(available - w).argmin()]) for w in targets})
 
 
 @dataclass
@@ -471,15 +487,15 @@ class FigureGroup:
     def has(self, column: str) -> bool:
         return all(column in self.files.metrics(k) for fits in self.settings.values() for k in fits["key"])
 
-    def first_with_snapshots(self) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
-        """Per setting, its first fit (lowest seed) that kept snapshots: (key, iterations, snapshots)."""
-        found = {}
+    def first_with_snapshots(self) -> Iterator[tuple[str, str, np.ndarray, np.ndarray]]:
+        """Per setting, its first fit (lowest seed) that kept snapshots: (setting, key, iterations,
+        snapshots as float32), one at a time."""
         for setting, fits in self.settings.items():
-            for key in fits["key"]:
-                if (snaps := self.files.snapshots(key)) is not None:
-                    found[setting] = (key, *snaps)
-                    break
-        return found
+            found = next(((key, snaps) for key in fits["key"] if (snaps := self.files.snapshots(key)) is not None),
+                         None)
+            if found:
+                key, (iterations, snapshots) = found
+                yield setting, key, iterations, snapshots.astype(np.float32)
 
 
 def psnr_figure(g: FigureGroup) -> None:
@@ -487,23 +503,22 @@ def psnr_figure(g: FigureGroup) -> None:
     column = "psnr_clean" if clean else "psnr_target"
     series = []
     for setting, fits in g.settings.items():
-        marks = {}
-        if clean:
-            marks = {"oracle peak": list(zip(fits["best_iteration"], fits["best_psnr"])),
-                     "auto-stop": list(zip(fits["stop_iteration"], fits["stop_psnr"]).__iter__())}
-            marks = {k: [p for p in v if _present(p[0])] for k, v in marks.items()}
+        marks = {kind: [(it, psnr) for it, psnr in zip(fits[f"{stop}_iteration"], fits[f"{stop}_psnr"])
+                        if _present(it)]
+                 for kind, stop in (("oracle peak", "best"), ("auto-stop", "stop"))} if clean else {}
         series.append(plots.Series(f"{setting} ({len(fits)} seed{'s' * (len(fits) > 1)})",
                                    *g.curves(setting, column), marks))
     ylabel = "PSNR vs clean image (dB)" if clean else "PSNR vs degraded target (dB)"
     plots.curves_figure([plots.Panel(series, ylabel)], g.path("psnr"), f"PSNR over the fit: {g.title}")
-    g.add("psnr", "PSNR vs iteration", "mean over seeds, shaded min–max; dots: each seed's oracle peak, "
-          "triangles: its automatic stop" if clean else "no clean reference: PSNR against the degraded target")
+    marked = "dots: each seed's oracle peak, triangles: its automatic stop" if clean else (
+        "no clean reference, so PSNR against the degraded target and no oracle")
+    g.add("psnr", "PSNR vs iteration", f"mean over seeds, shaded min–max; {marked}")
 
 
 def fbc_figure(g: FigureGroup) -> None:
     bands = sorted((c for c in g.files.metrics(next(iter(g.settings.values()))["key"].iloc[0])
                     if re.fullmatch(r"fbc_\d+", c)), key=lambda c: int(c[4:]))
-    colors = plt_colors(len(bands))
+    colors = plots.ramp(len(bands))
     labels = plots.BAND_LABELS if len(bands) == len(plots.BAND_LABELS) else bands
     panels = [plots.Panel([plots.Series(label, *g.curves(setting, band), color=color)
                            for band, label, color in zip(bands, labels, colors)],
@@ -512,11 +527,6 @@ def fbc_figure(g: FigureGroup) -> None:
     plots.curves_figure(panels, g.path("fbc"), f"Frequency-band correspondence: {g.title}")
     g.add("fbc", "FBC bands", "the five frequency bands' correspondence (Shi Eq. 1), one panel per setting: "
           "low bands rise first (spectral bias)")
-
-
-def plt_colors(count: int) -> list[Any]:
-    """`count` colours from low (dark) to high (bright) frequency."""
-    return [plots.plt.cm.viridis(i / max(count - 1, 1)) for i in range(count)]
 
 
 def ratio_figure(g: FigureGroup) -> None:
@@ -531,26 +541,26 @@ def ratio_figure(g: FigureGroup) -> None:
           "ratio's windowed mean stops changing; log scale")
 
 
-def divergence_figure(g: FigureGroup) -> bool:
-    """ε(i) between every pair of seeds of a setting (C&M Fig. 1); False where no setting has two."""
+def divergence_figure(g: FigureGroup) -> None:
+    """ε(i) between every pair of seeds of a setting (C&M Fig. 1); none where no setting has two seeds."""
     series = []
     for setting, fits in g.settings.items():
         trajectories = [s for s in map(g.files.snapshots, fits["key"]) if s is not None]
         curves = []
         for (ia, a), (ib, b) in itertools.combinations(trajectories, 2):
             common, pa, pb = np.intersect1d(ia, ib, return_indices=True)
-            eps = M.trajectory_divergence(torch.from_numpy(a[pa]), torch.from_numpy(b[pb]))
+            eps = M.trajectory_divergence(torch.from_numpy(a[pa].astype(np.float32)),
+                                          torch.from_numpy(b[pb].astype(np.float32)))
             curves.append((common, eps.numpy()))
         if curves:
             series.append(plots.Series(f"{setting} ({len(curves)} seed pair{'s' * (len(curves) > 1)})",
                                        *_stack(curves)))
     if not series:
-        return False
+        return
     plots.curves_figure([plots.Panel(series, "ε(i) = Σ (T₁(i) − T₂(i))²  (pixels in [0, 1])", log_y=True)],
                         g.path("divergence"), f"Trajectory divergence between seeds: {g.title}")
     g.add("divergence", "ε(i) between seeds", "squared distance between the outputs of two fits that differ "
           "only in their seed (C&M Fig. 1), at the snapshot iterations; mean over seed pairs, shaded min–max")
-    return True
 
 
 def amplitude_error_figure(g: FigureGroup) -> None:
@@ -579,9 +589,9 @@ def spectrum_figures(g: FigureGroup, wanted: Sequence[int] | None) -> None:
     """From each setting's first trajectory and the clean image: power-spectrum error over
     iterations (C&M Fig. 4), radial power spectra at chosen iterations (C&M Fig. 5), output grids."""
     maps, panels, rows = [], [], []
-    for setting, (key, iterations, snapshots) in g.first_with_snapshots().items():
+    for setting, key, iterations, snapshots in g.first_with_snapshots():
         clean = g.files.image(key, "clean")
-        if clean is None or snapshots.ndim != 4 or clean.shape != snapshots.shape[1:]:
+        if clean is None or snapshots.ndim != 4 or clean.shape != snapshots.shape[1:] or len(iterations) < 2:
             continue
         side = min(clean.shape[1:])
         error = M.power_spectrum_error(torch.from_numpy(snapshots), torch.from_numpy(clean)[None]).numpy()
@@ -594,7 +604,7 @@ def spectrum_figures(g: FigureGroup, wanted: Sequence[int] | None) -> None:
             [plots.Series("clean image", freqs, M.radial_power_spectrum(torch.from_numpy(clean)[None]).numpy(),
                           color="black")]
             + [plots.Series(f"iteration {it}", freqs, p[None], color=c)
-               for it, p, c in zip(chosen, power, plt_colors(len(chosen)))],
+               for it, p, c in zip(chosen, power, plots.ramp(len(chosen)))],
             "radial mean power |F|²", setting, log_y=True))
         degraded = g.files.image(key, "degraded")
         inputs = [("clean", clean)] + ([("degraded", degraded)] if degraded is not None else [])
@@ -602,9 +612,10 @@ def spectrum_figures(g: FigureGroup, wanted: Sequence[int] | None) -> None:
     if not maps:
         return
     plots.heatmap_figure(maps, g.path("spectrum-error"), f"Power-spectrum error over the fit: {g.title}",
-                         "|log P(output) − log P(clean)|", "radial frequency (cycles / pixel)")
+                         "|log P(output) − log P(clean)|", "radial frequency (cycles / pixel)", skip_rows=1)
     g.add("spectrum-error", "power-spectrum error", "per iteration (y) and radial frequency (x), how far the "
-          "output's power is from the clean image's (C&M Fig. 4): dark = matched; first seed of each setting")
+          "output's power is from the clean image's (C&M Fig. 4): dark = matched; first seed of each setting; "
+          "the colour scale ignores the random initial output, which saturates")
     plots.curves_figure(panels, g.path("spectra"), f"Radial power spectra along the fit: {g.title}",
                         xlabel="radial frequency (cycles / pixel)")
     g.add("spectra", "power spectra at chosen iterations", "the output's radially averaged power at a few "
@@ -634,7 +645,7 @@ def capacity_figures(fits: pd.DataFrame, store: Store, out: Output) -> None:
                 seeds = max(len(v) for v in per_x)
                 values = np.full((seeds, len(xs)), np.nan)
                 for col, v in enumerate(per_x):
-                    values[: len(v), col] = v.where(v >= 0)
+                    values[: len(v), col] = v.where(v >= 0).to_numpy()
                 series.append(plots.Series(f"{name}, {label}", np.asarray(xs, dtype=float), values,
                                            color=f"C{i % 10}", linestyle=LINESTYLES[j % len(LINESTYLES)],
                                            spread="std"))
@@ -655,7 +666,7 @@ def write_figures(fits: pd.DataFrame, store: Store, experiment: str | None, want
              "or panel per setting; `write_report(..., max_groups=N)` draws more.")
     wanted = wanted if wanted is not None else FIGURE_ITERATIONS.get(experiment or "")
     for n, ((task, params, image), group) in enumerate(groups[:max_groups], start=1):
-        title = f"{task} {params}, {image}".replace(" —", "")
+        title = f"{task} {params}".strip() + f", {image}"
         g = FigureGroup(title, f"g{n:02d}-{_slug(f'{task}-{params}-{image}')}",
                         {s: f for s, f in group.groupby("setting", sort=False)}, FitFiles(store), out)
         psnr_figure(g)
@@ -676,11 +687,11 @@ def write_figures(fits: pd.DataFrame, store: Store, experiment: str | None, want
 def _summary_lines(store: Store, fits: pd.DataFrame, name: str | None, experiment: str | None) -> list[str]:
     done = set(fits["key"])
     failed = [record for key, record in store.failed().items() if key not in done]
+    seeds = sorted(fits["seed"].dropna().astype(int).unique().tolist())
+    counts = (f"{fits['task'].nunique()} task(s), {fits['image'].nunique()} image(s), "
+              f"{fits['setting'].nunique()} setting(s), seeds {seeds}")
     lines = [f"# Report: {name or 'sweep'}" + (f" (experiment {experiment})" if experiment else ""), "",
-             f"Storage `{store.uri}`.", "",
-             f"- fits done: {len(fits)} ({fits['task'].nunique()} task(s), {fits['image'].nunique()} image(s), "
-             f"{fits['setting'].nunique()} setting(s), seeds {sorted(fits['seed'].dropna().astype(int).unique())})",
-             f"- fits failed: {len(failed)}"]
+             f"Storage `{store.uri}`.", "", f"- fits done: {len(fits)} ({counts})", f"- fits failed: {len(failed)}"]
     reasons = Counter(record.get("reason", "?") for record in failed)
     lines += [f"  - {count} × {reason}" for reason, count in reasons.most_common(5)]
     no_clean = int(fits["best_psnr"].isna().sum())
