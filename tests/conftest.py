@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+# Tests read the shared test images through the data root, never copies of them (CI sets it too).
+os.environ.setdefault("DIP_DATA_ROOT", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+
 # --- MLflow --------------------------------------------------------------------------------------
 
 # A first start creates the SQLite schema through every migration: about 25 s on two cores.
@@ -134,3 +137,17 @@ def s3_store_uri(s3_server: str) -> tuple[str, dict]:
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir(bucket)
     return f"s3://{bucket}/results", options
+
+
+# --- Ray -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One local 2-CPU Ray cluster for the session, on loopback only (see PLATFORM-NOTES)."""
+    import ray
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    yield
+    ray.shutdown()
