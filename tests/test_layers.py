@@ -119,7 +119,7 @@ def test_power_estimate_tracks_exact_sigma_while_weights_change(shape: tuple) ->
     strict=True,
     reason="known limitation: while the bound is active the optimiser flattens the top of the "
     "spectrum and one power step per update lags behind; here the estimate ends 12-14 % low, "
-    "so the true norm exceeds λ by as much (exact=True does not; see the next test)",
+    "so the true norm exceeds λ by as much (the exact gram/svd methods do not; see the next test)",
 )
 @pytest.mark.parametrize("lam", [0.5, 1.0])
 def test_power_estimate_tracks_exact_sigma_under_an_active_bound(lam: float) -> None:
