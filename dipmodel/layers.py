@@ -239,3 +239,55 @@ class Upsample(nn.Module):
         weight = self.kernel.to(x.dtype).expand(channels, 1, *self.kernel.shape[2:])
         conv = F.conv1d if self.dims == 1 else F.conv2d
         return conv(x, weight, padding="same", groups=channels)
+
+
+# ---------------------------------------------------------------- frequency response (C&M App. E)
+
+
+def measured_response(kind: str, stride: int, sigma: float = 0.5, length: int = 64) -> tuple[Tensor, Tensor]:
+    """The 1-D layer's |DFT| / DC in response to a unit impulse, measured through `Upsample`.
+
+    Returns (k, |H(k)| / |H(0)|) for k = j / (length·stride), j = 1 … length/2, in cycles per
+    output sample: the band a low-resolution input of `length` samples can carry, where the
+    layer's response is its interpolation filter (above it the spectrum holds the replicas).
+    """
+    impulse = torch.zeros(1, 1, length, dtype=torch.float64)
+    impulse[..., length // 2] = 1
+    response = Upsample(kind, stride, sigma, dims=1).double()(impulse)[0, 0]
+    spectrum = torch.fft.rfft(response).abs()
+    k = torch.arange(1, length // 2 + 1, dtype=torch.float64) / (length * stride)
+    return k, spectrum[1 : length // 2 + 1] / spectrum[0]
+
+
+def exact_response(kind: str, stride: int, k: Tensor, sigma: float = 0.5) -> Tensor:
+    """|H(k)| / H(0) of the layer's discrete interpolation filter, from its taps in closed form.
+
+    nearest: a box of `stride` taps, the Dirichlet kernel sin(π·stride·k) / (stride·sin πk);
+    bilinear: the triangle 1 − |t|/stride sampled at t = ±1/2, …, ±(stride − 1/2) (where an
+    input sample falls between output samples with align_corners=False, for even strides);
+    gaussian: the taps of `gaussian_kernel` at t = −2 … 2; bed_of_nails: a single tap, 1.
+    """
+    k = k.double()
+    if kind == "nearest":
+        return torch.sin(math.pi * stride * k) / (stride * torch.sin(math.pi * k))
+    if kind == "bilinear":
+        if stride % 2:
+            raise ValueError(f"the bilinear form is derived for even strides, got {stride}")
+        t = torch.arange(2 * stride, dtype=torch.float64) - stride + 0.5
+        taps = 1 - t.abs() / stride
+    elif kind == "gaussian":
+        taps = gaussian_kernel(sigma, dims=1).double()
+        t = torch.arange(len(taps), dtype=torch.float64) - len(taps) // 2
+    elif kind == "bed_of_nails":
+        return torch.ones_like(k)
+    else:
+        raise ValueError(f"unknown upsample kind {kind!r}; allowed: {', '.join(UPSAMPLE_KINDS)}")
+    return (taps * torch.exp(-2j * math.pi * k[:, None] * t)).sum(-1).abs() / taps.sum()
+
+
+def paper_response(kind: str, stride: int, k: Tensor) -> Tensor | None:
+    """C&M App. E's continuous forms divided by their DC value: sinc(stride·k) for nearest,
+    sinc²(stride·k) for bilinear; None for layers the paper does not analyse. They differ from
+    the discrete filters by aliasing, a relative error of about (πk)²/6 at low k."""
+    sinc = torch.sinc(stride * k.double())
+    return {"nearest": sinc, "bilinear": sinc**2}.get(kind)

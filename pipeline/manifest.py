@@ -65,7 +65,7 @@ _SETTING_ADAPTERS = {name: TypeAdapter(t) for name, t in (_NET_TYPES | _FIT_TYPE
 _NET_ADAPTER = TypeAdapter(NetConfig)
 _FIT_ADAPTER = TypeAdapter(FitConfig)
 
-Task = Literal["clean", "enhance", "denoise", "lowfreq_noise", "jpeg", "inpaint", "superres"]
+Task = Literal["clean", "enhance", "denoise", "lowfreq_noise", "jpeg", "inpaint", "superres", "upsampling_response"]
 _TASK_PARAMS: dict[str, dict[str, Any]] = {  # task -> parameter -> type (see dipmodel.operators)
     "clean": {},
     "enhance": {},
@@ -74,6 +74,8 @@ _TASK_PARAMS: dict[str, dict[str, Any]] = {  # task -> parameter -> type (see di
     "jpeg": {"quality": int},
     "inpaint": {"kind": Literal["center", "bernoulli"], "ratio": float, "p": float},
     "superres": {"factor": int},
+    # C&M App. E (C8): no fit; the model's upsampling layer is measured against its closed form
+    "upsampling_response": {"stride": PositiveInt},
 }
 _INPAINT_AMOUNT = {"center": "ratio", "bernoulli": "p"}  # the parameter each mask kind takes
 _PARAM_ADAPTERS = {t: {p: TypeAdapter(typ) for p, typ in ps.items()} for t, ps in _TASK_PARAMS.items()}
@@ -198,6 +200,9 @@ class ImageSet(BaseModel):
     glob: str | None = Field(None, description="pattern inside the dataset folder (default *)")
     uris: list[str] | None = Field(None, min_length=1, description="explicit image paths or URIs")
     signal: SignalSpec | None = Field(None, description="a 1-D sum of sines (C&M §3.1) instead of images")
+    impulse: int | None = Field(
+        None, ge=8, description="length of a 1-D unit impulse: the input of task upsampling_response (C&M App. E)"
+    )
     downsample: int | None = Field(
         None, ge=2, description="shrink by this factor (PIL Lanczos) before cropping; C&M Tables 1-2 use 4"
     )
@@ -226,14 +231,14 @@ class ImageSet(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> ImageSet:
-        sources = [k for k in ("sample", "dataset", "uris", "signal") if getattr(self, k) is not None]
+        sources = [k for k in ("sample", "dataset", "uris", "signal", "impulse") if getattr(self, k) is not None]
         if len(sources) != 1:
-            raise PydanticCustomError("manifest", "give exactly one of sample, dataset, uris or signal")
+            raise PydanticCustomError("manifest", "give exactly one of sample, dataset, uris, signal or impulse")
         if self.dataset is None and (self.files is not None or self.glob is not None):
             raise PydanticCustomError("manifest", "files and glob choose files inside a dataset")
         if self.files is not None and self.glob is not None:
             raise PydanticCustomError("manifest", "give files or glob, not both")
-        if self.signal is not None:
+        if self.signal is not None or self.impulse is not None:
             _raise_if([((f,), "applies to images, not to a 1-D signal") for f in ("downsample", "crop", "grey")
                        if getattr(self, f)], "ImageSet")
         if self.grey is None:  # the data set's convention, e.g. LIVE1 is evaluated on the Y channel
@@ -504,15 +509,24 @@ class Manifest(BaseModel):
         return list(dict.fromkeys(p for setting in self._settings() for p in self._resolve(setting)[2]))
 
     def _input_problems(self) -> list[Problem]:
-        """1-D signals and images need different networks, and a signal takes task clean only."""
+        """1-D signals and images need different networks, a signal takes task clean only, and
+        an impulse is the input of task upsampling_response and of nothing else."""
         signals = [i for i, images in enumerate(self.images) if images.signal is not None]
-        pictures = [i for i, images in enumerate(self.images) if images.signal is None]
+        impulses = [i for i, images in enumerate(self.images) if images.impulse is not None]
+        pictures = [i for i, images in enumerate(self.images) if images.signal is None and images.impulse is None]
         problems: list[Problem] = [
             (("images", i, "signal"), f"a 1-D signal takes task clean only; tasks[{j}] is {task.task}")
             for i in signals
             for j, task in enumerate(self.tasks)
             if task.task != "clean"
         ]
+        measuring = [j for j, task in enumerate(self.tasks) if task.task == "upsampling_response"]
+        problems += [(("images", i, "impulse"), f"an impulse takes task upsampling_response only; tasks[{j}] is "
+                      f"{task.task}") for i in impulses for j, task in enumerate(self.tasks) if j not in measuring]
+        problems += [(("tasks", j, "task"), f"upsampling_response measures a layer on an impulse; images[{i}] "
+                      "is not one (give images: [{impulse: 64}])") for j in measuring for i in signals + pictures]
+        if impulses:
+            return list(dict.fromkeys(problems))  # the network's other fields do not matter to a layer
         for setting in self._settings():
             name, loc = setting["name"]
             if signals and name not in ONE_D:
@@ -581,6 +595,7 @@ class FitSpec(BaseModel):
     grey: bool
     downsample: int | None = None
     signal: SignalSpec | None = None  # a 1-D input instead of an image, amplitudes written out
+    impulse: int | None = None  # the impulse length of an upsampling_response measurement (also in image_name)
     experiment: str | None = None  # the manifest's paper experiment id; not part of the key
     task: str
     task_params: dict[str, Any]
@@ -657,6 +672,8 @@ def _resolve_images(
         return [(u, u) for u in images.uris], []
     if images.signal is not None:
         return [(images.signal.name(), images.signal.name())], []
+    if images.impulse is not None:
+        return [(f"impulse:{images.impulse}", f"impulse:{images.impulse}")], []
     root, dataset = manifest.data_root or "", images.dataset or ""
     loc: Loc = ("images", index, "dataset")
     try:
@@ -726,7 +743,8 @@ def expand(
     for (image_set, name, uri), task in itertools.product(images, manifest.tasks):
         signal = image_set.signal.resolved() if image_set.signal is not None else None
         for params, (network, fit), seed in itertools.product(task.combinations(), configs, manifest.seed_list()):
-            fit_cfg = fit | {"seed": seed} | ({"spectral": False} if signal else {})  # 2-D metrics need images
+            one_d = signal is not None or image_set.impulse is not None
+            fit_cfg = fit | {"seed": seed} | ({"spectral": False} if one_d else {})  # 2-D metrics need images
             content = {
                 "image_name": name, "crop": image_set.crop, "grey": image_set.grey,
                 "downsample": image_set.downsample, "task": task.task, "task_params": params,
@@ -735,7 +753,7 @@ def expand(
             key = fit_key(content)
             if key not in specs:
                 specs[key] = FitSpec(sweep=manifest.name, image_uri=uri, dataset=image_set.dataset, signal=signal,
-                                     experiment=manifest.experiment, key=key, **content)
+                                     impulse=image_set.impulse, experiment=manifest.experiment, key=key, **content)
     return list(specs.values())
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from dipmodel.fit import FitResult, fit
+from dipmodel.layers import exact_response, measured_response, paper_response
 from dipmodel.metrics import to_grey
 from pipeline.images import ImageError, decode, read_bytes
 from pipeline.manifest import FitSpec
@@ -54,8 +55,8 @@ def load_spec_image(spec: FitSpec, storage_options: dict | None = None) -> torch
     return to_grey(image[None])[0] if spec.grey and image.shape[0] == 3 else image
 
 
-def summary_row(spec: FitSpec, result: FitResult) -> dict[str, Any]:
-    """The flat row that describes a finished fit in tables: what was run, and how it went."""
+def spec_row(spec: FitSpec) -> dict[str, Any]:
+    """The flat description of what a spec runs, the first columns of its row in tables."""
     net = spec.network
     row: dict[str, Any] = {
         "key": spec.key, "sweep": spec.sweep, "experiment": spec.experiment, "image": spec.image_name,
@@ -65,10 +66,32 @@ def summary_row(spec: FitSpec, result: FitResult) -> dict[str, Any]:
         "up_sigma": net["up_sigma"], "norm": net["norm"], "lam": net["lam"],
         "iterations": spec.fit["iterations"], "lr": spec.fit["lr"],
     }
-    row |= {f"param_{k}": v for k, v in sorted(spec.task_params.items())}
+    return row | {f"param_{k}": v for k, v in sorted(spec.task_params.items())}
+
+
+def summary_row(spec: FitSpec, result: FitResult) -> dict[str, Any]:
+    """The flat row that describes a finished fit in tables: what was run, and how it went."""
+    row = spec_row(spec)
     if spec.signal is not None:
         row |= convergence_iterations(result.metrics, len(spec.signal.freqs))
     return row | result.summary()
+
+
+def measure_response(spec: FitSpec) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """C8: the summary row and per-frequency table of the model's upsampling layer, measured on
+    the spec's impulse against the layer's exact discrete response and C&M's continuous form.
+    Nothing is optimised, so the spec's fit settings play no part."""
+    net, stride = spec.network, spec.task_params["stride"]
+    k, measured = measured_response(net["upsample"], stride, net["up_sigma"], spec.impulse or 64)
+    table = {"frequency": k, "measured": measured, "exact": exact_response(net["upsample"], stride, k, net["up_sigma"])}
+    paper = paper_response(net["upsample"], stride, k)
+    row = spec_row(spec) | {"max_error_exact": float((measured - table["exact"]).abs().max())}
+    if paper is not None:
+        table["paper"] = paper
+        row["max_rel_error_paper"] = float((measured / paper - 1).abs().max())
+    # Storage and MLflow index rows by "iteration": here the frequency index j, k = j / (length·stride).
+    index = np.arange(1, len(k) + 1, dtype=np.int64)
+    return row, {"iteration": index} | {name: column.numpy() for name, column in table.items()}
 
 
 def execute_fit(spec: FitSpec, store: Store, device: str = "cpu", storage_options: dict | None = None) -> dict:
@@ -76,6 +99,10 @@ def execute_fit(spec: FitSpec, store: Store, device: str = "cpu", storage_option
     if store.is_done(spec.key):
         return {"key": spec.key, "status": "done", "skipped": True}
     try:
+        if spec.task == "upsampling_response":
+            summary, metrics = measure_response(spec)
+            store.write_fit(spec.key, spec.model_dump(mode="json"), summary, metrics, {}, {})
+            return {"key": spec.key, "status": "done", "summary": summary}
         image = load_spec_image(spec, storage_options)
         net_cfg = dataclasses.replace(spec.net_config(), out_channels=image.shape[0])
         problem = prepare_problem(image, spec.task, dict(spec.task_params), net_cfg, spec.seed, spec.crop,

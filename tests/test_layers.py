@@ -20,8 +20,11 @@ from dipmodel.layers import (
     LipschitzNorm,
     Upsample,
     bed_of_nails,
+    exact_response,
     gaussian_kernel,
     make_norm,
+    measured_response,
+    paper_response,
     SN_METHODS,
     spectral_norm_exact,
     spectral_norm_gram,
@@ -337,12 +340,8 @@ def test_upsampling_frequency_response_matches_chakrabarty_maji(kind: str, strid
     for bilinear); (πk)²/4 also covers the higher-order terms up to k = 1/4.
     """
     n = 64
-    impulse = torch.zeros(1, 1, n)
-    impulse[..., n // 2] = 1
-    response = Upsample(kind, stride, dims=1)(impulse)[0, 0].double()
-    spectrum = torch.fft.rfft(response).abs()
-    measured = spectrum[1 : n // 2 + 1] / spectrum[0]
-    k = torch.arange(1, n // 2 + 1, dtype=torch.float64) / (n * stride)
+    k, measured = measured_response(kind, stride, length=n)
+    torch.testing.assert_close(k, torch.arange(1, n // 2 + 1, dtype=torch.float64) / (n * stride))
     sinc = torch.sin(math.pi * stride * k) / (math.pi * stride * k)
     if kind == "nearest":
         discrete = torch.sin(math.pi * stride * k) / (stride * torch.sin(math.pi * k))
@@ -351,4 +350,20 @@ def test_upsampling_frequency_response_matches_chakrabarty_maji(kind: str, strid
         discrete = triangle_response(k, stride)
         continuous = sinc**2
     torch.testing.assert_close(measured, discrete, atol=1e-6, rtol=0)
+    torch.testing.assert_close(exact_response(kind, stride, k), discrete, atol=1e-12, rtol=0)
+    torch.testing.assert_close(paper_response(kind, stride, k), continuous, atol=1e-12, rtol=0)
     assert torch.all((measured / continuous - 1).abs() <= (math.pi * k) ** 2 / 4)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.5, 1.0])
+def test_gaussian_upsampling_response_is_its_kernels_transform(sigma: float) -> None:
+    """Shi Eq. 6 layer: bed of nails then the 5-tap Gaussian, so its response on the band the
+    input carries is the DTFT of exp(−(t/2)²/2σ²), t = −2 … 2 (σ in low-res pixels), over its sum;
+    σ = 0 is the bed of nails, flat at 1. The paper gives no continuous form for it."""
+    k, measured = measured_response("gaussian", 2, sigma)
+    t = torch.arange(-2, 3, dtype=torch.float64)
+    taps = torch.exp(-((t / 2) ** 2) / (2 * sigma**2)) if sigma else (t == 0).double()
+    expected = torch.stack([(taps * torch.cos(2 * math.pi * f * t)).sum() for f in k]).abs() / taps.sum()
+    torch.testing.assert_close(measured, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(exact_response("gaussian", 2, k, sigma), expected, atol=1e-6, rtol=0)
+    assert paper_response("gaussian", 2, k) is None

@@ -408,7 +408,7 @@ BAD_SIGNAL = {  # id: (lines to change, start of the line blamed, field path, wo
                    "one amplitude per frequency (2)"),
     "spectral": ({"stop_window": "  stop_window: 5\n  spectral: true"}, "spectral", "fit.spectral", "spectral: false"),
     "two-sources": ({"signal": "  - signal: {}\n    sample: camera"}, "- signal", "images[0]",
-                    "exactly one of sample, dataset, uris or signal"),
+                    "exactly one of sample, dataset, uris, signal or impulse"),
 }
 
 
@@ -417,6 +417,53 @@ def test_bad_signal_manifest_names_field_and_line(
     tmp_path: Path, lines: dict[str, str], where: str, field: str, words: str
 ) -> None:
     path = write(tmp_path, SIGNAL, **lines)
+    with pytest.raises(ManifestError) as err:
+        load_manifest(path)
+    assert f"{path}:{line_of(path, where)}: {field}: " in str(err.value)
+    assert words in str(err.value)
+
+
+# --- C8: layer measurements on an impulse -------------------------------------------------------------
+
+IMPULSE = """\
+name: impulse
+images:
+  - impulse: 64
+tasks:
+  - task: upsampling_response
+    params: {stride: [2, 4]}
+model: {name: decoder}
+grid:
+  upsample: [nearest, bilinear]
+seeds: [0]
+# spare
+"""
+
+
+def test_impulse_measurements_expand_per_stride_and_layer(tmp_path: Path) -> None:
+    specs = expand(load_manifest(write(tmp_path, IMPULSE)))
+    assert [(s.task_params["stride"], s.network["upsample"]) for s in specs] == [
+        (2, "nearest"), (2, "bilinear"), (4, "nearest"), (4, "bilinear")]
+    assert all(s.image_name == "impulse:64" and s.impulse == 64 and s.crop is None for s in specs)
+    assert len({s.key for s in specs}) == 4
+
+
+BAD_IMPULSE = {  # id: (lines to change, start of the line blamed, field path, words of the message)
+    "task": ({"task": "  - task: clean", "params": "    params: {}"}, "- impulse", "images[0].impulse",
+             "takes task upsampling_response only; tasks[0] is clean"),
+    "image": ({"impulse": "  - sample: camera"}, "- task", "tasks[0].task",
+              "images[0] is not one"),
+    "crop": ({"impulse": "  - impulse: 64\n    crop: 32"}, "crop", "images[0].crop", "not to a 1-D signal"),
+    "short": ({"impulse": "  - impulse: 4"}, "- impulse", "images[0].impulse", "greater than or equal to 8"),
+    "stride": ({"params": "    params: {stride: 0}"}, "params", "tasks[0].params.stride", "greater than 0"),
+}
+
+
+@pytest.mark.parametrize(("lines", "where", "field", "words"), BAD_IMPULSE.values(), ids=BAD_IMPULSE.keys())
+def test_bad_impulse_manifest_names_field_and_line(
+    tmp_path: Path, lines: dict[str, str], where: str, field: str, words: str
+) -> None:
+    path = write(tmp_path, IMPULSE, **lines)
     with pytest.raises(ManifestError) as err:
         load_manifest(path)
     assert f"{path}:{line_of(path, where)}: {field}: " in str(err.value)

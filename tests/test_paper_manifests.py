@@ -22,9 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "manifests" / "paper"
 DATA = Path(os.environ.get("DIP_DATA_ROOT") or REPO.parent / "shared" / "datasets")
 
-# SPEC §7 ids that are fits; C8 (the upsampling layers' frequency response) is a measurement of
-# the layers, tested in tests/test_layers.py, and has no manifest.
-EXPERIMENTS = [f"C{i}" for i in range(1, 10) if i != 8] + [f"S{i}" for i in range(1, 12)]
+# SPEC §7 ids; C8 (the upsampling layers' frequency response) measures layers instead of fitting.
+EXPERIMENTS = [f"C{i}" for i in range(1, 10)] + [f"S{i}" for i in range(1, 12)]
+MEASUREMENTS = {"C8"}  # no network is trained: one CPU does the paper form in seconds
 
 # Manifests that cannot be validated yet because they need a feature the pipeline lacks:
 # file name -> what is missing. Empty: every experiment is expressible today (the workarounds,
@@ -98,10 +98,11 @@ def test_smoke_form_is_small_and_asks_for_no_gpu(smoke: str, monkeypatch: pytest
     manifest = load(smoke, monkeypatch)
     assert manifest.resources.num_gpus == 0
     for images in manifest.images:
-        if images.signal is None:
+        if images.signal is None and images.impulse is None:
             assert images.crop is not None and SMOKE_CROP[0] <= images.crop <= SMOKE_CROP[1], images
 
 
 @pytest.mark.parametrize("name", FULL)
 def test_paper_form_asks_for_a_gpu(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert load(name, monkeypatch).resources.num_gpus == 1
+    manifest = load(name, monkeypatch)
+    assert manifest.resources.num_gpus == (0 if manifest.experiment in MEASUREMENTS else 1)

@@ -1,11 +1,13 @@
 """Experiments from manifests/paper through `dip sweep run` and `dip report`, checked on the tables.
 
-C4 runs at the paper's network size (the two main networks of Fig. 3, 700 iterations); S1 and
-S3 run their smoke forms. The claims asserted are the papers' qualitative ones.
+C4 runs at the paper's network size (the two main networks of Fig. 3, 700 iterations), C8 at
+paper scale (it is a measurement of layers, seconds on a CPU); S1 and S3 run their smoke forms.
+The claims asserted are the papers' qualitative ones.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -43,6 +45,24 @@ def test_c4_conv_separates_the_frequencies_and_linear_does_not(ray_cluster, tmp_
     linear = frame[frame.iloc[:, 0].str.contains("linear")].iloc[0]
     assert 0 <= conv[k1] < 100 and (conv[k2] > conv[k1] + 200 or conv[k2] < 0)
     assert linear[k1] >= 0 and linear[k2] >= 0 and abs(linear[k1] - linear[k2]) <= 10
+
+
+@pytest.mark.slow
+def test_c8_layers_follow_their_filters_and_the_papers_forms(ray_cluster, tmp_path: Path) -> None:
+    """C&M App. E: nearest ≈ sinc and bilinear ≈ sinc², exactly their discrete filters, and the
+    continuous forms off only by aliasing: relative (πk)²/6 to leading order, bounded here by
+    (πk)²/4 at the band edge k = 1/(2·stride) (as in tests/test_layers.py)."""
+    report = run_experiment(tmp_path, "C8-upsampling-response.yaml")
+    frame = pd.read_csv(report / "tables" / "upsampling-response.csv").set_index(["stride", "layer"])
+    print("\n" + (report / "tables" / "upsampling-response.md").read_text())
+    assert len(frame) == 6 and (report / "figures" / "upsampling-response.png").stat().st_size > 0
+    assert (frame["max |measured − exact|"] < 1e-9).all()
+    for stride in (2, 4):
+        paper_error = frame.loc[[(stride, "nearest"), (stride, "bilinear")], "max |measured / paper − 1|"]
+        assert (paper_error <= (math.pi / (2 * stride)) ** 2 / 4).all()
+        edge = frame.loc[stride, "measured at k = 1/(2·stride)"]
+        assert edge["bilinear"] < edge["nearest"]  # the smoother prior attenuates more
+    assert (frame.loc[2, "max |measured / paper − 1|"].dropna() > frame.loc[4, "max |measured / paper − 1|"].dropna()).all()
 
 
 @pytest.mark.slow
