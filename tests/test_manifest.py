@@ -228,15 +228,20 @@ BAD = {  # id: (lines to change, start of the line blamed, field path, words of 
 }
 
 
+def assert_blamed(path: Path, where: str, field: str, words: str) -> None:
+    """Loading `path` fails, naming the line that starts with `where`, the field path and `words`."""
+    with pytest.raises(ManifestError) as err:
+        load_manifest(path)
+    assert f"{path}:{line_of(path, where)}: {field}: " in str(err.value)
+    assert words in str(err.value)
+
+
 @pytest.mark.parametrize(("lines", "where", "field", "words"), BAD.values(), ids=BAD.keys())
 def test_bad_manifest_names_field_and_line(
     tmp_path: Path, lines: dict[str, str], where: str, field: str, words: str
 ) -> None:
     path = write(tmp_path, **lines)
-    with pytest.raises(ManifestError) as err:
-        load_manifest(path)
-    assert f"{path}:{line_of(path, where)}: {field}: " in str(err.value)
-    assert words in str(err.value)
+    assert_blamed(path, where, field, words)
 
 
 def test_yaml_syntax_error_has_its_line(tmp_path: Path) -> None:
@@ -412,17 +417,6 @@ BAD_SIGNAL = {  # id: (lines to change, start of the line blamed, field path, wo
 }
 
 
-@pytest.mark.parametrize(("lines", "where", "field", "words"), BAD_SIGNAL.values(), ids=BAD_SIGNAL.keys())
-def test_bad_signal_manifest_names_field_and_line(
-    tmp_path: Path, lines: dict[str, str], where: str, field: str, words: str
-) -> None:
-    path = write(tmp_path, SIGNAL, **lines)
-    with pytest.raises(ManifestError) as err:
-        load_manifest(path)
-    assert f"{path}:{line_of(path, where)}: {field}: " in str(err.value)
-    assert words in str(err.value)
-
-
 # --- C8: layer measurements on an impulse -------------------------------------------------------------
 
 IMPULSE = """\
@@ -459,15 +453,15 @@ BAD_IMPULSE = {  # id: (lines to change, start of the line blamed, field path, w
 }
 
 
-@pytest.mark.parametrize(("lines", "where", "field", "words"), BAD_IMPULSE.values(), ids=BAD_IMPULSE.keys())
-def test_bad_impulse_manifest_names_field_and_line(
-    tmp_path: Path, lines: dict[str, str], where: str, field: str, words: str
+BAD_ONE_D = {f"signal-{k}": (SIGNAL, *case) for k, case in BAD_SIGNAL.items()}
+BAD_ONE_D |= {f"impulse-{k}": (IMPULSE, *case) for k, case in BAD_IMPULSE.items()}
+
+
+@pytest.mark.parametrize(("text", "lines", "where", "field", "words"), BAD_ONE_D.values(), ids=BAD_ONE_D.keys())
+def test_bad_1d_input_names_field_and_line(
+    tmp_path: Path, text: str, lines: dict[str, str], where: str, field: str, words: str
 ) -> None:
-    path = write(tmp_path, IMPULSE, **lines)
-    with pytest.raises(ManifestError) as err:
-        load_manifest(path)
-    assert f"{path}:{line_of(path, where)}: {field}: " in str(err.value)
-    assert words in str(err.value)
+    assert_blamed(write(tmp_path, text, **lines), where, field, words)
 
 
 # --- schema -------------------------------------------------------------------------------------------
