@@ -207,7 +207,10 @@ class Output:
     sections: dict[str, list[str]] = field(default_factory=dict)
 
     def link(self, section: str, path: Path, text: str, note: str, csv: Path | None = None) -> None:
-        extra = f" ([CSV]({csv.relative_to(self.root).as_posix()}))" if csv else ""
+        extra = ""
+        if csv:  # a table: its CSV and LaTeX forms lie beside the Markdown one
+            extra = (f" ([CSV]({csv.relative_to(self.root).as_posix()}), "
+                     f"[LaTeX]({csv.with_suffix('.tex').relative_to(self.root).as_posix()}))")
         self.sections.setdefault(section, []).append(
             f"- [{text}]({path.relative_to(self.root).as_posix()}){extra}: {note}")
 
@@ -216,10 +219,12 @@ class Output:
 
     def table(self, section: str, stem: str, title: str, shown: pd.DataFrame, data: pd.DataFrame,
               note: str, footnotes: Sequence[str] = ()) -> None:
-        """Write a table as Markdown (`shown`, strings) and CSV (`data`, numbers) and link it."""
+        """Write a table as Markdown and LaTeX (`shown`, strings) and CSV (`data`, numbers) and link it."""
         md, csv = self.root / "tables" / f"{stem}.md", self.root / "tables" / f"{stem}.csv"
         md.write_text(f"# {title}\n\n{_markdown(shown)}" + "".join(f"\n{line}\n" for line in footnotes))
         data.to_csv(csv, index=False)
+        latex = shown.to_latex(index=False, escape=True, caption=title, label=f"tab:{stem}")
+        csv.with_suffix(".tex").write_text(latex)
         self.link(section, md, title, note, csv)
 
 

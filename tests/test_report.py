@@ -106,6 +106,11 @@ def test_main_table_cells_are_mean_and_std_over_seeds_from_the_markers(denoise: 
         assert float(rows[name]["σ=25 std"]) == pytest.approx(std, abs=1e-9)
         assert int(rows[name]["σ=25 n"]) == 2
         assert f"| {name} | {mean:.2f} ± {std:.2f} |" in markdown
+    latex = (index.parent / "tables" / "denoise-cbsd68-oracle.tex").read_text()
+    assert latex.count("\\begin{tabular}") == 1 and "\\end{tabular}" in latex
+    for name, lam in (("decoder unconstrained", None), ("decoder λ=2", 2.0)):
+        mean, std = statistics.mean(by_lam[lam]), statistics.stdev(by_lam[lam])
+        assert f"{name} & {mean:.2f} ± {std:.2f}" in latex
 
 
 def test_paper_values_stand_beside_ours_with_the_difference(denoise: tuple[Path, Path, Path]) -> None:
