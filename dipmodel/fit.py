@@ -9,10 +9,23 @@ looks at them every ``sync_every`` iterations. So the GPU is never stalled by a 
 
 Iteration ``t`` names the output after ``t`` optimiser steps, so a budget of T iterations
 records t = 0 … T and the last row is the fixed-budget result.
+
+Bayesian DIP (Cheng et al. 2019) is the same loop with ``optimizer="sgld"``: stochastic
+gradient Langevin dynamics (Welling & Teh 2011), θ ← θ − η∇L + 𝒩(0, 2η·T), i.e. after every
+Adam step each weight gets Gaussian noise whose variance is twice the step size η (``lr``)
+times a temperature T (``sgld_temperature``), so the sampled distribution does not depend on
+the step size. T = 1 would sample exp(−L) for the mean-squared loss L, far too flat for a
+network (it destroys the fit); the default T = 0.002 gives, at Shi's lr = 0.001, noise of std
+2·lr, the ``param_noise_sigma · lr`` of Cheng et al.'s released code. Like that code, the
+noise goes to the weights of convolutions and linear layers (tensors of 2 or more dims), not
+to biases and normalisation parameters. After ``burn_in`` iterations every output is a
+posterior sample; their running mean is the Bayesian estimate (``posterior_mean``), the last
+sample is ``final``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -26,6 +39,7 @@ from dipmodel.networks import NetConfig, build_network
 from dipmodel.operators import Operator, data_term
 
 ExtraMetric = Callable[[Tensor], Tensor]
+OPTIMIZERS = ("adam", "sgld")
 
 
 class FitDivergedError(RuntimeError):
@@ -49,6 +63,9 @@ class FitConfig:
     stop_eps: float = 0.01  # ε in Eq. 8
     sync_every: int = 200  # iterations between host syncs (NaN check, halting)
     spectral: bool = True  # FBC and blur/sharpness; off for 1-D signals
+    optimizer: str = "adam"  # "sgld": Adam plus Langevin noise (Bayesian DIP, module docstring)
+    sgld_temperature: float = 0.002  # T: the noise variance is 2·lr·T per step
+    burn_in: int = 0  # sgld: iterations before outputs are averaged into the posterior mean
 
     def __post_init__(self) -> None:
         for name in ("iterations", "metric_stride", "stop_window", "sync_every"):
@@ -61,6 +78,12 @@ class FitConfig:
                 f"FitConfig.stop_window ({self.stop_window}) must be a multiple of "
                 f"metric_stride ({self.metric_stride}) for the automatic stop"
             )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"FitConfig.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.sgld_temperature < 0 or self.burn_in < 0:
+            raise ValueError("FitConfig.sgld_temperature and FitConfig.burn_in must be >= 0")
+        if self.optimizer == "sgld" and self.burn_in >= self.iterations:
+            raise ValueError(f"FitConfig.burn_in ({self.burn_in}) must be below iterations ({self.iterations})")
         if self.snapshot_dtype not in ("float16", "bfloat16", "float32"):
             raise ValueError(f"FitConfig.snapshot_dtype must be float16, bfloat16 or float32, got {self.snapshot_dtype}")
 
@@ -82,6 +105,9 @@ class FitResult:
     stop_iteration: int | None = None
     stop_psnr: float | None = None
     final_psnr: float | None = None
+    posterior_mean: np.ndarray | None = None  # sgld: mean of the samples after burn-in
+    posterior_samples: int = 0
+    posterior_psnr: float | None = None
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
 
@@ -94,6 +120,8 @@ class FitResult:
             "best_iteration": self.best_iteration,
             "stop_psnr": self.stop_psnr,
             "stop_iteration": self.stop_iteration,
+            "posterior_psnr": self.posterior_psnr,
+            "posterior_samples": self.posterior_samples,
             "seconds": self.seconds,
             "ms_per_iteration": 1000.0 * self.seconds / max(self.final_iteration, 1),
         }
@@ -180,7 +208,15 @@ class DeviceRecord:
         return {"iteration": np.asarray(self.iterations)} | {n: values[:, i] for i, n in enumerate(self.names)}
 
 
-def fit(    net_cfg: NetConfig,
+def langevin_noise(params: list[Tensor], std: float, generator: torch.Generator) -> None:
+    """Add 𝒩(0, std²) to every weight in place: the Langevin half of an SGLD step."""
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype), alpha=std)
+
+
+def fit(
+    net_cfg: NetConfig,
     op: Operator,
     y: Tensor,
     clean: Tensor | None = None,
@@ -209,6 +245,10 @@ def fit(    net_cfg: NetConfig,
         net = build_network(net_cfg, out_shape).to(device)
     z = net.make_input(torch.Generator().manual_seed(cfg.seed)).to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
+    sgld = cfg.optimizer == "sgld"
+    weights = [p for p in net.parameters() if p.dim() >= 2]
+    noise_std = math.sqrt(2 * cfg.lr * cfg.sgld_temperature)
+    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1) if sgld else None
 
     # --- device-side state ----------------------------------------------------------------
     T = cfg.iterations
@@ -217,6 +257,8 @@ def fit(    net_cfg: NetConfig,
     snap_dtype = getattr(torch, cfg.snapshot_dtype)
     snapshots: list[Tensor] = []
     snapshot_iters: list[int] = []
+    posterior: Tensor | None = None  # running mean of the samples after burn-in (sgld)
+    n_samples = 0
 
     def check_chunk(upto: int, lo: int | None = None) -> bool:
         """Host sync point: raise on a non-finite loss; say whether to halt at the stop."""
@@ -236,6 +278,10 @@ def fit(    net_cfg: NetConfig,
             out = net(z)
             loss = data_term(op, out, y)
             loss_hist[t] = loss.detach()
+            if sgld and t > cfg.burn_in:  # a sample: fold it into the running mean
+                n_samples += 1
+                sample = out.detach()
+                posterior = sample.clone() if posterior is None else posterior.add_(sample - posterior, alpha=1 / n_samples)
 
             # --- metrics on the device, at the stride and always at the last iteration ----------
             if t % cfg.metric_stride == 0 or t == T:
@@ -254,6 +300,8 @@ def fit(    net_cfg: NetConfig,
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            if noise_gen is not None:
+                langevin_noise(weights, noise_std, noise_gen)
     except torch.linalg.LinAlgError:  # NaN weights break the exact σ before a sync sees the loss
         check_chunk(t + 1, lo=0)
         raise
@@ -280,6 +328,11 @@ def fit(    net_cfg: NetConfig,
         result.best_psnr = float(record.best_psnr)
         result.best_iteration = int(record.best_iter)
         result.best_output = record.best_out[0].float().cpu().numpy()
+    if posterior is not None:
+        result.posterior_mean = posterior[0].float().cpu().numpy()
+        result.posterior_samples = n_samples
+        if clean is not None:
+            result.posterior_psnr = float(M.psnr(posterior, clean)[0])
     if bool(record.stopped):
         result.stop_iteration = int(record.stop_iter)
         result.stop_output = record.stop_out[0].float().cpu().numpy()

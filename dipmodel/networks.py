@@ -17,6 +17,9 @@ Conventions:
   raises ValueError otherwise.
 - Inputs: ``in_channels`` channels of noise for the convolutional networks; a noise vector
   of ``width`` features for the fully connected ones; the (x, y) pixel grid for ReLUNet.
+- The Deep Decoder (Heckel & Hand 2019) has no 3-wide convolutions: only 1×1 convolutions,
+  upsampling and normalisation, so it needs sides that are multiples of 2^(depth−1) only; its
+  noise input has ``width`` channels, as theirs (``in_channels`` does not apply).
 - The fully connected networks (DIP-Linear, DIP-Linear-1D) have no convolutions and no
   spatial dimensions: ``lam`` raises ValueError for them, ``norm`` does not apply. ReLUNet
   is a plain MLP and takes no normalisation either (``lam`` does apply to it).
@@ -49,6 +52,7 @@ PAPER_SIZES: dict[str, tuple[int, int]] = {
     "relunet": (256, 10),
     "dip_conv_1d": (256, 10),
     "dip_linear_1d": (256, 10),  # C&M also use width 4096 and depth 24
+    "deep_decoder": (64, 6),  # Heckel & Hand use k = 64 or 128 channels
 }
 NETWORK_NAMES = tuple(PAPER_SIZES)
 FULLY_CONNECTED = ("dip_linear", "dip_linear_1d")
@@ -125,6 +129,8 @@ def side_multiple(cfg: NetConfig) -> int:
         return 2**cfg.depth
     if cfg.name == "dip_conv_1d":
         return 2 ** (cfg.depth // 2)
+    if cfg.name == "deep_decoder":
+        return 2 ** (cfg.depth - 1)
     return 1
 
 
@@ -209,6 +215,36 @@ class ConvNet(Decoder):
 
     def __init__(self, cfg: NetConfig, out_shape: tuple[int, ...]) -> None:
         super().__init__(cfg, out_shape, upsampling=False)
+
+
+class DeepDecoder(DIPNet):
+    """Heckel & Hand's (2019) under-parameterised Deep Decoder (SPEC §3).
+
+    noise (width channels) at H/2^(depth−1) → depth × (1×1 conv, up ×2 except in the last
+    block, ReLU, channel normalisation) → 1×1 conv to C → sigmoid. Channel normalisation is
+    batch norm over the single image (mean and std per channel over space, learned scale and
+    bias), as in their code; the convolutions before it carry no bias. With 1×1 convolutions
+    only, no layer mixes neighbouring pixels: all spatial structure comes from the fixed
+    upsampling, which is why so few weights (``count_parameters``) cannot fit the noise.
+    """
+
+    def __init__(self, cfg: NetConfig, out_shape: tuple[int, ...]) -> None:
+        super().__init__(cfg, out_shape)
+        self.multiple = side_multiple(cfg)
+        check_sides(cfg.name, self.out_shape[1:], self.multiple, self.multiple)
+        w = cfg.width
+        layers: list[nn.Module] = []
+        for i in range(cfg.depth):
+            layers.append(conv(cfg, w, w, 1, bias=cfg.norm == "none"))
+            if i < cfg.depth - 1:
+                layers.append(Upsample(cfg.upsample, 2, cfg.up_sigma))
+            layers += [nn.ReLU(), make_norm(cfg.norm, w, 2)]
+        layers += [conv(cfg, w, cfg.out_channels, 1), nn.Sigmoid()]
+        self.body = nn.Sequential(*layers)
+
+    def make_input(self, generator: torch.Generator) -> Tensor:
+        _, h, w = self.out_shape
+        return uniform_noise((1, self.cfg.width, h // self.multiple, w // self.multiple), generator)
 
 
 class Scale(nn.Module):
@@ -337,6 +373,7 @@ def build_network(cfg: NetConfig, out_shape: tuple[int, ...]) -> DIPNet:
         "relunet": lambda: ReLUNet(cfg, out_shape),
         "dip_conv_1d": lambda: DIPConv1D(cfg, out_shape),
         "dip_linear_1d": lambda: DIPLinear(cfg, out_shape, image=False),
+        "deep_decoder": lambda: DeepDecoder(cfg, out_shape),
     }
     if cfg.name not in builders:
         raise ValueError(f"unknown network {cfg.name!r}; valid names: {', '.join(NETWORK_NAMES)}")

@@ -62,17 +62,21 @@ def lanczos_downsample(x: Tensor, kernel2d: Tensor, factor: int) -> Tensor:
     return F.conv2d(padded, weight, stride=factor, groups=channels)
 
 
-def pil_lanczos_resize(x: Tensor, factor: int) -> Tensor:
-    """PIL Lanczos resize by 1/factor, per channel in float mode "F" (no 8-bit rounding).
-
-    Lanczos lobes can overshoot, so the result is clipped to [0, 1] like any stored image.
-    """
+def pil_resize(x: Tensor, height: int, width: int, resample: Image.Resampling) -> Tensor:
+    """PIL resize of (N, C, H, W) to height × width, per channel in float mode "F" (no 8-bit
+    rounding). Lanczos and bicubic lobes can overshoot, so the result is clipped to [0, 1]
+    like any stored image."""
     n, c, h, w = x.shape
-    size = (w // factor, h // factor)
     planes = x.detach().float().cpu().reshape(n * c, h, w).numpy()
-    out = [np.asarray(Image.fromarray(p).resize(size, Image.Resampling.LANCZOS)) for p in planes]
-    y = torch.from_numpy(np.stack(out)).reshape(n, c, h // factor, w // factor)
+    out = [np.asarray(Image.fromarray(p).resize((width, height), resample)) for p in planes]
+    y = torch.from_numpy(np.stack(out)).reshape(n, c, height, width)
     return y.clamp(0, 1).to(device=x.device, dtype=x.dtype)
+
+
+def pil_lanczos_resize(x: Tensor, factor: int) -> Tensor:
+    """PIL Lanczos resize by 1/factor: the super-resolution observation."""
+    _, _, h, w = x.shape
+    return pil_resize(x, h // factor, w // factor, Image.Resampling.LANCZOS)
 
 
 def jpeg_roundtrip(x: Tensor, quality: int) -> Tensor:

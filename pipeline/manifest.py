@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -41,8 +42,9 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError, to_jsonable_python
 
+from dipmodel.classical import METHOD_TASKS, METHODS, ClassicalConfig
 from dipmodel.fit import FitConfig
-from dipmodel.networks import ONE_D, NetConfig
+from dipmodel.networks import ONE_D, NetConfig, side_multiple
 from pipeline import datasets
 from pipeline.images import SAMPLE_PREFIX
 
@@ -50,7 +52,9 @@ KEY_VERSION = 1  # bump when the meaning of a key's content changes, so old resu
 KEY_FIELDS = ("image_name", "crop", "grey", "task", "task_params", "network", "fit", "seed")
 # Added after version 1 keys existed: entered only when set, so the keys of fits that do not
 # use them (and their stored results) stay valid.
-OPTIONAL_KEY_FIELDS = ("downsample",)
+OPTIONAL_KEY_FIELDS = ("downsample", "method", "side_multiple")
+# FitConfig fields added after version 1 keys existed: left out of a key at their default.
+LATER_FIT_DEFAULTS = {"optimizer": "adam", "sgld_temperature": 0.002, "burn_in": 0}
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]  # where in the manifest, what is wrong
@@ -60,10 +64,15 @@ VerifyDataset = Callable[[str, str, list[str] | None], None]  # (data_root, data
 # --- what may be set where ---------------------------------------------------------------------
 
 _NET_TYPES: dict[str, Any] = get_type_hints(NetConfig)
-_FIT_TYPES: dict[str, Any] = {k: v for k, v in get_type_hints(FitConfig).items() if k != "seed"}
+_FIT_CONFIG_TYPES: dict[str, Any] = {k: v for k, v in get_type_hints(FitConfig).items() if k != "seed"}
+# The fit section, grid and zip also choose the method: "dip" (the network fit) or a classical one.
+_METHOD_TYPES: dict[str, Any] = {"method": Literal[("dip", *METHODS)]} | {
+    k: v for k, v in get_type_hints(ClassicalConfig).items() if k != "method"}
+_FIT_TYPES = _FIT_CONFIG_TYPES | _METHOD_TYPES
 _SETTING_ADAPTERS = {name: TypeAdapter(t) for name, t in (_NET_TYPES | _FIT_TYPES).items()}
 _NET_ADAPTER = TypeAdapter(NetConfig)
 _FIT_ADAPTER = TypeAdapter(FitConfig)
+_CLASSICAL_ADAPTER = TypeAdapter(ClassicalConfig)
 
 Task = Literal["clean", "enhance", "denoise", "lowfreq_noise", "jpeg", "inpaint", "superres", "upsampling_response"]
 _TASK_PARAMS: dict[str, dict[str, Any]] = {  # task -> parameter -> type (see dipmodel.operators)
@@ -393,7 +402,8 @@ class Manifest(BaseModel):
     repeats: PositiveInt | None = Field(None, description="seeds 0..repeats-1 (instead of seeds)")
     fit: dict[str, Any] = Field(
         default_factory=dict,
-        description="FitConfig fields except seed (iterations, lr, metric_stride, ...)",
+        description=("FitConfig fields except seed (iterations, lr, metric_stride, ...), and the method: dip "
+                     "(default) or a classical reference (bm3d, bicubic, tv, with tv_weight, tv_iterations)"),
         json_schema_extra=_names_schema(_FIT_TYPES),
     )
     storage: str | None = Field(None, description="results URI; default file://<cwd>/results/<name>")
@@ -494,19 +504,28 @@ class Manifest(BaseModel):
         for point in itertools.product(*axes):
             yield base | {f: value for part in point for f, value in part.items()}
 
-    def _resolve(self, setting: dict[str, tuple[Any, Loc]]) -> tuple[dict, dict, list[Problem]]:
-        """The NetConfig and FitConfig (seed 0) of one grid point as dicts, and any problems."""
+    def _resolve(self, setting: dict[str, tuple[Any, Loc]]) -> tuple[str, dict, dict, list[Problem]]:
+        """The method, NetConfig and FitConfig (seed 0) of one grid point, and any problems.
+
+        A classical method has no network and no fit loop: its network dict is empty and its
+        fit dict holds the settings that determine its output (`ClassicalConfig.settings`).
+        """
         net = {f: v for f, (v, _) in setting.items() if f in _NET_TYPES}
         if "norm" not in net:  # a Lipschitz conv needs Lipschitz normalisation: BN undoes the bound
             net["norm"] = "batch" if net.get("lam") is None else "lipschitz"
-        fit = {f: v for f, (v, _) in setting.items() if f in _FIT_TYPES} | {"seed": 0}
+        fit = {f: v for f, (v, _) in setting.items() if f in _FIT_CONFIG_TYPES} | {"seed": 0}
         origins = {f: loc for f, (_, loc) in setting.items()}
+        method = setting.get("method", ("dip", ()))[0]
         net_dict, net_problems = _build("model", _NET_ADAPTER, net, origins)
+        if method != "dip":  # the network is still checked: it sets the crop (`side_multiple`)
+            classical = {f: v for f, (v, _) in setting.items() if f in _METHOD_TYPES}
+            built, problems = _build("fit", _CLASSICAL_ADAPTER, classical, origins)
+            return method, net_dict, ClassicalConfig(**built).settings() if not problems else {}, net_problems + problems
         fit_dict, fit_problems = _build("fit", _FIT_ADAPTER, fit, origins)
-        return net_dict, fit_dict, net_problems + fit_problems
+        return method, net_dict, fit_dict, net_problems + fit_problems
 
     def _config_problems(self) -> list[Problem]:
-        return list(dict.fromkeys(p for setting in self._settings() for p in self._resolve(setting)[2]))
+        return list(dict.fromkeys(p for setting in self._settings() for p in self._resolve(setting)[3]))
 
     def _input_problems(self) -> list[Problem]:
         """1-D signals and images need different networks, a signal takes task clean only, and
@@ -528,6 +547,10 @@ class Manifest(BaseModel):
         if impulses:
             return list(dict.fromkeys(problems))  # the network's other fields do not matter to a layer
         for setting in self._settings():
+            method, method_loc = setting.get("method", ("dip", ()))
+            problems += [(method_loc, f"method {method} restores {', '.join(METHOD_TASKS[method])} only; "
+                                      f"tasks[{j}] is {task.task}")
+                         for j, task in enumerate(self.tasks) if method != "dip" and task.task not in METHOD_TASKS[method]]
             name, loc = setting["name"]
             if signals and name not in ONE_D:
                 needs = f"the signal of images[{signals[0]}] needs a 1-D network ({', '.join(ONE_D)})"
@@ -539,15 +562,20 @@ class Manifest(BaseModel):
                 problems.append((spectral_loc, "FBC and blur/sharpness need images; signals fit with spectral: false"))
         return list(dict.fromkeys(problems))
 
-    def configurations(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        """(network, fit) dicts of every grid point, in grid order; fit.seed is set per spec."""
+    def configurations(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """(method, network, fit) of every grid point, in grid order; fit.seed is set per spec."""
         configs = []
         for setting in self._settings():
-            net, fit, problems = self._resolve(setting)
+            method, net, fit, problems = self._resolve(setting)
             if problems:  # only when the manifest was changed after validation
                 raise self.error(problems)
-            configs.append((net, fit))
+            configs.append((method, net, fit))
         return configs
+
+    def side_multiple(self) -> int:
+        """What every network of the manifest needs image sides to be multiples of: classical
+        methods crop to it too, so they restore exactly the pixels the networks do."""
+        return math.lcm(*(side_multiple(_NET_ADAPTER.validate_python(net)) for _, net, _ in self.configurations()))
 
     def error(self, problems: list[Problem]) -> ManifestError:
         """A ManifestError for problems found after validation, with lines when loaded from YAML."""
@@ -597,10 +625,12 @@ class FitSpec(BaseModel):
     signal: SignalSpec | None = None  # a 1-D input instead of an image, amplitudes written out
     impulse: int | None = None  # the impulse length of an upsampling_response measurement (also in image_name)
     experiment: str | None = None  # the manifest's paper experiment id; not part of the key
+    method: str | None = None  # a classical method (bm3d, bicubic, tv); None: the network fit ("dip")
+    side_multiple: int | None = None  # a classical method crops image sides to multiples of this
     task: str
     task_params: dict[str, Any]
-    network: dict[str, Any]  # every NetConfig field
-    fit: dict[str, Any]  # every FitConfig field, seed included
+    network: dict[str, Any]  # every NetConfig field; empty for a classical method
+    fit: dict[str, Any]  # every FitConfig field, seed included; a classical method's settings
     seed: int
     key: str
 
@@ -609,6 +639,9 @@ class FitSpec(BaseModel):
 
     def fit_config(self) -> FitConfig:
         return _FIT_ADAPTER.validate_python(self.fit)
+
+    def classical_config(self) -> ClassicalConfig:
+        return ClassicalConfig(method=self.method or "dip", **self.fit)
 
 
 def _canonical(value: Any) -> Any:
@@ -626,14 +659,18 @@ def fit_key(spec_content: dict[str, Any]) -> str:
     """Stable 16-hex-digit key of a fit: sha256 of the canonical JSON of what determines its result.
 
     The key covers ``KEY_FIELDS`` (image_name, crop, grey, task, task_params, the full network
-    and fit configurations, seed), those of ``OPTIONAL_KEY_FIELDS`` (downsample) that are set,
-    and ``KEY_VERSION``; extra entries in `spec_content` (e.g. a whole FitSpec dump, with its
+    and fit configurations, seed), those of ``OPTIONAL_KEY_FIELDS`` (downsample, a classical
+    method) that are set, and ``KEY_VERSION``; FitConfig fields added since (the SGLD
+    settings, ``LATER_FIT_DEFAULTS``) enter only when they differ from their defaults, so
+    keys made before they existed still name the same fits; extra entries in `spec_content` (e.g. a whole FitSpec dump, with its
     experiment id) are ignored. Deliberately excluded: the sweep name, storage, MLflow,
     resources and the data root (image_name is relative to it), so renaming a sweep, moving
     its data or its results, or changing the cluster reuses the fits already done. JSON is
     written with sorted keys and no spaces, and integral floats as integers (2 == 2.0).
     """
     content = {k: spec_content[k] for k in KEY_FIELDS} | {"key_version": KEY_VERSION}
+    content["fit"] = {k: v for k, v in content["fit"].items()
+                      if k not in LATER_FIT_DEFAULTS or v != LATER_FIT_DEFAULTS[k]}
     content |= {k: spec_content[k] for k in OPTIONAL_KEY_FIELDS if spec_content.get(k) is not None}
     text = json.dumps(_canonical(content), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -739,16 +776,21 @@ def expand(
     if problems:
         raise manifest.error(problems)
     configs = manifest.configurations()
+    multiple = manifest.side_multiple()
     specs: dict[str, FitSpec] = {}
     for (image_set, name, uri), task in itertools.product(images, manifest.tasks):
         signal = image_set.signal.resolved() if image_set.signal is not None else None
-        for params, (network, fit), seed in itertools.product(task.combinations(), configs, manifest.seed_list()):
-            one_d = signal is not None or image_set.impulse is not None
-            fit_cfg = fit | {"seed": seed} | ({"spectral": False} if one_d else {})  # 2-D metrics need images
+        for params, (method, network, fit), seed in itertools.product(task.combinations(), configs,
+                                                                      manifest.seed_list()):
+            classical = method != "dip"  # no network, no fit loop: its settings are its "fit"
+            network = {} if classical else network
+            one_d = signal is not None or image_set.impulse is not None  # 2-D metrics need images
+            fit_cfg = fit if classical else fit | {"seed": seed} | ({"spectral": False} if one_d else {})
             content = {
                 "image_name": name, "crop": image_set.crop, "grey": image_set.grey,
-                "downsample": image_set.downsample, "task": task.task, "task_params": params,
-                "network": network, "fit": fit_cfg, "seed": seed,
+                "downsample": image_set.downsample, "method": method if classical else None,
+                "side_multiple": multiple if classical else None,
+                "task": task.task, "task_params": params, "network": network, "fit": fit_cfg, "seed": seed,
             }  # fmt: skip
             key = fit_key(content)
             if key not in specs:

@@ -107,6 +107,9 @@ def tables_for(task: str, dataset: str | None, experiment: str | None) -> list[P
             if t.task == task and t.dataset == dataset and experiment in (None, t.experiment)]
 
 
+# Our classical methods (pipeline FitSpec.method) -> the paper row they reproduce.
+METHOD_ROWS = {"bm3d": "CBM3D", "bicubic": "bicubic", "tv": "TV"}
+
 # Our unconstrained image networks that stand for Ulyanov et al.'s DIP with oracle stopping.
 _DIP_MODELS = ("encoder_decoder_skip", "encoder_decoder", "decoder")
 
@@ -114,7 +117,11 @@ _DIP_MODELS = ("encoder_decoder_skip", "encoder_decoder", "decoder")
 def paper_row(setting: Mapping[str, Any]) -> tuple[str, str] | None:
     """Which paper row a setting of ours reproduces, and the summary column to compare with it.
 
-    - a ``method`` (baselines: "CBM3D", "bicubic", …) is its own row, compared on best PSNR;
+    - a classical ``method`` (bm3d, bicubic, tv) is "CBM3D", "bicubic", "TV", compared on its
+      one output (final PSNR);
+    - the ``deep_decoder`` network is "Deep Decoder" at its fixed budget (final PSNR: Shi et
+      al. ran Heckel & Hand's code without an oracle, it needs none);
+    - the ``sgld`` optimiser is "Bayesian DIP", compared on its posterior mean (Cheng et al.);
     - C&M's fully connected networks: ``dip_linear`` of width w is "DIP-Linear-w", ``relunet``
       "ReLUNet", both on the best PSNR of the trajectory (C&M Table 2);
     - any network with a Lipschitz bound λ is Shi et al.'s "controlled" method, which stops
@@ -124,7 +131,11 @@ def paper_row(setting: Mapping[str, Any]) -> tuple[str, str] | None:
     """
     method, model, lam = setting.get("method"), setting.get("model"), setting.get("lam")
     if isinstance(method, str) and method:
-        return method, "best_psnr"
+        return METHOD_ROWS.get(method, method), "final_psnr"
+    if model == "deep_decoder":
+        return "Deep Decoder", "final_psnr"
+    if setting.get("optimizer") == "sgld":
+        return "Bayesian DIP", "posterior_psnr"
     if model == "dip_linear":
         return f"DIP-Linear-{int(setting['width'])}", "best_psnr"
     if model == "relunet" and _missing(lam):

@@ -32,16 +32,18 @@ from pipeline.storage import Store
 
 # What may distinguish the rows of a table, most telling first; a column is used only where it
 # varies and is not implied by those before it (see `varying_settings`).
-SETTING_COLUMNS = ("method", "model", "lam", "upsample", "up_sigma", "width", "depth", "norm", "lr",
-                   "iterations", "crop", "downsample", "grey")
+SETTING_COLUMNS = ("method", "model", "optimizer", "lam", "upsample", "up_sigma", "width", "depth", "norm", "lr",
+                   "iterations", "tv_weight", "crop", "downsample", "grey")
 NUMERIC_COLUMNS = ("seed", "width", "depth", "up_sigma", "lam", "lr", "iterations", "iterations_run", "crop",
-                   "downsample", "final_psnr", "best_psnr", "best_iteration", "stop_psnr", "stop_iteration")
+                   "downsample", "final_psnr", "best_psnr", "best_iteration", "stop_psnr", "stop_iteration",
+                   "posterior_psnr", "tv_weight")
 # The three ways to pick one output of a fit, as summary columns; autostop_psnr is derived in `load_fits`.
 METRICS = {
     "best_psnr": ("oracle", "oracle PSNR: the best on the trajectory (needs the clean image, as the papers' DIP rows)"),
     "autostop_psnr": ("auto-stop", ("PSNR where Shi et al.'s automatic stop (Eq. 8) fired, or at the budget "
                                     "where it never fired")),
-    "final_psnr": ("final", "PSNR at the end of the fixed iteration budget"),
+    "final_psnr": ("final", "PSNR at the end of the fixed iteration budget (a classical method's one output)"),
+    "posterior_psnr": ("posterior mean", "PSNR of the mean of the SGLD samples after burn-in (Bayesian DIP)"),
 }
 PARAM_SYMBOLS = {"sigma": "σ=", "quality": "q=", "ratio": "r=", "p": "p=", "factor": "×", "cutoff": "cutoff=",
                  "kind": ""}
@@ -115,12 +117,16 @@ def setting_name(fit: Mapping[str, Any], shown: Sequence[str]) -> str:
     setting as name=value.
     """
     parts = [str(fit[c]) for c in ("method", "model") if _present(fit.get(c))]
+    if not _present(fit.get("model")):  # a classical method: no network settings to name
+        return " ".join(parts + [f"{c}={_fmt(fit[c])}" for c in shown if c == "tv_weight" and _present(fit.get(c))])
+    if _present(fit.get("optimizer")) and fit["optimizer"] != "adam":
+        parts.append(str(fit["optimizer"]))
     if "lam" in shown or _present(fit.get("lam")):
         parts.append(f"λ={_fmt(fit['lam'])}" if _present(fit.get("lam")) else "unconstrained")
     if ("upsample" in shown or "up_sigma" in shown) and _present(fit.get("upsample")):
         gaussian = fit["upsample"] == "gaussian" and _present(fit.get("up_sigma"))
         parts.append(f"{fit['upsample']} σ={_fmt(fit['up_sigma'])}" if gaussian else str(fit["upsample"]))
-    named = ("method", "model", "lam", "upsample", "up_sigma")
+    named = ("method", "model", "optimizer", "lam", "upsample", "up_sigma")
     parts += [f"{c}={_fmt(fit[c])}" for c in shown if c not in named and _present(fit.get(c))]
     return " ".join(parts) or "fit"
 
@@ -362,12 +368,13 @@ STOP_COLUMNS = {  # per-fit column -> how the summary names it
 
 
 def stopping_per_fit(fits: pd.DataFrame) -> pd.DataFrame:
-    """For each image fit with a clean reference: oracle, automatic stop and fixed budget side by side.
+    """For each network fit of an image with a clean reference: oracle, automatic stop and fixed
+    budget side by side.
 
     ``stop_iteration``/``stop_psnr`` are blank where the rule never fired; such a fit ran its
     whole budget, so it saved 0 iterations and its ``autostop_psnr`` is the final PSNR.
     """
-    ref = fits[fits["best_psnr"].notna() & ~fits["one_d"]]
+    ref = fits[fits["best_psnr"].notna() & ~fits["one_d"] & ~fits["method"].map(_present)]  # classical: no stop
     fired = ref["stop_iteration"].notna()
     return pd.DataFrame({
         "key": ref["key"], "task": ref["task"], "params": ref["params"], "image": ref["image"],
@@ -701,7 +708,8 @@ def capacity_figures(fits: pd.DataFrame, store: Store, out: Output) -> None:
 def write_figures(fits: pd.DataFrame, store: Store, experiment: str | None, wanted: Sequence[int] | None,
                   max_groups: int, out: Output) -> None:
     """Group-level figures for the first `max_groups` (task, parameters, image) groups, never one per fit."""
-    groups = list(fits.groupby(["task", "params", "image"], sort=False))
+    curves = fits[~fits["method"].map(_present)]  # a classical method has one output, no trajectory
+    groups = list(curves.groupby(["task", "params", "image"], sort=False))
     out.note("Figures", f"Figures are drawn for {min(len(groups), max_groups)} of {len(groups)} groups "
              "(task × task parameters × image, in table order), one figure per group and kind with one line "
              "or panel per setting; `write_report(..., max_groups=N)` draws more.")

@@ -77,22 +77,25 @@ def convergence_iterations(metrics: Mapping[str, np.ndarray], count: int) -> dic
 
 
 def prepare_problem(
-    image: torch.Tensor, task: str, task_params: dict, net_cfg: NetConfig, seed: int, crop: int | None, label: str
+    image: torch.Tensor, task: str, task_params: dict, net_cfg: NetConfig | None, seed: int, crop: int | None,
+    label: str, multiple: int = 1,
 ) -> Problem:
     """Crop an image to the network's multiple (a (C, L) signal is used whole) and degrade it
-    reproducibly from ``seed``."""
+    reproducibly from ``seed``. With no network (a classical method) sides are cropped to
+    ``multiple``."""
     one_d = image.dim() == 2
     if one_d:
         if task != "clean":
             raise ValueError(f"{label}: a 1-D signal takes task clean only, not {task}")
         clean = image[None]
     else:
-        multiple = side_multiple(net_cfg)
+        multiple = side_multiple(net_cfg) if net_cfg is not None else multiple
         if task == "superres":  # the low-resolution observation must have whole pixels too
             multiple = math.lcm(multiple, int(task_params.get("factor", 4)))
         clean = center_crop(image, multiple, crop, label)[None]
     try:  # a 1-wide copy of the network checks the cropped size against every constraint
-        build_network(NetConfig(**(asdict(net_cfg) | {"width": 1, "lam": None})), tuple(clean.shape[1:]))
+        if net_cfg is not None:
+            build_network(NetConfig(**(asdict(net_cfg) | {"width": 1, "lam": None})), tuple(clean.shape[1:]))
     except ValueError as err:
         raise ImageError(f"{label}: too small for the network at size "
                          f"{'x'.join(map(str, clean.shape[:1:-1]))} ({err})") from None
@@ -110,7 +113,7 @@ def result_images(problem: Problem, result: FitResult) -> dict[str, bytes]:
     if problem.clean.dim() != 4:
         return {}
     images = {"clean": problem.clean[0].numpy(), "final": result.final, "best": result.best_output,
-              "autostop": result.stop_output}
+              "autostop": result.stop_output, "posterior": result.posterior_mean}
     if problem.y.shape == problem.clean.shape:
         images["degraded"] = problem.y[0].numpy()
     return {name: encode_png(img) for name, img in images.items() if img is not None}

@@ -103,14 +103,16 @@ def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int) -> Any:
     return FitWorker
 
 
-def pool_size(manifest: Manifest, n_fits: int) -> int:
-    """How many actors: what the cluster holds now for the manifest's resources, capped."""
+def pool_size(manifest: Manifest, n_fits: int, num_gpus: float | None = None) -> int:
+    """How many actors: what the cluster holds now for the manifest's resources (or ``num_gpus``
+    per actor instead of the manifest's), capped."""
     import ray
 
     res = manifest.resources
+    gpus = res.num_gpus if num_gpus is None else num_gpus
     total = ray.cluster_resources()
-    if res.num_gpus > 0:
-        fit_slots = int(total.get("GPU", 0) // res.num_gpus)
+    if gpus > 0:
+        fit_slots = int(total.get("GPU", 0) // gpus)
     else:
         fit_slots = int(total.get("CPU", 1) // max(res.num_cpus, 1e-3))
     if res.max_workers:
@@ -216,7 +218,8 @@ def log_stored_fit(tracker: Tracker, parent: str, store: Store, key: str) -> Non
     """Log one stored fit to MLflow from storage (the only path, live or backfill)."""
     summary = store.summary(key)
     spec = store.read_spec(key)
-    params = {"image": spec["image_name"], "task": spec["task"], "seed": spec["seed"], "crop": spec["crop"]}
+    params = {"image": spec["image_name"], "task": spec["task"], "seed": spec["seed"], "crop": spec["crop"],
+              "method": spec.get("method") or "dip"}
     params |= {f"task.{k}": v for k, v in spec["task_params"].items()}
     params |= {f"net.{k}": v for k, v in spec["network"].items()}
     params |= {f"fit.{k}": v for k, v in spec["fit"].items()}
@@ -224,12 +227,25 @@ def log_stored_fit(tracker: Tracker, parent: str, store: Store, key: str) -> Non
     metrics = {name: table.column(name).to_numpy() for name in table.column_names}
     numbers = {k: v for k, v in summary.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in metrics}
-    images = {name: store.read_image(key, name) for name in ("final", "best", "autostop", "degraded")
+    images = {name: store.read_image(key, name) for name in ("final", "best", "autostop", "posterior", "degraded")
               if store.has_image(key, name)}
     tracker.log_fit(parent, key, params, numbers, metrics, images, store.uri)
 
 
 # --- the sweep ---------------------------------------------------------------------------------
+
+
+def next_record(pools: list[Any]) -> dict:
+    """The next finished fit of any of the actor pools (one pool: wait on it; several: poll each)."""
+    waiting = [pool for pool in pools if pool.has_next()]
+    if len(waiting) == 1:
+        return waiting[0].get_next_unordered()
+    while True:
+        for pool in waiting:
+            try:
+                return pool.get_next_unordered(timeout=0.05)
+            except TimeoutError:
+                continue
 
 
 @dataclass
@@ -263,22 +279,28 @@ def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool
     mlflow_log = MlflowLog(manifest, store)
     connect(address)
     res = manifest.resources
-    worker_cls = fit_worker_class(res.num_gpus, res.num_cpus, res.max_retries)
-    actors = [worker_cls.remote(store.uri, manifest.storage_options) for _ in range(pool_size(manifest, len(todo)))]
-    pool = ActorPool(actors)
+    # Classical references (no network) never hold a GPU: in a GPU sweep they get CPU actors.
+    cpu_only = [s for s in todo if s.method is not None] if res.num_gpus > 0 else []
+    groups = [(g, n) for g, n in (([s for s in todo if s not in cpu_only], res.num_gpus), (cpu_only, 0.0)) if g]
+    actors, pools = [], []
+    for group, gpus in groups:
+        worker_cls = fit_worker_class(gpus, res.num_cpus, res.max_retries)
+        size = pool_size(manifest, len(group), gpus)
+        members = [worker_cls.remote(store.uri, manifest.storage_options) for _ in range(size)]
+        actors += members
+        pools.append(ActorPool(members))
+        for spec in group:
+            pools[-1].submit(lambda actor, s: actor.run.remote(s.model_dump(mode="json")), spec)
     bar = Progress(total=len(todo))
     failures: dict[str, str] = {}
-    in_flight: set[str] = set()
+    in_flight = {spec.key for spec in todo}
     try:
-        for spec in todo:
-            pool.submit(lambda actor, s: actor.run.remote(s.model_dump(mode="json")), spec)
-            in_flight.add(spec.key)
-        while pool.has_next():
+        while any(pool.has_next() for pool in pools):
             bar.running = min(len(in_flight), len(actors))
             if progress:
                 bar.show()
             try:
-                record = pool.get_next_unordered()
+                record = next_record(pools)
             except ray.exceptions.RayError:  # the worker died more often than max_retries;
                 continue  # its fit stays in in_flight and is recorded below
             in_flight.discard(record["key"])

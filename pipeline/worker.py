@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dipmodel.classical import restore
 from dipmodel.fit import FitResult, fit
 from dipmodel.layers import exact_response, measured_response, paper_response
 from dipmodel.metrics import to_grey
@@ -57,14 +58,15 @@ def load_spec_image(spec: FitSpec, storage_options: dict | None = None) -> torch
 
 def spec_row(spec: FitSpec) -> dict[str, Any]:
     """The flat description of what a spec runs, the first columns of its row in tables."""
-    net = spec.network
+    net, cfg = spec.network, spec.fit  # both empty of network/loop settings for a classical method
     row: dict[str, Any] = {
         "key": spec.key, "sweep": spec.sweep, "experiment": spec.experiment, "image": spec.image_name,
         "dataset": spec.dataset, "task": spec.task, "seed": spec.seed, "crop": spec.crop,
-        "downsample": spec.downsample, "grey": spec.grey,
-        "model": net["name"], "width": net["width"], "depth": net["depth"], "upsample": net["upsample"],
-        "up_sigma": net["up_sigma"], "norm": net["norm"], "lam": net["lam"],
-        "iterations": spec.fit["iterations"], "lr": spec.fit["lr"],
+        "downsample": spec.downsample, "grey": spec.grey, "method": spec.method,
+        "model": net.get("name"), "width": net.get("width"), "depth": net.get("depth"),
+        "upsample": net.get("upsample"), "up_sigma": net.get("up_sigma"), "norm": net.get("norm"),
+        "lam": net.get("lam"), "iterations": cfg.get("iterations", cfg.get("tv_iterations")), "lr": cfg.get("lr"),
+        "optimizer": cfg.get("optimizer"), "tv_weight": cfg.get("tv_weight"),
     }
     return row | {f"param_{k}": v for k, v in sorted(spec.task_params.items())}
 
@@ -104,12 +106,16 @@ def execute_fit(spec: FitSpec, store: Store, device: str = "cpu", storage_option
             store.write_fit(spec.key, spec.model_dump(mode="json"), summary, metrics, {}, {})
             return {"key": spec.key, "status": "done", "summary": summary}
         image = load_spec_image(spec, storage_options)
-        net_cfg = dataclasses.replace(spec.net_config(), out_channels=image.shape[0])
+        # a classical reference has no network: it crops to the multiple its sweep's networks need
+        net_cfg = None if spec.method else dataclasses.replace(spec.net_config(), out_channels=image.shape[0])
         problem = prepare_problem(image, spec.task, dict(spec.task_params), net_cfg, spec.seed, spec.crop,
-                                  spec.image_name)
-        extra = amplitude_metrics(problem.clean, spec.signal.freqs, device) if spec.signal is not None else {}
-        result = fit(net_cfg, problem.op, problem.y, problem.clean, spec.fit_config(),
-                     extra_metrics=extra, device=device)
+                                  spec.image_name, spec.side_multiple or 1)
+        if net_cfg is None:
+            result = restore(spec.classical_config(), problem.op, problem.y, problem.clean, device=device)
+        else:
+            extra = amplitude_metrics(problem.clean, spec.signal.freqs, device) if spec.signal is not None else {}
+            result = fit(net_cfg, problem.op, problem.y, problem.clean, spec.fit_config(),
+                         extra_metrics=extra, device=device)
     except Exception as err:  # noqa: BLE001 - any error of the fit itself is recorded, not raised
         reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
         store.write_failure(spec.key, spec.model_dump(mode="json"), reason, type(err).__name__, attempts=1)

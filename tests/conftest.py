@@ -148,6 +148,7 @@ def ray_cluster() -> Iterator[None]:
     import ray
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    # address="local": always a cluster of its own, never one another process left running here
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
     yield
     ray.shutdown()

@@ -29,9 +29,10 @@ CASES: dict[str, tuple[dict, tuple[int, ...]]] = {
     "relunet": ({"width": 16, "depth": 3}, (1, 12, 20)),
     "dip_conv_1d": ({"width": 8, "depth": 4, "out_channels": 1}, (1, 64)),
     "dip_linear_1d": ({"width": 16, "depth": 3, "out_channels": 1}, (1, 64)),
+    "deep_decoder": ({"width": 8, "depth": 4}, (3, 32, 16)),  # 3 upsamplings: multiple 8
 }
 CONV_NETS = [n for n in NETWORK_NAMES if n not in ("dip_linear", "dip_linear_1d")]
-MULTI_SCALE = ["decoder", "encoder_decoder", "encoder_decoder_skip", "dip_conv_1d"]
+MULTI_SCALE = ["decoder", "encoder_decoder", "encoder_decoder_skip", "dip_conv_1d", "deep_decoder"]
 ONE_D = ["dip_conv_1d", "dip_linear_1d"]
 
 
@@ -84,6 +85,7 @@ def test_make_input_shape_range_and_determinism(name: str) -> None:
         "dip_linear": (1, 16),
         "dip_linear_1d": (1, 16),
         "relunet": (1, 2, *sides),
+        "deep_decoder": (1, 8, *(s // 8 for s in sides)),  # width channels at H/2^(depth-1)
     }.get(name, (1, 32, *sides))  # the rest: 32-channel noise at full resolution
     assert z.shape == expected
     assert z.min() >= 0
@@ -109,14 +111,16 @@ def test_sides_must_be_a_multiple_of_the_scale_factor(name: str) -> None:
     cfg = config(name)
     net = build(name)
     multiple = net.multiple
-    assert multiple == 2 ** (cfg.depth // 2 if name == "dip_conv_1d" else cfg.depth)
+    scales = {"dip_conv_1d": cfg.depth // 2, "deep_decoder": cfg.depth - 1}.get(name, cfg.depth)
+    assert multiple == 2**scales
     c, *sides = CASES[name][1]
     off_by_one = (c, *(s + 1 for s in sides))
     with pytest.raises(ValueError, match=f"multiples of {multiple}"):
         build_network(cfg, off_by_one)
-    too_small = (c, *(multiple for _ in sides))  # the coarsest scale would be 1 pixel
-    with pytest.raises(ValueError, match=f"multiples of {multiple}"):
-        build_network(cfg, too_small)
+    if name != "deep_decoder":  # 1×1 convolutions only: a 1-pixel coarsest scale is fine
+        too_small = (c, *(multiple for _ in sides))  # the coarsest scale would be 1 pixel
+        with pytest.raises(ValueError, match=f"multiples of {multiple}"):
+            build_network(cfg, too_small)
 
 
 @pytest.mark.parametrize("name", ["convnet", "relunet", "dip_linear", "dip_linear_1d"])
@@ -209,11 +213,31 @@ def test_default_sizes_are_the_paper_sizes(name: str) -> None:
     """SPEC §3: 128 channels / 5 scales for the image DIPs, DIP-Linear 5 layers, ReLUNet 10
     layers of 256, the 1-D networks 10 layers of 256; explicit sizes are kept.
     """
-    paper = {"relunet": (256, 10), "dip_conv_1d": (256, 10), "dip_linear_1d": (256, 10)}
+    paper = {"relunet": (256, 10), "dip_conv_1d": (256, 10), "dip_linear_1d": (256, 10), "deep_decoder": (64, 6)}
     cfg = NetConfig(name=name)
     assert (cfg.width, cfg.depth) == paper.get(name, (128, 5))
     explicit = NetConfig(name=name, width=24, depth=6)
     assert (explicit.width, explicit.depth) == (24, 6)
+
+
+def test_deep_decoder_layout() -> None:
+    """Heckel & Hand (2019): per block a 1×1 conv, ×2 upsampling (not in the last block), ReLU,
+    channel normalisation; then a 1×1 conv to C and a sigmoid."""
+    net = build_network(NetConfig(name="deep_decoder", width=8, depth=3), (3, 16, 16))
+    kinds = [type(m).__name__ for m in net.body]
+    block = ["LipschitzConv", "Upsample", "ReLU", "BatchNorm2d"]
+    assert kinds == block * 2 + ["LipschitzConv", "ReLU", "BatchNorm2d", "LipschitzConv", "Sigmoid"]
+    assert all(m.weight.shape[2:] == (1, 1) for m in net.body if isinstance(m, LipschitzConv))
+
+
+@pytest.mark.parametrize("width", [64, 128])
+def test_deep_decoder_is_under_parameterised(width: int) -> None:
+    """Its parameters are fewer than the pixels of the 512×512 RGB images it fits (6 layers):
+    6·k² conv weights + 6·2k norm parameters + 3k + 3 for the output conv."""
+    net = build_network(NetConfig(name="deep_decoder", width=width), (3, 512, 512))
+    expected = 6 * width * width + 6 * 2 * width + 3 * width + 3
+    assert count_parameters(net) == expected
+    assert expected < 512 * 512 * 3
 
 
 def test_config_is_a_plain_dataclass() -> None:

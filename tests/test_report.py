@@ -250,7 +250,10 @@ def test_paper_tables_apply_only_to_their_experiment() -> None:
     ({"model": "decoder", "lam": 2.0}, ("controlled", "autostop_psnr")),
     ({"model": "dip_linear", "width": 2048, "lam": None}, ("DIP-Linear-2048", "best_psnr")),
     ({"model": "relunet", "lam": None}, ("ReLUNet", "best_psnr")),
-    ({"method": "CBM3D", "model": None}, ("CBM3D", "best_psnr")),
+    ({"method": "bm3d", "model": None}, ("CBM3D", "final_psnr")),
+    ({"method": "tv", "model": None}, ("TV", "final_psnr")),
+    ({"model": "deep_decoder", "lam": None}, ("Deep Decoder", "final_psnr")),
+    ({"model": "encoder_decoder_skip", "lam": None, "optimizer": "sgld"}, ("Bayesian DIP", "posterior_psnr")),
     ({"model": "convnet", "lam": None}, None),
 ])
 def test_paper_row_mapping(setting: dict[str, Any], expected: tuple[str, str] | None) -> None:
