@@ -41,7 +41,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError, to_jsonable_python
 
-from dipmodel.fit import FitConfig
+from dipmodel.fit import SPEED_FIELDS, FitConfig
 from dipmodel.networks import ONE_D, NetConfig
 from pipeline import datasets
 from pipeline.images import SAMPLE_PREFIX
@@ -607,6 +607,12 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+def key_fit_fields(fit: dict[str, Any]) -> dict[str, Any]:
+    """The fit configuration as the key sees it: speed options left out unless they change the result."""
+    return {k: v for k, v in fit.items()
+            if k not in SPEED_FIELDS or (SPEED_FIELDS[k][1] and v != SPEED_FIELDS[k][0])}
+
+
 def fit_key(spec_content: dict[str, Any]) -> str:
     """Stable 16-hex-digit key of a fit: sha256 of the canonical JSON of what determines its result.
 
@@ -617,8 +623,11 @@ def fit_key(spec_content: dict[str, Any]) -> str:
     resources and the data root (image_name is relative to it), so renaming a sweep, moving
     its data or its results, or changing the cluster reuses the fits already done. JSON is
     written with sorted keys and no spaces, and integral floats as integers (2 == 2.0).
+    The fit's speed options (`dipmodel.fit.SPEED_FIELDS`) enter only when they change the
+    result and differ from their default, so keys stored before they existed stay valid.
     """
     content = {k: spec_content[k] for k in KEY_FIELDS} | {"key_version": KEY_VERSION}
+    content["fit"] = key_fit_fields(content["fit"])
     content |= {k: spec_content[k] for k in OPTIONAL_KEY_FIELDS if spec_content.get(k) is not None}
     text = json.dumps(_canonical(content), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
