@@ -242,6 +242,9 @@ def compile_or_eager(fn: Callable[[], tuple[Tensor, Tensor]], enabled: bool) -> 
     """
     if not enabled:
         return fn
+    # Each fit compiles its own network: forget the previous fit's graphs, whose guards would
+    # only fail and count towards dynamo's recompile limit (after which it silently runs eager).
+    torch._dynamo.reset()
     compiled = torch.compile(fn)
     chosen: list[Callable[[], tuple[Tensor, Tensor]]] = []  # what runs after the first call
 
@@ -315,7 +318,8 @@ class FitLoop:
 
     def _forward_loss(self) -> tuple[Tensor, Tensor]:
         """The output (fp32) and the data term; the forward in bf16 under ``precision: bf16``."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+        bf16 = self.cfg.precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             out = self.net(self.z)
         out = out.float()
         return out, data_term(self.op, out, self.y)

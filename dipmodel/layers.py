@@ -37,6 +37,7 @@ Conventions chosen where the papers leave a choice:
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -56,6 +57,13 @@ def _check_dims(dims: int) -> None:
 
 
 SN_METHODS = ("gram", "svd", "power")
+
+
+def fp32_region(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off: σ and the power step stay fp32 whatever the precision of the convolutions."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()  # e.g. the meta device, which has no autocast
 
 
 def spectral_norm_exact(weight: Tensor) -> Tensor:
@@ -115,7 +123,7 @@ class LipschitzConv(nn.Module):
 
     @torch.no_grad()
     def _power_step(self) -> None:
-        with torch.autocast(self.weight.device.type, enabled=False):
+        with fp32_region(self.weight.device.type):
             w = self.weight.float().flatten(1)
             self.v.copy_(F.normalize(w.t() @ self.u, dim=0))
             self.u.copy_(F.normalize(w @ self.v, dim=0))
@@ -132,7 +140,7 @@ class LipschitzConv(nn.Module):
             return spectral_norm_gram(self.weight)
         # clones: a later power step must not modify tensors saved for this backward;
         # fp32 outside autocast, so a bf16 fit divides by the same σ̂ as an fp32 one
-        with torch.autocast(self.weight.device.type, enabled=False):
+        with fp32_region(self.weight.device.type):
             return self.u.clone() @ (self.weight.float().flatten(1) @ self.v.clone())
 
     def effective_weight(self) -> Tensor:
@@ -162,7 +170,7 @@ def refresh_power_vectors(layers: list[LipschitzConv]) -> None:
     for layer in layers:
         if layer.uses_power_iteration:
             groups.setdefault(tuple(layer.weight.shape), []).append(layer)
-    with torch.autocast(layers[0].weight.device.type if layers else "cpu", enabled=False):
+    with fp32_region(layers[0].weight.device.type if layers else "cpu"):
         for group in groups.values():
             w = torch.stack([layer.weight.float().flatten(1) for layer in group])  # (L, out, in·k…)
             wide = w.shape[1] <= w.shape[2]
@@ -190,6 +198,8 @@ class LipschitzNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
+        # fp32 like autocast's own norms: in bf16, x − mean loses the small deviations
+        x = x.float()
         spatial = tuple(range(2, x.dim()))
         bias = self.bias.view(1, -1, *(1,) * len(spatial))
         return x - x.mean(dim=spatial, keepdim=True) + bias
