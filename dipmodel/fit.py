@@ -21,25 +21,47 @@ noise goes to the weights of convolutions and linear layers (tensors of 2 or mor
 to biases and normalisation parameters. After ``burn_in`` iterations every output is a
 posterior sample; their running mean is the Bayesian estimate (``posterior_mean``), the last
 sample is ``final``.
+
+Speed options (docs/performance.md), all off by default: ``precision`` "tf32" (TF32 tensor
+cores for fp32 convolutions and matmuls on CUDA) or "bf16" (autocast of the forward and data
+term; the output is cast back to fp32 before the data term and the metrics, so metrics are
+always fp32); ``channels_last`` (NHWC activations, what cuDNN's tensor-core kernels want);
+``compile`` (``torch.compile`` of forward + data term, falling back to eager with a warning
+when it cannot compile). "fp32" on CUDA turns TF32 *off* for the fit, so it is the exact
+reference the reduced precisions are compared with.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dipmodel import metrics as M
-from dipmodel.networks import NetConfig, build_network
+from dipmodel.layers import LipschitzConv, refresh_power_vectors
+from dipmodel.networks import DIPNet, NetConfig, build_network
 from dipmodel.operators import Operator, data_term
 
 ExtraMetric = Callable[[Tensor], Tensor]
+NetMetric = Callable[[nn.Module], Tensor]
+PRECISIONS = ("fp32", "tf32", "bf16")
 OPTIMIZERS = ("adam", "sgld")
+# FitConfig fields added after the first fit keys were stored: (default, changes the result?).
+# pipeline.manifest leaves them out of a key at their default, and always leaves out those
+# that only change how fast a fit runs, so existing keys stay valid.
+SPEED_FIELDS: dict[str, tuple[object, bool]] = {
+    "precision": ("fp32", True),
+    "sn_refresh_every": (20, True),
+    "channels_last": (False, False),
+    "compile": (False, False),
+}
 
 
 class FitDivergedError(RuntimeError):
@@ -63,6 +85,10 @@ class FitConfig:
     stop_eps: float = 0.01  # ε in Eq. 8
     sync_every: int = 200  # iterations between host syncs (NaN check, halting)
     spectral: bool = True  # FBC and blur/sharpness; off for 1-D signals
+    precision: str = "fp32"  # fp32 | tf32 | bf16 (autocast); metrics are always fp32
+    channels_last: bool = False  # NHWC memory format for 2-D networks
+    compile: bool = False  # torch.compile the forward and data term (eager if unavailable)
+    sn_refresh_every: int = 20  # exact re-seed of power-iteration vectors (sn_method power); 0: never
     optimizer: str = "adam"  # "sgld": Adam plus Langevin noise (Bayesian DIP, module docstring)
     sgld_temperature: float = 0.002  # T: the noise variance is 2·lr·T per step
     burn_in: int = 0  # sgld: iterations before outputs are averaged into the posterior mean
@@ -71,6 +97,10 @@ class FitConfig:
         for name in ("iterations", "metric_stride", "stop_window", "sync_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FitConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.sn_refresh_every < 0:
+            raise ValueError(f"FitConfig.sn_refresh_every must be >= 0, got {self.sn_refresh_every}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"FitConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.snapshot_stride < 0:
             raise ValueError(f"FitConfig.snapshot_stride must be >= 0, got {self.snapshot_stride}")
         if self.auto_stop and self.stop_window % self.metric_stride:
@@ -215,6 +245,164 @@ def langevin_noise(params: list[Tensor], std: float, generator: torch.Generator)
             p.add_(torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype), alpha=std)
 
 
+@contextlib.contextmanager
+def precision_flags(precision: str, device: torch.device) -> Iterator[None]:
+    """TF32 on (tf32, bf16) or off (fp32) for CUDA convolutions and matmuls, restored on exit."""
+    if device.type != "cuda":
+        yield
+        return
+    mode = "ieee" if precision == "fp32" else "tf32"
+    conv, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(conv, "conv") and hasattr(conv.conv, "fp32_precision"):  # torch >= 2.9
+        saved = conv.conv.fp32_precision, matmul.fp32_precision
+        conv.conv.fp32_precision = matmul.fp32_precision = mode
+        try:
+            yield
+        finally:
+            conv.conv.fp32_precision, matmul.fp32_precision = saved
+    else:
+        saved_legacy = conv.allow_tf32, matmul.allow_tf32
+        conv.allow_tf32 = matmul.allow_tf32 = mode == "tf32"
+        try:
+            yield
+        finally:
+            conv.allow_tf32, matmul.allow_tf32 = saved_legacy
+
+
+def compile_or_eager(fn: Callable[[], tuple[Tensor, Tensor]], enabled: bool) -> Callable[[], tuple[Tensor, Tensor]]:
+    """``torch.compile(fn)``, or ``fn`` itself with a warning on stderr if compiling fails.
+
+    Compilation happens at the first call, so that call is tried here; a machine without a
+    C++ compiler or Triton then runs eagerly instead of failing the fit.
+    """
+    if not enabled:
+        return fn
+    # Each fit compiles its own network: forget the previous fit's graphs, whose guards would
+    # only fail and count towards dynamo's recompile limit (after which it silently runs eager).
+    torch._dynamo.reset()
+    compiled = torch.compile(fn)
+    chosen: list[Callable[[], tuple[Tensor, Tensor]]] = []  # what runs after the first call
+
+    def call() -> tuple[Tensor, Tensor]:
+        if chosen:
+            return chosen[0]()
+        try:
+            result = compiled()
+            chosen.append(compiled)
+            return result
+        except Exception as err:  # noqa: BLE001 - any compiler failure means: run eagerly
+            lines = str(err).strip().splitlines() or [""]
+            print(f"warning: torch.compile unavailable ({type(err).__name__}: {lines[0][:200]}); "
+                  "running the fit eagerly", file=sys.stderr, flush=True)
+            chosen.append(fn)
+            return fn()
+
+    return call
+
+
+class FitLoop:
+    """The device side of one fit: network, input, optimiser and record.
+
+    ``iteration(t)`` runs one iteration and never reads a device value on the host (tested
+    on the ``meta`` device, where any such read raises), so the CPU can queue work ahead of
+    the GPU; `fit` adds the host sync every ``sync_every`` iterations.
+    """
+
+    def __init__(
+        self,
+        net_cfg: NetConfig,
+        op: Operator,
+        y: Tensor,
+        clean: Tensor | None,
+        cfg: FitConfig,
+        extra_metrics: Mapping[str, ExtraMetric] | None = None,
+        net_metrics: Mapping[str, NetMetric] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.cfg, self.device = cfg, torch.device(device)
+        device = self.device
+        self.extra, self.net_metrics = dict(extra_metrics or {}), dict(net_metrics or {})
+        self.y = y.to(device)
+        self.clean = clean.to(device) if clean is not None else None
+        self.op = op.to(device)
+        out_shape = tuple(clean.shape[1:]) if clean is not None else tuple(y.shape[1:])
+        if out_shape != tuple(y.shape[1:]) and self.op.A(torch.zeros(1, *out_shape, device=device)).shape != y.shape:
+            raise ValueError(f"observation shape {tuple(y.shape)} does not match A(output) for output {out_shape}")
+
+        # --- network and fixed input, both from the fit's seed --------------------------------
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            net: DIPNet = build_network(net_cfg, out_shape)
+        z = net.make_input(torch.Generator().manual_seed(cfg.seed))
+        net, z = net.to(device), z.to(device)
+        if cfg.channels_last and z.dim() == 4:
+            net, z = net.to(memory_format=torch.channels_last), z.to(memory_format=torch.channels_last)
+        self.net, self.z = net, z
+        self.optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.power_layers = [m for m in net.modules() if isinstance(m, LipschitzConv) and m.uses_power_iteration]
+        self.weights = [p for p in net.parameters() if p.dim() >= 2]  # what SGLD perturbs
+        self.noise_std = math.sqrt(2 * cfg.lr * cfg.sgld_temperature)
+        sgld = cfg.optimizer == "sgld"
+        self.noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1) if sgld else None
+        self.forward = compile_or_eager(self._forward_loss, cfg.compile)
+
+        # --- device-side state ----------------------------------------------------------------
+        self.loss_hist = torch.full((cfg.iterations + 1,), float("nan"), device=device)
+        self.record = DeviceRecord(cfg, device)
+        self.snap_dtype = getattr(torch, cfg.snapshot_dtype)
+        self.snapshots: list[Tensor] = []
+        self.snapshot_iters: list[int] = []
+        self.out: Tensor | None = None
+        self.posterior: Tensor | None = None  # running mean of the samples after burn-in (sgld)
+        self.samples = 0
+        net.train()
+
+    def _forward_loss(self) -> tuple[Tensor, Tensor]:
+        """The output (fp32) and the data term; the forward in bf16 under ``precision: bf16``."""
+        bf16 = self.cfg.precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            out = self.net(self.z)
+        out = out.float()
+        return out, data_term(self.op, out, self.y)
+
+    def iteration(self, t: int) -> None:
+        """Output t: metrics at the stride (and at the last iteration), then step t + 1 unless t = T."""
+        cfg, T = self.cfg, self.cfg.iterations
+        if self.power_layers and cfg.sn_refresh_every and t % cfg.sn_refresh_every == 0:
+            refresh_power_vectors(self.power_layers)
+        out, loss = self.forward()
+        self.out = out.detach()
+        self.loss_hist[t] = loss.detach()
+        if self.noise_gen is not None and t > cfg.burn_in:  # a sample: fold it into the running mean
+            self.samples += 1
+            if self.posterior is None:
+                self.posterior = self.out.clone()
+            else:
+                self.posterior.add_(self.out - self.posterior, alpha=1 / self.samples)
+        if t % cfg.metric_stride == 0 or t == T:
+            with torch.no_grad():
+                row = metric_row(self.out, self.y, self.op, self.clean, cfg.spectral, self.extra)
+                row |= {name: fn(self.net) for name, fn in self.net_metrics.items()}
+                self.record.add(t, self.out, row | {"loss": loss.detach()})
+        if cfg.snapshot_stride and (t % cfg.snapshot_stride == 0 or t == T):
+            self.snapshots.append(self.out[0].to(self.snap_dtype))
+            self.snapshot_iters.append(t)
+        if t < T:
+            self.optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimiser.step()
+            if self.noise_gen is not None:
+                langevin_noise(self.weights, self.noise_std, self.noise_gen)
+
+    def check_losses(self, lo: int, upto: int) -> bool:
+        """Host sync point: raise on a non-finite loss in [lo, upto); say whether to halt at the stop."""
+        chunk = self.loss_hist[lo:upto].cpu()
+        bad = (~torch.isfinite(chunk)).nonzero()
+        if len(bad):
+            raise FitDivergedError(f"loss became {float(chunk[bad[0]])} at iteration {lo + int(bad[0])}")
+        return self.cfg.halt_at_stop and bool(self.record.stopped)
+
+
 def fit(
     net_cfg: NetConfig,
     op: Operator,
@@ -223,116 +411,59 @@ def fit(
     cfg: FitConfig = FitConfig(),
     extra_metrics: Mapping[str, ExtraMetric] | None = None,
     device: str | torch.device = "cpu",
+    net_metrics: Mapping[str, NetMetric] | None = None,
 ) -> FitResult:
     """Fit a freshly initialised network to the observation ``y`` (batch 1).
 
     ``clean`` is only used for evaluation (PSNR against the truth, the oracle-best output);
     the optimisation never sees it. ``extra_metrics`` maps a column name to a function of
-    the output, evaluated at the metric stride on the device (e.g. the 1-D amplitude error).
+    the output, evaluated at the metric stride on the device (e.g. the 1-D amplitude error);
+    ``net_metrics`` likewise to a function of the network (e.g. the σ of its layers).
     """
-    extra = dict(extra_metrics or {})
     device = torch.device(device)
-    y = y.to(device)
-    clean = clean.to(device) if clean is not None else None
-    op = op.to(device)
-    out_shape = tuple(clean.shape[1:]) if clean is not None else tuple(y.shape[1:])
-    if out_shape != tuple(y.shape[1:]) and op.A(torch.zeros(1, *out_shape, device=device)).shape != y.shape:
-        raise ValueError(f"observation shape {tuple(y.shape)} does not match A(output) for output {out_shape}")
+    with precision_flags(cfg.precision, device):
+        loop = FitLoop(net_cfg, op, y, clean, cfg, extra_metrics, net_metrics, device)
+        start = time.perf_counter()
+        t = 0
+        try:
+            for t in range(cfg.iterations + 1):
+                loop.iteration(t)
+                if (t + 1) % cfg.sync_every == 0 and loop.check_losses(max(0, t + 1 - cfg.sync_every), t + 1):
+                    break
+        except torch.linalg.LinAlgError:  # NaN weights break the exact σ before a sync sees the loss
+            loop.check_losses(0, t + 1)
+            raise
+        loop.check_losses(max(0, t + 1 - cfg.sync_every), t + 1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    return collect(loop, t, seconds)
 
-    # --- network and fixed input, both from the fit's seed --------------------------------
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        net = build_network(net_cfg, out_shape).to(device)
-    z = net.make_input(torch.Generator().manual_seed(cfg.seed)).to(device)
-    optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
-    sgld = cfg.optimizer == "sgld"
-    weights = [p for p in net.parameters() if p.dim() >= 2]
-    noise_std = math.sqrt(2 * cfg.lr * cfg.sgld_temperature)
-    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1) if sgld else None
 
-    # --- device-side state ----------------------------------------------------------------
-    T = cfg.iterations
-    loss_hist = torch.full((T + 1,), float("nan"), device=device)
-    record = DeviceRecord(cfg, device)
-    snap_dtype = getattr(torch, cfg.snapshot_dtype)
-    snapshots: list[Tensor] = []
-    snapshot_iters: list[int] = []
-    posterior: Tensor | None = None  # running mean of the samples after burn-in (sgld)
-    n_samples = 0
-
-    def check_chunk(upto: int, lo: int | None = None) -> bool:
-        """Host sync point: raise on a non-finite loss; say whether to halt at the stop."""
-        lo = max(0, upto - cfg.sync_every) if lo is None else lo
-        chunk = loss_hist[lo:upto].cpu()
-        bad = (~torch.isfinite(chunk)).nonzero()
-        if len(bad):
-            t_bad = lo + int(bad[0])
-            raise FitDivergedError(f"loss became {float(chunk[bad[0]])} at iteration {t_bad}")
-        return cfg.halt_at_stop and bool(record.stopped)
-
-    start = time.perf_counter()
-    net.train()
-    t = 0
-    try:
-        for t in range(T + 1):
-            out = net(z)
-            loss = data_term(op, out, y)
-            loss_hist[t] = loss.detach()
-            if sgld and t > cfg.burn_in:  # a sample: fold it into the running mean
-                n_samples += 1
-                sample = out.detach()
-                posterior = sample.clone() if posterior is None else posterior.add_(sample - posterior, alpha=1 / n_samples)
-
-            # --- metrics on the device, at the stride and always at the last iteration ----------
-            if t % cfg.metric_stride == 0 or t == T:
-                with torch.no_grad():
-                    row = metric_row(out.detach(), y, op, clean, cfg.spectral, extra)
-                    record.add(t, out.detach(), row | {"loss": loss.detach()})
-            if cfg.snapshot_stride and (t % cfg.snapshot_stride == 0 or t == T):
-                snapshots.append(out.detach()[0].to(snap_dtype))
-                snapshot_iters.append(t)
-
-            if (t + 1) % cfg.sync_every == 0 and check_chunk(t + 1):
-                break
-            if t == T:
-                break
-            # --- the optimisation step ---------------------------------------------------------
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            if noise_gen is not None:
-                langevin_noise(weights, noise_std, noise_gen)
-    except torch.linalg.LinAlgError:  # NaN weights break the exact σ before a sync sees the loss
-        check_chunk(t + 1, lo=0)
-        raise
-    check_chunk(t + 1)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-
-    # --- back to the host, once ---------------------------------------------------------------
-    metrics = record.table()
-    final = out.detach()[0].float().cpu().numpy()
+def collect(loop: FitLoop, t: int, seconds: float) -> FitResult:
+    """Everything the fit produced, back on the host, once."""
+    record, clean, out = loop.record, loop.clean, loop.out
+    assert out is not None
     result = FitResult(
-        metrics=metrics,
-        loss=loss_hist[: t + 1].cpu().numpy(),
-        final=final,
+        metrics=record.table(),
+        loss=loop.loss_hist[: t + 1].cpu().numpy(),
+        final=out[0].float().cpu().numpy(),
         final_iteration=t,
-        snapshots=torch.stack(snapshots).cpu().numpy() if snapshots else None,
-        snapshot_iterations=np.asarray(snapshot_iters, dtype=np.int64),
+        snapshots=torch.stack(loop.snapshots).cpu().numpy() if loop.snapshots else None,
+        snapshot_iterations=np.asarray(loop.snapshot_iters, dtype=np.int64),
         seconds=seconds,
-        config=asdict(cfg),
+        config=asdict(loop.cfg),
     )
     if clean is not None:
-        result.final_psnr = float(M.psnr(out.detach(), clean)[0])
+        result.final_psnr = float(M.psnr(out, clean)[0])
         result.best_psnr = float(record.best_psnr)
         result.best_iteration = int(record.best_iter)
         result.best_output = record.best_out[0].float().cpu().numpy()
-    if posterior is not None:
-        result.posterior_mean = posterior[0].float().cpu().numpy()
-        result.posterior_samples = n_samples
+    if loop.posterior is not None:
+        result.posterior_mean = loop.posterior[0].float().cpu().numpy()
+        result.posterior_samples = loop.samples
         if clean is not None:
-            result.posterior_psnr = float(M.psnr(posterior, clean)[0])
+            result.posterior_psnr = float(M.psnr(loop.posterior, clean)[0])
     if bool(record.stopped):
         result.stop_iteration = int(record.stop_iter)
         result.stop_output = record.stop_out[0].float().cpu().numpy()

@@ -43,7 +43,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError, to_jsonable_python
 
 from dipmodel.classical import METHOD_TASKS, METHODS, ClassicalConfig
-from dipmodel.fit import FitConfig
+from dipmodel.fit import SPEED_FIELDS, FitConfig
 from dipmodel.networks import ONE_D, NetConfig, side_multiple
 from pipeline import datasets
 from pipeline.images import SAMPLE_PREFIX
@@ -655,22 +655,29 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+def key_fit_fields(fit: dict[str, Any]) -> dict[str, Any]:
+    """The fit configuration as the key sees it: speed options that never change the result
+    left out, and fields added after version-1 keys existed (SGLD settings, precision) left out
+    at their defaults, so keys made before they existed still name the same fits."""
+    later = LATER_FIT_DEFAULTS | {k: default for k, (default, _) in SPEED_FIELDS.items()}
+    return {k: v for k, v in fit.items()
+            if not (k in SPEED_FIELDS and not SPEED_FIELDS[k][1]) and not (k in later and v == later[k])}
+
+
 def fit_key(spec_content: dict[str, Any]) -> str:
     """Stable 16-hex-digit key of a fit: sha256 of the canonical JSON of what determines its result.
 
     The key covers ``KEY_FIELDS`` (image_name, crop, grey, task, task_params, the full network
     and fit configurations, seed), those of ``OPTIONAL_KEY_FIELDS`` (downsample, a classical
-    method) that are set, and ``KEY_VERSION``; FitConfig fields added since (the SGLD
-    settings, ``LATER_FIT_DEFAULTS``) enter only when they differ from their defaults, so
-    keys made before they existed still name the same fits; extra entries in `spec_content` (e.g. a whole FitSpec dump, with its
-    experiment id) are ignored. Deliberately excluded: the sweep name, storage, MLflow,
+    method) that are set, and ``KEY_VERSION``; the fit configuration as `key_fit_fields`
+    sees it (fields added since version 1 only where they differ from their defaults). Extra
+    entries in `spec_content` (e.g. a whole FitSpec dump, with its experiment id) are ignored. Deliberately excluded: the sweep name, storage, MLflow,
     resources and the data root (image_name is relative to it), so renaming a sweep, moving
     its data or its results, or changing the cluster reuses the fits already done. JSON is
     written with sorted keys and no spaces, and integral floats as integers (2 == 2.0).
     """
     content = {k: spec_content[k] for k in KEY_FIELDS} | {"key_version": KEY_VERSION}
-    content["fit"] = {k: v for k, v in content["fit"].items()
-                      if k not in LATER_FIT_DEFAULTS or v != LATER_FIT_DEFAULTS[k]}
+    content["fit"] = key_fit_fields(content["fit"])
     content |= {k: spec_content[k] for k in OPTIONAL_KEY_FIELDS if spec_content.get(k) is not None}
     text = json.dumps(_canonical(content), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

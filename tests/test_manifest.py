@@ -147,6 +147,17 @@ def test_key_changes_with_what_determines_the_result(tmp_path: Path, change: dic
     assert changed - base, "a changed result-determining field must give a new key"
 
 
+def test_speed_options_enter_the_key_only_when_they_change_the_result(tmp_path: Path) -> None:
+    """Keys stored before the speed options existed stay valid; bf16 is a different fit, compile is not."""
+    spec = expand(load_manifest(write(tmp_path)))[0]
+    content = spec.model_dump()
+    old = content | {"fit": {k: v for k, v in content["fit"].items()
+                             if k not in ("precision", "channels_last", "compile", "sn_refresh_every")}}
+    assert fit_key(old) == spec.key
+    assert fit_key(content | {"fit": content["fit"] | {"compile": True, "channels_last": True}}) == spec.key
+    assert fit_key(content | {"fit": content["fit"] | {"precision": "bf16"}}) != spec.key
+
+
 def test_keys_of_fits_without_the_newer_fields_are_unchanged(tmp_path: Path) -> None:
     """downsample entered the key after version-1 keys were stored: unset, it leaves them as they were."""
     content = one_spec(write(tmp_path)).model_dump()
