@@ -29,6 +29,10 @@ always fp32); ``channels_last`` (NHWC activations, what cuDNN's tensor-core kern
 ``compile`` (``torch.compile`` of forward + data term, falling back to eager with a warning
 when it cannot compile). "fp32" on CUDA turns TF32 *off* for the fit, so it is the exact
 reference the reduced precisions are compared with.
+
+Packing (`fit_many`): several independent fits in one process on one device, driven round
+robin (iteration t of each before t + 1 of any), each with the result it has alone; `fit` is
+a pack of one.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -403,6 +407,19 @@ class FitLoop:
         return self.cfg.halt_at_stop and bool(self.record.stopped)
 
 
+@dataclass(frozen=True)
+class FitJob:
+    """The arguments of one `fit`, so that several can be run together by `fit_many`."""
+
+    net_cfg: NetConfig
+    op: Operator
+    y: Tensor
+    clean: Tensor | None = None
+    cfg: FitConfig = FitConfig()
+    extra_metrics: Mapping[str, ExtraMetric] | None = None
+    net_metrics: Mapping[str, NetMetric] | None = None
+
+
 def fit(
     net_cfg: NetConfig,
     op: Operator,
@@ -420,24 +437,87 @@ def fit(
     the output, evaluated at the metric stride on the device (e.g. the 1-D amplitude error);
     ``net_metrics`` likewise to a function of the network (e.g. the σ of its layers).
     """
-    device = torch.device(device)
-    with precision_flags(cfg.precision, device):
-        loop = FitLoop(net_cfg, op, y, clean, cfg, extra_metrics, net_metrics, device)
-        start = time.perf_counter()
-        t = 0
-        try:
-            for t in range(cfg.iterations + 1):
+    [result] = fit_many([FitJob(net_cfg, op, y, clean, cfg, extra_metrics, net_metrics)], device)
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+class _Running:
+    """One fit of a pack while it runs: its loop, its CUDA stream (if any) and where it stands."""
+
+    def __init__(self, job: FitJob, device: torch.device, own_stream: bool) -> None:
+        self.cfg = job.cfg
+        with precision_flags(job.cfg.precision, device):
+            self.loop = FitLoop(job.net_cfg, job.op, job.y, job.clean, job.cfg, job.extra_metrics,
+                                job.net_metrics, device)
+        self.stream = torch.cuda.Stream(device) if own_stream else None
+        if self.stream is not None:  # the loop's tensors were made on the current stream
+            self.stream.wait_stream(torch.cuda.current_stream(device))
+
+    def advance(self, t: int) -> bool:
+        """Iteration t, and the host sync at the fit's ``sync_every``; True when the fit is over."""
+        cfg, loop = self.cfg, self.loop
+        on_stream = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+        with precision_flags(cfg.precision, loop.device), on_stream:
+            try:
                 loop.iteration(t)
-                if (t + 1) % cfg.sync_every == 0 and loop.check_losses(max(0, t + 1 - cfg.sync_every), t + 1):
-                    break
-        except torch.linalg.LinAlgError:  # NaN weights break the exact σ before a sync sees the loss
-            loop.check_losses(0, t + 1)
-            raise
-        loop.check_losses(max(0, t + 1 - cfg.sync_every), t + 1)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-    return collect(loop, t, seconds)
+            except torch.linalg.LinAlgError:  # NaN weights break the exact σ before a sync sees the loss
+                loop.check_losses(0, t + 1)
+                raise
+            at_sync = (t + 1) % cfg.sync_every == 0
+            if at_sync and loop.check_losses(t + 1 - cfg.sync_every, t + 1):
+                return True  # halted at the automatic stop
+            if t == cfg.iterations:
+                if not at_sync:
+                    loop.check_losses(max(0, t + 1 - cfg.sync_every), t + 1)
+                return True
+        return False
+
+    def wait(self) -> None:
+        """Block until the device has finished this fit's work."""
+        if self.stream is not None:
+            self.stream.synchronize()
+        elif self.loop.device.type == "cuda":
+            torch.cuda.synchronize(self.loop.device)
+
+
+def fit_many(jobs: Sequence[FitJob], device: str | torch.device = "cpu") -> list[FitResult | Exception]:
+    """Run independent fits in one process, each exactly as `fit` would run it alone.
+
+    Round robin: iteration t of every running fit before iteration t + 1 of any, and no
+    host sync between them, so while the device computes one fit's step the host queues the
+    next fit's (small fits leave most of a GPU idle; their launch overheads now overlap). On
+    CUDA a pack of more than one fit gives each its own stream, so their kernels may also run
+    side by side. Each fit keeps everything of its own (seeded network and input, optimiser,
+    record, stop rule, host syncs at its own ``sync_every``, budget) and nothing one fit does
+    reads another's tensors, so its result is the one `fit` gives. A fit that fails (e.g.
+    `FitDivergedError`) gets its exception in its slot and the others go on. ``seconds`` of a
+    result is the time from the start of the pack to the end of that fit.
+    """
+    device = torch.device(device)
+    slots: dict[int, FitResult | Exception] = {}
+    running: dict[int, _Running] = {}
+    for i, job in enumerate(jobs):
+        try:
+            running[i] = _Running(job, device, own_stream=device.type == "cuda" and len(jobs) > 1)
+        except Exception as err:  # noqa: BLE001 - this fit's own error, returned in its slot
+            slots[i] = err
+    start = time.perf_counter()
+    t = 0
+    while running:
+        for i, fit_ in list(running.items()):
+            try:
+                over = fit_.advance(t)
+                if over:
+                    fit_.wait()
+                    slots[i] = collect(fit_.loop, t, time.perf_counter() - start)
+            except Exception as err:  # noqa: BLE001 - this fit's own error, returned in its slot
+                over, slots[i] = True, err
+            if over:
+                del running[i]  # frees its device memory for the fits still running
+        t += 1
+    return [slots[i] for i in range(len(jobs))]
 
 
 def collect(loop: FitLoop, t: int, seconds: float) -> FitResult:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dipmodel import metrics as M
-from dipmodel.fit import FitConfig, FitDivergedError, FitLoop, fit
+from dipmodel.fit import FitConfig, FitDivergedError, FitJob, FitLoop, FitResult, fit, fit_many
 from dipmodel.layers import LipschitzConv
 from dipmodel.networks import NetConfig
 from dipmodel.operators import build_operator
@@ -106,12 +106,13 @@ def test_bad_config_is_refused_with_the_field_name(bad: dict) -> None:
 # ---------------------------------------------------------------- speed options
 
 
-def _one_thread_fit(*args, **kwargs):
-    """Fits of the speed tests on one thread: on the shared 2-core box a second one only waits."""
+def one_thread(fn, *args, **kwargs):
+    """Run ``fn`` on one intra-op thread: on the shared 2-core box a second thread only waits,
+    and a pack and its single fits then do the same arithmetic."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return fit(*args, **kwargs)
+        return fn(*args, **kwargs)
     finally:
         torch.set_num_threads(threads)
 
@@ -129,7 +130,7 @@ def test_power_sigma_stays_close_to_the_exact_value_throughout_a_fit(problem) ->
     clean, op, y = problem
     net = NetConfig(name="decoder", width=16, depth=3, norm="lipschitz", lam=2.0, sn_method="power")
     cfg = FitConfig(iterations=200, auto_stop=False, spectral=False)
-    r = _one_thread_fit(net, op, y, clean, cfg, net_metrics={"gap": power_gap})
+    r = one_thread(fit, net, op, y, clean, cfg, net_metrics={"gap": power_gap})
     gap = r.metrics["gap"]
     assert gap.min() >= -1e-4  # uᵀWv never exceeds σ₁
     assert gap.max() < 0.02
@@ -141,8 +142,8 @@ def test_power_sigma_without_refresh_lags(problem) -> None:
     clean, op, y = problem
     net = NetConfig(name="decoder", width=16, depth=3, norm="lipschitz", lam=2.0, sn_method="power")
     kwargs = {"iterations": 200, "auto_stop": False, "spectral": False}
-    with_refresh = _one_thread_fit(net, op, y, clean, FitConfig(**kwargs), net_metrics={"gap": power_gap})
-    without = _one_thread_fit(net, op, y, clean, FitConfig(**kwargs, sn_refresh_every=0), net_metrics={"gap": power_gap})
+    with_refresh = one_thread(fit, net, op, y, clean, FitConfig(**kwargs), net_metrics={"gap": power_gap})
+    without = one_thread(fit, net, op, y, clean, FitConfig(**kwargs, sn_refresh_every=0), net_metrics={"gap": power_gap})
     late = with_refresh.metrics["iteration"] >= 50
     assert without.metrics["gap"][late].mean() > 2 * with_refresh.metrics["gap"][late].mean()
 
@@ -156,8 +157,8 @@ def test_reduced_precision_keeps_the_psnr_curve(problem, precision: str) -> None
     with 128 channels (``python -m bench.suite --check-precision``)."""
     clean, op, y = problem
     kwargs = {"iterations": 150, "metric_stride": 10, "stop_window": 50}
-    ref = _one_thread_fit(SMALL_NET, op, y, clean, FitConfig(**kwargs))
-    low = _one_thread_fit(SMALL_NET, op, y, clean, FitConfig(**kwargs, precision=precision))
+    ref = one_thread(fit, SMALL_NET, op, y, clean, FitConfig(**kwargs))
+    low = one_thread(fit, SMALL_NET, op, y, clean, FitConfig(**kwargs, precision=precision))
     delta = np.abs(low.metrics["psnr_clean"] - ref.metrics["psnr_clean"])
     assert delta.max() < 0.75 and delta[-1] < 0.15  # dB
     assert ref.metrics["psnr_clean"][-1] > ref.metrics["psnr_clean"][0] + 3  # the fit did learn
@@ -167,8 +168,8 @@ def test_reduced_precision_keeps_the_psnr_curve(problem, precision: str) -> None
 def test_channels_last_gives_the_same_fit(problem) -> None:
     clean, op, y = problem
     net = NetConfig(name="decoder", width=8, depth=3, norm="lipschitz", lam=2.0, upsample="gaussian")
-    a = _one_thread_fit(net, op, y, clean, FitConfig(iterations=30, auto_stop=False))
-    b = _one_thread_fit(net, op, y, clean, FitConfig(iterations=30, auto_stop=False, channels_last=True))
+    a = one_thread(fit, net, op, y, clean, FitConfig(iterations=30, auto_stop=False))
+    b = one_thread(fit, net, op, y, clean, FitConfig(iterations=30, auto_stop=False, channels_last=True))
     np.testing.assert_allclose(b.metrics["psnr_clean"], a.metrics["psnr_clean"], atol=1e-3)
     np.testing.assert_allclose(b.final, a.final, atol=1e-4)
 
@@ -186,3 +187,58 @@ def test_an_iteration_never_reads_a_device_value() -> None:
         loop.iteration(t)
     assert loop.record.rows is not None and loop.record.rows.device.type == "meta"
     assert loop.record.iterations == list(range(7)) and loop.power_layers
+
+
+# ---------------------------------------------------------------- packing
+
+
+def assert_same_fit(packed: FitResult, alone: FitResult) -> None:
+    """Everything a fit reports, to float tolerance (the arithmetic is the same, so it is tight)."""
+    assert packed.final_iteration == alone.final_iteration
+    assert list(packed.metrics) == list(alone.metrics)
+    for column, values in alone.metrics.items():
+        np.testing.assert_allclose(packed.metrics[column], values, rtol=1e-5, atol=1e-6, err_msg=column)
+    np.testing.assert_allclose(packed.loss, alone.loss, rtol=1e-5, atol=1e-7)
+    for name in ("final", "best_output", "stop_output", "posterior_mean", "snapshots"):
+        a, b = getattr(packed, name), getattr(alone, name)
+        assert (a is None) == (b is None), name
+        if b is not None:
+            np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=1e-5, err_msg=name)
+    for name in ("best_iteration", "stop_iteration", "posterior_samples"):
+        assert getattr(packed, name) == getattr(alone, name), name
+    assert list(packed.snapshot_iterations) == list(alone.snapshot_iterations)
+
+
+def test_packed_fits_are_the_fits_run_alone(problem) -> None:
+    """Three fits that differ in seed, network, budget, strides, sync points, optimiser and
+    stop rule (the third halts early at Shi's stop) give what each gives alone."""
+    clean, op, y = problem
+    gaussian = NetConfig(name="decoder", width=8, depth=3, norm="lipschitz", lam=2.0, upsample="gaussian")
+    jobs = [
+        FitJob(SMALL_NET, op, y, clean, FitConfig(iterations=30, seed=0, stop_window=5, sync_every=7)),
+        FitJob(gaussian, op, y, clean, FitConfig(iterations=20, seed=1, metric_stride=2, stop_window=4,
+                                                 snapshot_stride=5, lr=2e-3, optimizer="sgld", burn_in=10)),
+        FitJob(SMALL_NET, op, y, clean, FitConfig(iterations=30, seed=2, stop_window=3, stop_eps=20,
+                                                  halt_at_stop=True, sync_every=3)),
+    ]
+    packed = one_thread(fit_many, jobs)
+    alone = [one_thread(fit, j.net_cfg, j.op, j.y, j.clean, j.cfg) for j in jobs]
+    for p, a in zip(packed, alone):
+        assert isinstance(p, FitResult)
+        assert_same_fit(p, a)
+    assert [r.final_iteration for r in alone] == [30, 20, alone[2].final_iteration]
+    assert alone[2].final_iteration < 30 and alone[1].posterior_samples == 10  # the settings took effect
+    assert not np.allclose(alone[0].final, alone[2].final)  # and the seeds did
+
+
+def test_a_failing_fit_leaves_the_rest_of_its_pack_alone(problem) -> None:
+    """A fit that diverges (or cannot start) gets its error in its slot; the others finish as alone."""
+    clean, op, y = problem
+    good = [FitJob(SMALL_NET, op, y, clean, FitConfig(iterations=12, seed=s, stop_window=4)) for s in (3, 4)]
+    nan = FitJob(SMALL_NET, op, torch.full_like(y, float("nan")), clean, FitConfig(iterations=12, sync_every=3))
+    wrong_shape = FitJob(SMALL_NET, op, y[..., :16], clean, FitConfig(iterations=12))
+    first, diverged, bad_shape, second = one_thread(fit_many, [good[0], nan, wrong_shape, good[1]])
+    assert isinstance(diverged, FitDivergedError) and "iteration 0" in str(diverged)
+    assert isinstance(bad_shape, ValueError) and "does not match" in str(bad_shape)
+    for packed, job in zip((first, second), good):
+        assert_same_fit(packed, one_thread(fit, job.net_cfg, job.op, job.y, job.clean, job.cfg))
