@@ -328,6 +328,7 @@ class Resources(BaseModel):
     num_cpus: float = Field(1, ge=0)
     max_retries: NonNegativeInt = Field(2, description="retries after infrastructure failures only")
     max_workers: PositiveInt | None = Field(None, description="cap on concurrent fit workers")
+    pack: PositiveInt = Field(1, description="fits a worker runs at once on its device (dipmodel.fit.fit_many)")
 
 
 @dataclass(frozen=True)

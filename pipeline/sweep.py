@@ -2,7 +2,8 @@
 
 Execution uses Ray Core actors behind ``ray.util.ActorPool``: an actor holds one GPU (or a
 CPU slot) for the whole sweep, so CUDA/cuDNN warm-up is paid once per worker, and the pool
-hands each actor its next fit as soon as it is free. Actors restart when their process or
+hands each actor its next fit as soon as it is free; with ``resources.pack: N`` its next N
+fits, which it runs together on its device (`pipeline.worker.execute_fits`). Actors restart when their process or
 node dies and Ray re-runs the interrupted call (``max_restarts``/``max_task_retries``);
 storage makes a second completion of the same fit a no-op. Storage is the source of truth:
 resume, status and the MLflow backfill all start from the done/failed markers.
@@ -95,17 +96,19 @@ def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int) -> Any:
             if self.device == "cpu":
                 torch.set_num_threads(max(int(num_cpus), 1))
 
-        def run(self, spec_json: dict) -> dict:
-            from pipeline.worker import execute_fit
+        def run(self, spec_jsons: list[dict]) -> list[dict]:
+            """Run a pack of specs together (one spec: as alone); one record per spec."""
+            from pipeline.worker import execute_fits
 
-            return execute_fit(FitSpec.model_validate(spec_json), self.store, self.device, self.storage_options)
+            specs = [FitSpec.model_validate(s) for s in spec_jsons]
+            return execute_fits(specs, self.store, self.device, self.storage_options)
 
     return FitWorker
 
 
-def pool_size(manifest: Manifest, n_fits: int, num_gpus: float | None = None) -> int:
+def pool_size(manifest: Manifest, n_packs: int, num_gpus: float | None = None) -> int:
     """How many actors: what the cluster holds now for the manifest's resources (or ``num_gpus``
-    per actor instead of the manifest's), capped."""
+    per actor instead of the manifest's), capped by the work (``n_packs`` calls)."""
     import ray
 
     res = manifest.resources
@@ -117,7 +120,7 @@ def pool_size(manifest: Manifest, n_fits: int, num_gpus: float | None = None) ->
         fit_slots = int(total.get("CPU", 1) // max(res.num_cpus, 1e-3))
     if res.max_workers:
         fit_slots = min(fit_slots, res.max_workers)
-    return max(1, min(fit_slots, n_fits))
+    return max(1, min(fit_slots, n_packs))
 
 
 # --- progress -----------------------------------------------------------------------------------
@@ -235,8 +238,16 @@ def log_stored_fit(tracker: Tracker, parent: str, store: Store, key: str) -> Non
 # --- the sweep ---------------------------------------------------------------------------------
 
 
-def next_record(pools: list[Any]) -> dict:
-    """The next finished fit of any of the actor pools (one pool: wait on it; several: poll each)."""
+def packs(specs: list[FitSpec], size: int) -> list[list[FitSpec]]:
+    """The calls a worker gets: networks ``size`` at a time; classical references one at a time
+    (they run on the CPU, so packing them would only serialise them)."""
+    networks = [s for s in specs if s.method is None]
+    return [networks[i:i + size] for i in range(0, len(networks), size)] + [[s] for s in specs if s.method]
+
+
+def next_records(pools: list[Any]) -> list[dict]:
+    """The records of the next finished call of any of the actor pools (one pool: wait on it;
+    several: poll each)."""
     waiting = [pool for pool in pools if pool.has_next()]
     if len(waiting) == 1:
         return waiting[0].get_next_unordered()
@@ -285,32 +296,34 @@ def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool
     actors, pools = [], []
     for group, gpus in groups:
         worker_cls = fit_worker_class(gpus, res.num_cpus, res.max_retries)
-        size = pool_size(manifest, len(group), gpus)
+        calls = packs(group, res.pack)
+        size = pool_size(manifest, len(calls), gpus)
         members = [worker_cls.remote(store.uri, manifest.storage_options) for _ in range(size)]
         actors += members
         pools.append(ActorPool(members))
-        for spec in group:
-            pools[-1].submit(lambda actor, s: actor.run.remote(s.model_dump(mode="json")), spec)
+        for call in calls:
+            pools[-1].submit(lambda actor, c: actor.run.remote([s.model_dump(mode="json") for s in c]), call)
     bar = Progress(total=len(todo))
     failures: dict[str, str] = {}
     in_flight = {spec.key for spec in todo}
     try:
         while any(pool.has_next() for pool in pools):
-            bar.running = min(len(in_flight), len(actors))
+            bar.running = min(len(in_flight), len(actors) * res.pack)
             if progress:
                 bar.show()
             try:
-                record = next_record(pools)
+                records = next_records(pools)
             except ray.exceptions.RayError:  # the worker died more often than max_retries;
-                continue  # its fit stays in in_flight and is recorded below
-            in_flight.discard(record["key"])
-            if record["status"] == "done":
-                bar.done += 1
-                if not record.get("skipped"):
-                    mlflow_log.log(record["key"])
-            else:
-                bar.failed += 1
-                failures[record["key"]] = record["reason"]
+                continue  # its fits stay in in_flight and are recorded below
+            for record in records:
+                in_flight.discard(record["key"])
+                if record["status"] == "done":
+                    bar.done += 1
+                    if not record.get("skipped"):
+                        mlflow_log.log(record["key"])
+                else:
+                    bar.failed += 1
+                    failures[record["key"]] = record["reason"]
         # Fits whose worker died beyond its retries are written as failures so status shows them.
         for spec in todo:
             if spec.key in in_flight and not store.is_done(spec.key):

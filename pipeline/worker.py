@@ -3,25 +3,29 @@
 Plain functions, no Ray, so the same code runs in a Ray actor, in a test, or in a debugger.
 A fit's own failure (unreadable image, bad parameter, NaN loss) is recorded in storage and
 returned as a "failed" record; it is never retried. Anything else (a dead worker, a node
-gone) is Ray's to retry, and storage makes a repeated completion harmless.
+gone) is Ray's to retry, and storage makes a repeated completion harmless. A worker may run
+several specs at once (``resources.pack``): their networks are fitted together by
+`dipmodel.fit.fit_many`, and each is stored exactly as it would be alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from dipmodel.classical import restore
-from dipmodel.fit import FitResult, fit
+from dipmodel.fit import FitJob, FitResult, fit_many
 from dipmodel.layers import exact_response, measured_response, paper_response
 from dipmodel.metrics import to_grey
 from pipeline.images import ImageError, decode, read_bytes
 from pipeline.manifest import FitSpec
 from pipeline.single import (
+    Problem,
     amplitude_metrics,
     convergence_iterations,
     downsample,
@@ -96,36 +100,89 @@ def measure_response(spec: FitSpec) -> tuple[dict[str, Any], dict[str, np.ndarra
     return row, {"iteration": index} | {name: column.numpy() for name, column in table.items()}
 
 
-def execute_fit(spec: FitSpec, store: Store, device: str = "cpu", storage_options: dict | None = None) -> dict:
-    """Run one spec unless it is already done, store everything, and return a small record."""
-    if store.is_done(spec.key):
-        return {"key": spec.key, "status": "done", "skipped": True}
-    try:
-        if spec.task == "upsampling_response":
-            summary, metrics = measure_response(spec)
-            store.write_fit(spec.key, spec.model_dump(mode="json"), summary, metrics, {}, {})
-            return {"key": spec.key, "status": "done", "summary": summary}
-        image = load_spec_image(spec, storage_options)
-        # a classical reference has no network: it crops to the multiple its sweep's networks need
-        net_cfg = None if spec.method else dataclasses.replace(spec.net_config(), out_channels=image.shape[0])
-        problem = prepare_problem(image, spec.task, dict(spec.task_params), net_cfg, spec.seed, spec.crop,
-                                  spec.image_name, spec.side_multiple or 1)
-        if net_cfg is None:
-            result = restore(spec.classical_config(), problem.op, problem.y, problem.clean, device=device)
-        else:
-            extra = amplitude_metrics(problem.clean, spec.signal.freqs, device) if spec.signal is not None else {}
-            result = fit(net_cfg, problem.op, problem.y, problem.clean, spec.fit_config(),
-                         extra_metrics=extra, device=device)
-    except Exception as err:  # noqa: BLE001 - any error of the fit itself is recorded, not raised
-        reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
-        store.write_failure(spec.key, spec.model_dump(mode="json"), reason, type(err).__name__, attempts=1)
-        return {"key": spec.key, "status": "failed", "reason": reason,
-                "traceback": traceback.format_exc(limit=3)}
+@dataclass
+class Prepared:
+    """A spec made ready to run: its problem, and the fit of its network (None: classical method)."""
+
+    spec: FitSpec
+    problem: Problem
+    job: FitJob | None
+
+
+def prepare(spec: FitSpec, device: str, storage_options: dict | None) -> Prepared:
+    """Load, crop and degrade a spec's input and set up its fit; raises on any problem of the spec."""
+    image = load_spec_image(spec, storage_options)
+    # a classical reference has no network: it crops to the multiple its sweep's networks need
+    net_cfg = None if spec.method else dataclasses.replace(spec.net_config(), out_channels=image.shape[0])
+    problem = prepare_problem(image, spec.task, dict(spec.task_params), net_cfg, spec.seed, spec.crop,
+                              spec.image_name, spec.side_multiple or 1)
+    if net_cfg is None:
+        return Prepared(spec, problem, None)
+    extra = amplitude_metrics(problem.clean, spec.signal.freqs, device) if spec.signal is not None else {}
+    return Prepared(spec, problem, FitJob(net_cfg, problem.op, problem.y, problem.clean, spec.fit_config(), extra))
+
+
+def store_result(prepared: Prepared, result: FitResult, store: Store) -> dict:
+    """Write a finished fit (summary, metrics, trajectory, images) and return its record."""
+    spec = prepared.spec
     summary = summary_row(spec, result)
     trajectory = {"snapshot_iterations": result.snapshot_iterations}
     if result.snapshots is not None:
         trajectory["snapshots"] = result.snapshots
     metrics = dict(result.metrics) | {"iteration": np.asarray(result.metrics["iteration"], dtype=np.int64)}
     store.write_fit(spec.key, spec.model_dump(mode="json"), summary, metrics, trajectory,
-                    result_images(problem, result))
+                    result_images(prepared.problem, result))
     return {"key": spec.key, "status": "done", "summary": summary}
+
+
+def store_failure(spec: FitSpec, err: Exception, store: Store) -> dict:
+    """Record a fit's own error in storage (never retried) and return its "failed" record."""
+    reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+    store.write_failure(spec.key, spec.model_dump(mode="json"), reason, type(err).__name__, attempts=1)
+    return {"key": spec.key, "status": "failed", "reason": reason,
+            "traceback": "".join(traceback.format_exception(err, limit=3))}
+
+
+def execute_fit(spec: FitSpec, store: Store, device: str = "cpu", storage_options: dict | None = None) -> dict:
+    """Run one spec unless it is already done, store everything, and return a small record."""
+    [record] = execute_fits([spec], store, device, storage_options)
+    return record
+
+
+def execute_fits(specs: list[FitSpec], store: Store, device: str = "cpu",
+                 storage_options: dict | None = None) -> list[dict]:
+    """Run the specs not yet done, their networks packed together on the device (`fit_many`),
+    store each as it would be stored alone, and return their records in order.
+
+    A spec's own failure (while preparing, restoring or fitting) is stored as its failure and
+    the others go on; storage errors propagate, for Ray to retry the whole call.
+    """
+    records: dict[int, dict] = {}
+    packed: dict[int, Prepared] = {}
+    for i, spec in enumerate(specs):
+        if store.is_done(spec.key):
+            records[i] = {"key": spec.key, "status": "done", "skipped": True}
+            continue
+        try:
+            if spec.task == "upsampling_response":
+                summary, metrics = measure_response(spec)
+                store.write_fit(spec.key, spec.model_dump(mode="json"), summary, metrics, {}, {})
+                records[i] = {"key": spec.key, "status": "done", "summary": summary}
+                continue
+            prepared = prepare(spec, device, storage_options)
+            if prepared.job is not None:
+                packed[i] = prepared
+                continue
+            problem = prepared.problem
+            result = restore(spec.classical_config(), problem.op, problem.y, problem.clean, device=device)
+        except Exception as err:  # noqa: BLE001 - any error of the fit itself is recorded, not raised
+            records[i] = store_failure(spec, err, store)
+            continue
+        records[i] = store_result(prepared, result, store)
+    outcomes = fit_many([p.job for p in packed.values() if p.job is not None], device)
+    for (i, prepared), outcome in zip(packed.items(), outcomes):
+        if isinstance(outcome, Exception):
+            records[i] = store_failure(prepared.spec, outcome, store)
+        else:
+            records[i] = store_result(prepared, outcome, store)
+    return [records[i] for i in range(len(specs))]

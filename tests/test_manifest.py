@@ -104,7 +104,7 @@ def test_key_ignores_where_and_how_a_sweep_runs(tmp_path: Path) -> None:
     elsewhere = BASE.replace("name: base", "name: other-sweep\nexperiment: S6") + (
         "data_root: /somewhere/else\nstorage: s3://bucket/results\nstorage_options: {anon: true}\n"
         "mlflow: {tracking_uri: http://127.0.0.1:5000, experiment: x, enabled: false}\n"
-        "resources: {num_gpus: 0.25, num_cpus: 2, max_retries: 5, max_workers: 3}\n"
+        "resources: {num_gpus: 0.25, num_cpus: 2, max_retries: 5, max_workers: 3, pack: 4}\n"
     )
     b = write(tmp_path, elsewhere, file="b.yaml")
     assert keys(a) == keys(b)
@@ -236,6 +236,7 @@ BAD = {  # id: (lines to change, start of the line blamed, field path, words of 
     "unknown-sample": ({"sample": "  - sample: [astronaut, x]"}, "- sample", "images[0].sample[1]", "scikit-image"),
     "duplicate-key": ({"spare": "model: {}"}, "model:", "model", "key given twice (again on line 18)"),
     "set-twice": ({"spare": "zip: [{lam: [1, 2]}]"}, "zip", "zip[0].lam", "already set at grid.lam"),
+    "pack-zero": ({"spare": "resources: {pack: 0}"}, "resources", "resources.pack", "greater than 0"),
 }
 
 

@@ -172,6 +172,35 @@ def test_a_bad_image_fails_only_its_own_fits(ray_cluster, tmp_path: Path) -> Non
     assert sweep.run_sweep(manifest, retry_failed=True, progress=False).failed == 2
 
 
+def test_packed_sweep_runs_every_fit_once_as_an_unpacked_one_does(ray_cluster, tmp_path: Path) -> None:
+    """resources.pack: 3 puts a bad image's two fits in a pack with a good fit: the bad ones
+    fail, every other fit is done once, and all match the same sweep run one fit at a time."""
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    results = {}
+    for pack in (1, 3):
+        path = tiny_manifest(tmp_path, str(tmp_path / f"pack{pack}"), name=f"pack{pack}")
+        doc = yaml.safe_load(path.read_text())
+        doc["images"].append({"uris": [str(bad)], "crop": 32})
+        doc["resources"]["pack"] = pack
+        path.write_text(yaml.safe_dump(doc))
+        manifest = load_manifest(path)
+        specs = sweep.make_plan(manifest).specs
+        if pack == 3:  # the premise: a pack holds good and bad fits together
+            assert any(len({s.image_name == str(bad) for s in call}) == 2 for call in sweep.packs(specs, 3))
+        outcome = sweep.run_sweep(manifest, progress=False)
+        assert (outcome.done, outcome.failed) == (4, 2)
+        assert set(outcome.failures) == {s.key for s in specs if s.image_name == str(bad)}
+        assert set(done_markers(tmp_path / f"pack{pack}")) == {s.key for s in specs} - set(outcome.failures)
+        results[pack] = sweep.open_store(manifest)
+    one, packed = results[1], results[3]
+    assert packed.done_keys() == one.done_keys()  # keys do not depend on resources
+    for key in one.done_keys():
+        assert packed.summary(key)["final_psnr"] == pytest.approx(one.summary(key)["final_psnr"], abs=1e-5)
+        assert packed.read_metrics(key).column("psnr_clean").to_pylist() == pytest.approx(
+            one.read_metrics(key).column("psnr_clean").to_pylist(), abs=1e-5)
+
+
 @pytest.mark.parametrize("problem, field", [
     ({"fit": {"iterations": "many"}}, "fit.iterations"),
     ({"colour": "blue"}, "colour"),
