@@ -3,6 +3,7 @@
     python -m bench.suite --device cuda --json bench-gpu.json     # full set, ~5-8 min on an H100
     python -m bench.suite --device cpu --quick                     # CI-sized check, ~1-2 min
     python -m bench.suite --device cuda --check-precision          # tf32/bf16 vs fp32 PSNR curves, 512²
+    python -m bench.suite --device cuda --pack                     # fits/hour of 128² fits packed N = 1, 2, 4, 8
 
 Imports only dipmodel, torch, numpy and the standard library, so it runs on a bare GPU box.
 For each network (Decoder, Encoder-Decoder; 128 channels, λ = 2, Lipschitz norm), upsampling
@@ -12,7 +13,9 @@ with none, and reports ms/iteration, it/s, peak memory, achieved FLOP/s of the n
 (forward + backward, counted by ``torch.utils.flop_counter``) and its fraction of the device's
 dense peak for the precision used. "metrics cost" = (metrics every iteration) / (none) − 1.
 The *naive* row is the papers' code style: exact SVD of every conv weight every step and
-NumPy metrics on the host every step. docs/performance.md explains every column.
+NumPy metrics on the host every step. ``--pack`` measures fits per hour of small fits run
+N at a time by ``dipmodel.fit.fit_many`` against one at a time. docs/performance.md explains
+every column.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dipmodel.fit import FitConfig, FitLoop, fit
+from dipmodel.fit import FitConfig, FitJob, FitLoop, FitResult, fit, fit_many
 from dipmodel.networks import NetConfig, build_network
 from dipmodel.operators import Operator, build_operator, data_term
 
@@ -347,14 +350,67 @@ def check_precision(device: torch.device, size: int, iterations: int, width: int
     return rows
 
 
+# ---------------------------------------------------------------- packing small fits
+
+
+def pack_throughput(device: torch.device, size: int, width: int, iterations: int, variant: Variant,
+                    counts: tuple[int, ...] = (1, 2, 4, 8)) -> list[dict]:
+    """Fits per hour of N Decoder fits (seeds 0 … N−1) run together by ``fit_many``, each N.
+
+    N = 1 is one fit at a time, the baseline. The time is the whole ``fit_many`` call
+    (network set-up included), after a short warm-up pack; metrics every 10 iterations.
+    """
+    op, y, clean = problem(size)
+    net_cfg = net_config("decoder", "bilinear", width, variant.sn_method)
+    cfg = fit_config(variant, iterations, 10)
+    jobs = [FitJob(net_cfg, op, y, clean, dataclasses.replace(cfg, seed=seed)) for seed in range(max(counts))]
+    warm = [dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, iterations=2, auto_stop=False))
+            for job in jobs[:2]]
+    fit_many(warm, device)
+    rows: list[dict] = []
+    for n in counts:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync(device)
+        start = time.perf_counter()
+        results = fit_many(jobs[:n], device)
+        seconds = time.perf_counter() - start
+        failed = [r for r in results if not isinstance(r, FitResult)]
+        if failed:
+            raise RuntimeError(f"a packed fit failed: {failed[0]!r}")
+        fits_per_hour = 3600 * n / seconds
+        rows.append({"network": "decoder", "upsample": "bilinear", "size": size, "width": width, "lam": 2.0,
+                     "variant": variant.name, "iterations": iterations, "pack": n, "seconds": seconds,
+                     "fits_per_hour": fits_per_hour,
+                     "vs_one_at_a_time": fits_per_hour / rows[0]["fits_per_hour"] if rows else 1.0,
+                     "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None})
+        log(f"pack {n}: {seconds:.1f} s, {fits_per_hour:.1f} fits/hour")
+    return rows
+
+
+def print_pack_table(rows: list[dict]) -> None:
+    header = f"{'pack':>4s} {'seconds':>9s} {'fits/hour':>10s} {'× one at a time':>16s} {'peak MiB':>9s}"
+    print(f"Decoder {rows[0]['size']}², width {rows[0]['width']}, λ = 2, {rows[0]['variant']}, "
+          f"{rows[0]['iterations']} iterations, metrics every 10")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['pack']:4d} {r['seconds']:9.1f} {r['fits_per_hour']:10.1f} {r['vs_one_at_a_time']:16.2f} "
+              f"{fmt(r['peak_mib'], '9.0f'):>9s}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="CI-sized: width 32, 64², fp32 and bf16")
     parser.add_argument("--check-precision", action="store_true",
                         help="compare tf32/bf16 clean-PSNR curves with fp32 (512², 1000 iterations)")
-    parser.add_argument("--size", type=int, default=512, help="--check-precision: side length")
-    parser.add_argument("--iters", type=int, default=1000, help="--check-precision: iterations")
+    parser.add_argument("--pack", action="store_true",
+                        help="fits/hour of 128² Decoder fits packed N = 1, 2, 4, 8 at a time (fit_many)")
+    parser.add_argument("--variant", default="fp32", choices=[v.name for v in VARIANTS], help="--pack: variant")
+    parser.add_argument("--size", type=int, help="side length (--check-precision: 512, --pack: 128)")
+    parser.add_argument("--iters", type=int,
+                        help="iterations (--check-precision: 1000; --pack: 300 on a GPU, 5 on a CPU)")
     parser.add_argument("--json", help="write the rows (and the headline) to this JSON file")
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variant")
     parser.add_argument("--threads", type=int, default=1,
@@ -367,8 +423,14 @@ def main(argv: list[str] | None = None) -> int:
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "threads": torch.get_num_threads()}
     log(f"bench.suite on {info['device']} (torch {info['torch']})")
-    if args.check_precision:
-        size, iters, width = (64, 100, 32) if args.quick else (args.size, args.iters, 128)
+    if args.pack:
+        size, iters, width = (64, 5, 32) if args.quick else (128, 300 if device.type == "cuda" else 5, 128)
+        variant = next(v for v in VARIANTS if v.name == args.variant)
+        rows = pack_throughput(device, args.size or size, width, args.iters or iters, variant)
+        print_pack_table(rows)
+        output = {"info": info, "pack": rows}
+    elif args.check_precision:
+        size, iters, width = (64, 100, 32) if args.quick else (args.size or 512, args.iters or 1000, 128)
         rows = check_precision(device, size, iters, width)
         for r in rows:
             print(f"decoder {r['upsample']:9s} {r['size']}² {r['precision']}: max |ΔPSNR| {r['max_abs_dpsnr_db']:.3f} dB "

@@ -448,18 +448,22 @@ class _Running:
 
     def __init__(self, job: FitJob, device: torch.device, own_stream: bool) -> None:
         self.cfg = job.cfg
-        with precision_flags(job.cfg.precision, device):
+        self.stream = torch.cuda.Stream(device) if own_stream else None
+        if self.stream is not None:  # see the caller's work on the inputs
+            self.stream.wait_stream(torch.cuda.current_stream(device))
+        # The loop's tensors are made on its own stream too: the caching allocator may hand a
+        # freed block to another stream at once, so a tensor must live and die on one stream.
+        with precision_flags(job.cfg.precision, device), self.on_stream():
             self.loop = FitLoop(job.net_cfg, job.op, job.y, job.clean, job.cfg, job.extra_metrics,
                                 job.net_metrics, device)
-        self.stream = torch.cuda.Stream(device) if own_stream else None
-        if self.stream is not None:  # the loop's tensors were made on the current stream
-            self.stream.wait_stream(torch.cuda.current_stream(device))
+
+    def on_stream(self) -> contextlib.AbstractContextManager:
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
 
     def advance(self, t: int) -> bool:
         """Iteration t, and the host sync at the fit's ``sync_every``; True when the fit is over."""
         cfg, loop = self.cfg, self.loop
-        on_stream = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
-        with precision_flags(cfg.precision, loop.device), on_stream:
+        with precision_flags(cfg.precision, loop.device), self.on_stream():
             try:
                 loop.iteration(t)
             except torch.linalg.LinAlgError:  # NaN weights break the exact σ before a sync sees the loss

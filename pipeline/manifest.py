@@ -320,11 +320,11 @@ class MlflowSpec(BaseModel):
 
 
 class Resources(BaseModel):
-    """What one fit asks of the cluster."""
+    """What one sweep worker asks of the cluster, and how many fits it runs at once."""
 
     model_config = ConfigDict(extra="forbid")
 
-    num_gpus: float = Field(0, ge=0, description="GPUs per fit; fractions share a GPU")
+    num_gpus: float = Field(0, ge=0, description="GPUs per worker (per fit at pack 1); fractions share a GPU")
     num_cpus: float = Field(1, ge=0)
     max_retries: NonNegativeInt = Field(2, description="retries after infrastructure failures only")
     max_workers: PositiveInt | None = Field(None, description="cap on concurrent fit workers")
