@@ -52,6 +52,11 @@ KEY_FIELDS = ("image_name", "crop", "grey", "task", "task_params", "network", "f
 # use them (and their stored results) stay valid.
 OPTIONAL_KEY_FIELDS = ("downsample",)
 
+# Space-separated path/URI prefixes that every manifest's storage, data root and image URIs must
+# lie under (a shared cluster sets it; unset: anywhere the process can reach).
+ALLOWED_ROOTS_ENV = "DIP_ALLOWED_ROOTS"
+_PATH_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]  # where in the manifest, what is wrong
 ListFiles = Callable[[str, str], list[str]]
@@ -134,6 +139,38 @@ def _check_settings(
 def _names_schema(names: Iterable[str]) -> dict[str, Any]:
     """JSON-schema hint so editors complete and check the keys of a free-form mapping."""
     return {"propertyNames": {"enum": sorted(names)}}
+
+
+def _escape_problem(relative: str) -> str | None:
+    """Why a path inside a data set could leave it ('..', absolute), or None."""
+    if relative.startswith(("/", "\\")) or "://" in relative:
+        return f"{relative!r} must be relative to the data set folder"
+    if ".." in re.split(r"[/\\]", relative):
+        return f"{relative!r} may not contain '..'"
+    return None
+
+
+def as_uri(location: str) -> str:
+    """A path or URI in comparable form: local paths become absolute file:// URIs, no trailing /."""
+    if "://" not in location:
+        location = "file://" + os.path.abspath(os.path.expanduser(location))
+    return location.rstrip("/")
+
+
+def allowed_roots() -> list[str]:
+    """The prefixes of $DIP_ALLOWED_ROOTS as URIs ending in '/'; empty when unset."""
+    return [as_uri(root) + "/" for root in os.environ.get(ALLOWED_ROOTS_ENV, "").split()]
+
+
+def location_problem(location: str) -> str | None:
+    """Why a storage, data-root or image location is refused ('..', outside the allowed roots), or None."""
+    if ".." in location.split("://", 1)[-1].split("/"):
+        return f"{location!r} may not contain '..' components"
+    roots = allowed_roots()
+    if roots and not any((as_uri(location) + "/").startswith(root) for root in roots):
+        listed = " ".join(root.rstrip("/") for root in roots)
+        return f"{location} is outside the allowed roots ({listed}; set by ${ALLOWED_ROOTS_ENV})"
+    return None
 
 
 # --- manifest models -----------------------------------------------------------------------------
@@ -223,6 +260,28 @@ class ImageSet(BaseModel):
         ]
         _raise_if(bad, "ImageSet.sample")
         return names
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_is_one_folder(cls, name: str | None) -> str | None:
+        if name is not None and not _PATH_COMPONENT.fullmatch(name):
+            raise PydanticCustomError("manifest", "a data set is one folder name under the data root (letters, "
+                                      "digits, . _ -), not {name!r}", {"name": name})
+        return name
+
+    @field_validator("files")
+    @classmethod
+    def _files_stay_inside(cls, names: list[str] | None) -> list[str] | None:
+        _raise_if([((j,), problem) for j, n in enumerate(names or []) if (problem := _escape_problem(n))],
+                  "ImageSet.files")
+        return names
+
+    @field_validator("glob")
+    @classmethod
+    def _glob_stays_inside(cls, pattern: str | None) -> str | None:
+        if pattern is not None and (problem := _escape_problem(pattern)):
+            raise PydanticCustomError("manifest", "{problem}", {"problem": problem})
+        return pattern
 
     @model_validator(mode="after")
     def _one_source(self) -> ImageSet:
@@ -457,9 +516,19 @@ class Manifest(BaseModel):
         _raise_if(problems, "Manifest")
         if self.storage is None:
             self.storage = f"file://{Path.cwd()}/results/{self.name}"
+        _raise_if(list(self._location_problems()), "Manifest")
         if self.mlflow.experiment is None:
             self.mlflow.experiment = self.name
         return self
+
+    def _location_problems(self) -> Iterator[Problem]:
+        """Storage, data root and image URIs: no '..', and under $DIP_ALLOWED_ROOTS when it is set."""
+        places: list[tuple[Loc, str]] = [(("storage",), self.storage or ""), (("data_root",), self.data_root or "")]
+        places += [(("images", i, "uris", j), uri) for i, images in enumerate(self.images)
+                   for j, uri in enumerate(images.uris or []) if not uri.startswith(SAMPLE_PREFIX)]
+        for loc, location in places:
+            if problem := location_problem(location):
+                yield loc, problem
 
     # --- resolution ----------------------------------------------------------------------------
 
@@ -587,7 +656,7 @@ class FitSpec(BaseModel):
     network: dict[str, Any]  # every NetConfig field
     fit: dict[str, Any]  # every FitConfig field, seed included
     seed: int
-    key: str
+    key: str = Field(pattern=r"^[0-9a-f]{16}$")  # fit_key's form: one safe path component in storage
 
     def net_config(self) -> NetConfig:
         return _NET_ADAPTER.validate_python(self.network)

@@ -96,7 +96,12 @@ def _fs_options(uri: str, storage_options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _normalise_uri(uri: str) -> str:
-    """Plain paths become absolute file:// URIs, so every process resolves them alike."""
+    """Plain paths become absolute file:// URIs, so every process resolves them alike.
+
+    '..' components are refused: a store writes under its own prefix and nowhere else.
+    """
+    if ".." in uri.split("://", 1)[-1].split("/"):
+        raise ValueError(f"storage URI {uri!r} may not contain '..' components")
     if "://" not in uri:
         uri = "file://" + os.path.abspath(os.path.expanduser(uri))
     return uri.rstrip("/")

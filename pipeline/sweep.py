@@ -64,8 +64,21 @@ def work_estimate(specs: list[FitSpec]) -> int:
 # --- Ray --------------------------------------------------------------------------------------
 
 
+def loopback_unless_cluster(address: str | None) -> None:
+    """Without a cluster address, make the local Ray listen on loopback only.
+
+    Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported (ray_constants), so this
+    must run before the first ``import ray`` of the process; set later, Ray's servers listen on
+    every interface (checked in tests/test_security.py). Not set for a cluster: the driver
+    must then advertise its real address.
+    """
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def connect(address: str | None) -> None:
     """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a loopback-only local one."""
+    loopback_unless_cluster(address)
     import ray
 
     if ray.is_initialized():
@@ -74,9 +87,6 @@ def connect(address: str | None) -> None:
     if address:
         ray.init(address=address, logging_level="warning", log_to_driver=True)
         return
-    # A laptop run listens on loopback only (see docs/PLATFORM-NOTES: without this Ray
-    # advertises the machine's network address).
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(include_dashboard=False, logging_level="warning", log_to_driver=True)
 
 
@@ -244,6 +254,7 @@ class SweepOutcome:
 def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool = False,
               progress: bool = True) -> SweepOutcome:
     """Run every fit of the manifest that storage does not hold yet."""
+    loopback_unless_cluster(address)
     import ray
     from ray.util import ActorPool
 
