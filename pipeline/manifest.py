@@ -825,11 +825,36 @@ def _duplicate_keys(node: yaml.Node | None, loc: Loc = ()) -> Iterator[Problem]:
             yield from _duplicate_keys(item, loc + (i,))
 
 
+MAX_EXPANDED_NODES = 100_000  # far above any real manifest; aliases can otherwise expand exponentially
+
+
+def _check_expanded_size(root: yaml.Node | None, label: str) -> None:
+    """Refuse recursive aliases and documents whose aliases expand beyond MAX_EXPANDED_NODES
+    ("billion laughs"): validation walks the expanded tree."""
+    count = 0
+    stack: list[tuple[yaml.Node, tuple[int, ...]]] = [(root, ())] if root is not None else []
+    while stack:
+        node, ancestors = stack.pop()
+        count += 1
+        if id(node) in ancestors:
+            raise ManifestError([f"{label}:{node.start_mark.line + 1}: YAML alias refers to a node that contains it"])
+        if count > MAX_EXPANDED_NODES:
+            raise ManifestError([f"{label}: YAML aliases expand to more than {MAX_EXPANDED_NODES} values"])
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])
+        stack += [(child, ancestors + (id(node),)) for child in children]
+
+
 def _parse(text: str, label: str) -> tuple[Any, yaml.Node | None]:
     """The data and node tree of one YAML document (safe loader), syntax errors with their line."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # checks the characters first
+    except yaml.reader.ReaderError as err:  # a character YAML does not allow (control characters)
+        line = text.count("\n", 0, err.position) + 1
+        raise ManifestError([f"{label}:{line}: not YAML text: character #x{err.character:04x} is not allowed"]) from None
     try:
         node = loader.get_single_node()
+        _check_expanded_size(node, label)
         return (loader.construct_document(node) if node is not None else None), node
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
@@ -848,9 +873,11 @@ def load_manifest(source: str | Path) -> Manifest:
     if isinstance(source, Path) or "\n" not in source:
         label = str(source)
         try:
-            text = Path(source).read_text()
+            text = Path(source).read_text(encoding="utf-8")
         except OSError as err:
             raise ManifestError([f"{label}: cannot read manifest: {err.strerror or err}"]) from None
+        except UnicodeDecodeError as err:
+            raise ManifestError([f"{label}: not UTF-8 text (byte {err.start})"]) from None
     else:
         label, text = "<manifest>", source
     data, root = _parse(text, label)
