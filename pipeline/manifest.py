@@ -373,6 +373,17 @@ class Resources(BaseModel):
     num_cpus: float = Field(1, ge=0)
     max_retries: NonNegativeInt = Field(2, description="retries after infrastructure failures only")
     max_workers: PositiveInt | None = Field(None, description="cap on concurrent fit workers")
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources per fit, e.g. {accelerator_a100: 1}; also how tests stand in for GPUs",
+    )
+
+    @field_validator("custom")
+    @classmethod
+    def _positive_amounts(cls, amounts: dict[str, float]) -> dict[str, float]:
+        _raise_if([((name,), "a resource amount must be positive") for name, n in amounts.items() if not n > 0],
+                  "Resources.custom")
+        return amounts
 
 
 @dataclass(frozen=True)
@@ -880,6 +891,11 @@ def load_manifest(source: str | Path) -> Manifest:
             raise ManifestError([f"{label}: not UTF-8 text (byte {err.start})"]) from None
     else:
         label, text = "<manifest>", source
+    return parse_manifest(text, label)
+
+
+def parse_manifest(text: str, label: str) -> Manifest:
+    """Validate manifest YAML text; `label` (a file name or URI) starts every error line."""
     data, root = _parse(text, label)
     located = _Source(label, root)
     problems = list(_duplicate_keys(root))

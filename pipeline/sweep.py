@@ -90,11 +90,12 @@ def connect(address: str | None) -> None:
     ray.init(include_dashboard=False, logging_level="warning", log_to_driver=True)
 
 
-def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int) -> Any:
+def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int, custom: dict[str, float]) -> Any:
     """The Ray actor class that runs fits, with the manifest's resources."""
     import ray
 
-    @ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=-1, max_task_retries=max_retries)
+    @ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, resources=custom or None, max_restarts=-1,
+                max_task_retries=max_retries)
     class FitWorker:
         def __init__(self, store_uri: str, storage_options: dict | None) -> None:
             import torch
@@ -123,6 +124,8 @@ def pool_size(manifest: Manifest, n_fits: int) -> int:
         fit_slots = int(total.get("GPU", 0) // res.num_gpus)
     else:
         fit_slots = int(total.get("CPU", 1) // max(res.num_cpus, 1e-3))
+    for name, amount in res.custom.items():
+        fit_slots = min(fit_slots, int(total.get(name, 0) // amount))
     if res.max_workers:
         fit_slots = min(fit_slots, res.max_workers)
     return max(1, min(fit_slots, n_fits))
@@ -274,7 +277,7 @@ def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool
     mlflow_log = MlflowLog(manifest, store)
     connect(address)
     res = manifest.resources
-    worker_cls = fit_worker_class(res.num_gpus, res.num_cpus, res.max_retries)
+    worker_cls = fit_worker_class(res.num_gpus, res.num_cpus, res.max_retries, res.custom)
     actors = [worker_cls.remote(store.uri, manifest.storage_options) for _ in range(pool_size(manifest, len(todo)))]
     pool = ActorPool(actors)
     bar = Progress(total=len(todo))
