@@ -44,7 +44,7 @@ def base_job_id(manifest: Manifest) -> str:
 
 def check_submittable(manifest: Manifest) -> None:
     """A sweep run by a job must store its results where every node and the user can reach them."""
-    if "storage" not in manifest.model_fields_set:
+    if not manifest.written("storage"):
         raise ValueError(f"{manifest.name}: set storage (e.g. s3://bucket/results/{manifest.name}); the default "
                          f"results/ folder would be inside the job's temporary working directory")
 
@@ -59,15 +59,6 @@ def submit(manifest: Manifest, location: str, address: str, working_dir: str | N
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     check_submittable(manifest)
-    client = JobSubmissionClient(address)
-    base = base_job_id(manifest)
-    previous = {job.submission_id: job.status for job in client.list_jobs()
-                if job.submission_id and (job.submission_id == base or job.submission_id.startswith(base + "-"))}
-    running = [job_id for job_id, status in previous.items() if not status.is_terminal()]
-    if running:
-        return Submission(running[0], str(previous[running[0]]), new=False)
-    job_id = base if not previous else f"{base}-{len(previous) + 1}"
-
     upload: tempfile.TemporaryDirectory[str] | None = None
     runtime_env: dict = {}
     program = "dip"
@@ -85,6 +76,14 @@ def submit(manifest: Manifest, location: str, address: str, working_dir: str | N
         runtime_env["working_dir"] = upload.name
         target = MANIFEST_NAME
     try:
+        client = JobSubmissionClient(address)
+        base = base_job_id(manifest)
+        previous = {job.submission_id: job.status for job in client.list_jobs() if job.submission_id
+                    and (job.submission_id == base or job.submission_id.startswith(base + "-"))}
+        running = [job_id for job_id, status in previous.items() if not status.is_terminal()]
+        if running:
+            return Submission(running[0], str(previous[running[0]]), new=False)
+        job_id = base if not previous else f"{base}-{len(previous) + 1}"
         client.submit_job(entrypoint=f"{program} sweep run {shlex.quote(target)}", submission_id=job_id,
                           runtime_env=runtime_env or None, metadata={"dip.sweep": manifest.name})
     finally:

@@ -532,6 +532,12 @@ class Manifest(BaseModel):
             self.mlflow.experiment = self.name
         return self
 
+    def written(self, field: str) -> bool:
+        """Whether the manifest itself sets a top-level field (validation fills in some defaults)."""
+        if self._source is not None and self._source.root is not None:
+            return self._source.line((field,)) is not None
+        return field in self.model_fields_set
+
     def _location_problems(self) -> Iterator[Problem]:
         """Storage, data root and image URIs: no '..', and under $DIP_ALLOWED_ROOTS when it is set."""
         places: list[tuple[Loc, str]] = [(("storage",), self.storage or ""), (("data_root",), self.data_root or "")]
