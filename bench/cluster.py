@@ -86,17 +86,21 @@ class LocalCluster:
         from ray.cluster_utils import Cluster
 
         port = free_port()
+        # Every node's dashboard agent gets a port of its own: the default (52365) is one per
+        # machine, and other Ray clusters on this machine may hold it.
         cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-            "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port})
+            "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
+            "dashboard_agent_listen_port": free_port()})
         local = cls(cluster, f"http://127.0.0.1:{port}")
         for _ in range(workers):
             local.add_worker(cpus_per_worker, gpus_per_worker)
         wait_until(local.jobs_ready, 120, "the Jobs API")
+        local.wait_for_job_agent()
         wait_until(lambda: local.alive_nodes() == workers + 1, 60, f"{workers + 1} nodes")
         return local
 
     def add_worker(self, cpus: int = 1, gpus: int = 2) -> Any:
-        node = self.cluster.add_node(num_cpus=cpus, resources={FAKE_GPU: gpus})
+        node = self.cluster.add_node(num_cpus=cpus, resources={FAKE_GPU: gpus}, dashboard_agent_listen_port=free_port())
         self.workers.append(node)
         return node
 
@@ -107,6 +111,19 @@ class LocalCluster:
         except Exception:  # noqa: BLE001 - not up yet, whatever the error
             return False
 
+    def wait_for_job_agent(self, timeout: float = 120) -> None:
+        """Run a no-op job: the Jobs API answers before the head's job agent can take jobs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                job_id = self.client().submit_job(entrypoint="true")
+                break
+            except RuntimeError as err:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the head's job agent never came up: {err}") from None
+                time.sleep(1)
+        wait_for_job(self.client(), job_id, timeout)
+
     def client(self) -> Any:
         from ray.job_submission import JobSubmissionClient
 
@@ -115,13 +132,16 @@ class LocalCluster:
     def alive_nodes(self) -> int:
         from ray.util.state import list_nodes
 
-        return len(list_nodes(address=self.dashboard, filters=[("state", "=", "ALIVE")]))
+        # counted here: with a state filter the API takes dead nodes for missing output and raises
+        nodes = list_nodes(address=self.dashboard, limit=1000, raise_on_missing_output=False)
+        return sum(1 for n in nodes if n.state == "ALIVE")
 
     def fit_actors(self) -> list[Any]:
         """The live FitWorker actors with their node ids."""
         from ray.util.state import list_actors
 
-        return list_actors(address=self.dashboard, filters=[("class_name", "=", "FitWorker"), ("state", "=", "ALIVE")])
+        alive = list_actors(address=self.dashboard, filters=[("state", "=", "ALIVE")])
+        return [a for a in alive if a.class_name.endswith("FitWorker")]  # "fit_worker_class.<locals>.FitWorker"
 
     def kill_worker(self, node: Any) -> float:
         """SIGKILL the node's raylet (its workers die with it), then clear its other processes; returns when."""
@@ -239,8 +259,14 @@ class MlflowServer:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             return Counter()
-        runs = client.search_runs([exp.experiment_id], "tags.`dip.kind` = 'fit'", max_results=50_000)
-        return Counter(r.data.tags["dip.fit_key"] for r in runs if r.info.status == "FINISHED")
+        keys: Counter[str] = Counter()
+        token = None
+        while True:  # pages of 500: one search of thousands of runs outlasts the client's timeout
+            page = client.search_runs([exp.experiment_id], "tags.`dip.kind` = 'fit'", max_results=500,
+                                      page_token=token)
+            keys.update(r.data.tags["dip.fit_key"] for r in page if r.info.status == "FINISHED")
+            if not (token := page.token):
+                return keys
 
 
 # --- manifests and checks ------------------------------------------------------------------------------------
@@ -327,7 +353,10 @@ def load_run(fits: int, workers: int, gpus_per_worker: int, tmp: Path) -> None:
         seconds = time.perf_counter() - submitted
         logs = client.get_job_logs(sub.job_id)
         summary = [line for line in logs.splitlines() if "fits done" in line]
-        print(f"job {sub.job_id}: {status} in {seconds:.1f} s (submit to finish); {summary[-1] if summary else logs[-2000:]}")
+        progress = [line for line in logs.replace("\r", "\n").splitlines() if " fits/s · " in line]
+        print(f"job {sub.job_id}: {status} in {seconds:.1f} s (submit to finish, MLflow logging drained); "
+              f"{summary[-1] if summary else logs[-2000:]}")
+        print(f"the driver's last progress line (fits stored): {progress[-1].strip() if progress else '?'}")
         check = completeness(s3, bucket, keys)
         runs = mlflow_server.fit_run_keys("load")
         print(f"{fits} fits: {check.done} done, {check.missing} lost, {check.duplicated} completed twice, "

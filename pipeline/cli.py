@@ -248,6 +248,7 @@ COMMANDS = {"fit": run_fit, "manifest": run_manifest, "sweep": run_sweep_command
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.images import ImageError
+    from pipeline.jobs import SubmitError
     from pipeline.storage import StorageError
     from pipeline.tracking import TrackingError
 
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always", UserWarning)
             warnings.showwarning = lambda message, *_, **__: print(f"dip: warning: {message}", file=sys.stderr)
             return COMMANDS[args.command](args)
-    except (UserError, ImageError, ValueError, StorageError, TrackingError) as err:
+    except (UserError, ImageError, ValueError, StorageError, TrackingError, SubmitError) as err:
         print(f"dip: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:  # a fit that diverged (NaN loss) names its iteration

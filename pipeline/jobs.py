@@ -16,12 +16,20 @@ import json
 import shlex
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.manifest import Manifest
 
 MANIFEST_NAME = "manifest.yaml"  # the manifest's name inside an uploaded working directory
+# A head whose job agent is not registered yet answers HTTP 500 "No available agent to submit
+# job, please try again later" (a cluster that just started, or an agent restarting).
+AGENT_WAIT_S = 60.0
+
+
+class SubmitError(RuntimeError):
+    """The cluster could not be reached or refused the job; the message is one line."""
 
 
 @dataclass
@@ -29,6 +37,10 @@ class Submission:
     job_id: str
     status: str  # the job's status as the Jobs API reports it
     new: bool  # False when the same sweep was already running and nothing was submitted
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300] or type(err).__name__
 
 
 def is_remote(location: str) -> bool:
@@ -76,7 +88,10 @@ def submit(manifest: Manifest, location: str, address: str, working_dir: str | N
         runtime_env["working_dir"] = upload.name
         target = MANIFEST_NAME
     try:
-        client = JobSubmissionClient(address)
+        try:
+            client = JobSubmissionClient(address)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise SubmitError(f"cannot reach the Ray Jobs API at {address}: {_one_line(err)}") from None
         base = base_job_id(manifest)
         previous = {job.submission_id: job.status for job in client.list_jobs() if job.submission_id
                     and (job.submission_id == base or job.submission_id.startswith(base + "-"))}
@@ -84,8 +99,16 @@ def submit(manifest: Manifest, location: str, address: str, working_dir: str | N
         if running:
             return Submission(running[0], str(previous[running[0]]), new=False)
         job_id = base if not previous else f"{base}-{len(previous) + 1}"
-        client.submit_job(entrypoint=f"{program} sweep run {shlex.quote(target)}", submission_id=job_id,
-                          runtime_env=runtime_env or None, metadata={"dip.sweep": manifest.name})
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                client.submit_job(entrypoint=f"{program} sweep run {shlex.quote(target)}", submission_id=job_id,
+                                  runtime_env=runtime_env or None, metadata={"dip.sweep": manifest.name})
+                break
+            except RuntimeError as err:
+                if "try again later" not in str(err) or time.monotonic() > deadline:
+                    raise SubmitError(f"{address} refused job {job_id}: {_one_line(err)}") from None
+                time.sleep(2)
     finally:
         if upload is not None:
             upload.cleanup()

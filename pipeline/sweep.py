@@ -1,6 +1,6 @@
 """Sweeps on Ray: plan what is missing, run it on reusable fit actors, record it in MLflow.
 
-Execution uses Ray Core actors behind ``ray.util.ActorPool``: an actor holds one GPU (or a
+Execution uses Ray Core actors fed by a small dispatcher (`Dispatch`): an actor holds one GPU (or a
 CPU slot) for the whole sweep, so CUDA/cuDNN warm-up is paid once per worker, and the pool
 hands each actor its next fit as soon as it is free. Actors restart when their process or
 node dies and Ray re-runs the interrupted call (``max_restarts``/``max_task_retries``);
@@ -15,7 +15,7 @@ import queue
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,12 +254,77 @@ class SweepOutcome:
     seconds: float
 
 
+class Dispatch:
+    """Fits handed to idle actors, results collected with ``ray.wait`` as they finish.
+
+    Ray retries a call whose actor died (``max_task_retries``), but when a whole node dies the
+    calls to its actors fail fast ("actor unavailable") until the cluster notices the node is
+    gone, which can use up those retries in seconds. So a call that still fails is the
+    dispatcher's to retry: the fit goes back to the front of the queue for another actor (up to
+    ``resources.max_retries`` times; storage makes a repeated completion harmless) and the actor
+    that failed rests for a growing pause, so the restarted actor gets work again once Ray has
+    moved it to a live node.
+    """
+
+    MAX_REST_S = 30.0
+
+    def __init__(self, actors: list[Any], specs: list[FitSpec], max_retries: int) -> None:
+        self.actors = actors
+        self.idle = list(range(len(actors)))
+        self.resting: dict[int, float] = {}  # actor index -> when it may take a fit again
+        self.strikes = [0] * len(actors)  # failed calls in a row, per actor
+        self.queue: deque[FitSpec] = deque(specs)
+        self.running: dict[Any, tuple[int, FitSpec]] = {}
+        self.lost: Counter[str] = Counter()  # failed calls per fit key
+        self.max_retries = max_retries
+
+    def busy(self) -> bool:
+        return bool(self.queue or self.running)
+
+    def _hand_out(self) -> None:
+        now = time.monotonic()
+        for i, until in list(self.resting.items()):
+            if until <= now:
+                del self.resting[i]
+                self.idle.append(i)
+        while self.queue and self.idle:
+            i, spec = self.idle.pop(0), self.queue.popleft()
+            self.running[self.actors[i].run.remote(spec.model_dump(mode="json"))] = (i, spec)
+
+    def next(self, timeout: float = 1.0) -> list[tuple[FitSpec, dict | None]]:
+        """Finished calls: (spec, record), or (spec, None) for a fit lost beyond its retries."""
+        import ray
+
+        self._hand_out()
+        if not self.running:
+            time.sleep(min(timeout, 0.2))
+            return []
+        ready, _ = ray.wait(list(self.running), num_returns=1, timeout=timeout)
+        out: list[tuple[FitSpec, dict | None]] = []
+        for ref in ready:
+            i, spec = self.running.pop(ref)
+            try:
+                record = ray.get(ref)
+            except ray.exceptions.RayError:  # its worker or node died, or storage stayed down
+                self.strikes[i] += 1
+                self.resting[i] = time.monotonic() + min(2.0 ** self.strikes[i], self.MAX_REST_S)
+                self.lost[spec.key] += 1
+                if self.lost[spec.key] <= self.max_retries:
+                    self.queue.appendleft(spec)
+                else:
+                    out.append((spec, None))
+                continue
+            self.strikes[i] = 0
+            self.idle.append(i)
+            out.append((spec, record))
+        return out
+
+
 def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool = False,
               progress: bool = True) -> SweepOutcome:
     """Run every fit of the manifest that storage does not hold yet."""
     loopback_unless_cluster(address)
     import ray
-    from ray.util import ActorPool
 
     specs = expand_specs(manifest)  # every manifest error surfaces before anything is written
     store = open_store(manifest)
@@ -279,38 +344,28 @@ def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool
     res = manifest.resources
     worker_cls = fit_worker_class(res.num_gpus, res.num_cpus, res.max_retries, res.custom)
     actors = [worker_cls.remote(store.uri, manifest.storage_options) for _ in range(pool_size(manifest, len(todo)))]
-    pool = ActorPool(actors)
+    dispatch = Dispatch(actors, todo, res.max_retries)
     bar = Progress(total=len(todo))
     failures: dict[str, str] = {}
-    in_flight: set[str] = set()
     try:
-        for spec in todo:
-            pool.submit(lambda actor, s: actor.run.remote(s.model_dump(mode="json")), spec)
-            in_flight.add(spec.key)
-        while pool.has_next():
-            bar.running = min(len(in_flight), len(actors))
+        while dispatch.busy():
+            bar.running = len(dispatch.running)
             if progress:
                 bar.show()
-            try:
-                record = pool.get_next_unordered()
-            except ray.exceptions.RayError:  # the worker died more often than max_retries;
-                continue  # its fit stays in in_flight and is recorded below
-            in_flight.discard(record["key"])
-            if record["status"] == "done":
-                bar.done += 1
-                if not record.get("skipped"):
-                    mlflow_log.log(record["key"])
-            else:
-                bar.failed += 1
-                failures[record["key"]] = record["reason"]
-        # Fits whose worker died beyond its retries are written as failures so status shows them.
-        for spec in todo:
-            if spec.key in in_flight and not store.is_done(spec.key):
-                reason = f"worker lost more than resources.max_retries={res.max_retries} times"
-                store.write_failure(spec.key, spec.model_dump(mode="json"), reason, "WorkerLost",
-                                    res.max_retries + 1)
-                failures[spec.key] = reason
-                bar.failed += 1
+            for spec, record in dispatch.next():
+                if record is None:  # written as a failure so that status shows it
+                    reason = f"worker lost more than resources.max_retries={res.max_retries} times"
+                    store.write_failure(spec.key, spec.model_dump(mode="json"), reason, "WorkerLost",
+                                        res.max_retries + 1)
+                    record = {"key": spec.key, "status": "done" if store.is_done(spec.key) else "failed",
+                              "reason": reason, "skipped": True}
+                if record["status"] == "done":
+                    bar.done += 1
+                    if not record.get("skipped"):
+                        mlflow_log.log(record["key"])
+                else:
+                    bar.failed += 1
+                    failures[record["key"]] = record["reason"]
     except KeyboardInterrupt:
         print("\ninterrupted: finished fits are stored; rerun the same command to resume", file=sys.stderr)
         raise
