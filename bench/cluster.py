@@ -79,19 +79,23 @@ class LocalCluster:
 
     cluster: Any
     dashboard: str
+    previous_address: str | None = None  # what /tmp/ray/ray_current_cluster held before
     workers: list[Any] = field(default_factory=list)
 
     @classmethod
     def start(cls, workers: int = 2, cpus_per_worker: int = 1, gpus_per_worker: int = 2) -> LocalCluster:
         from ray.cluster_utils import Cluster
 
+        temp_dir = tempfile.mkdtemp(prefix="dipray-", dir="/tmp")  # sessions and logs of its own
         port = free_port()
         # Every node's dashboard agent gets a port of its own: the default (52365) is one per
         # machine, and other Ray clusters on this machine may hold it.
+        previous_address = _recorded_address()
         cluster = Cluster(initialize_head=True, connect=False, head_node_args={
             "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
-            "dashboard_agent_listen_port": free_port()})
-        local = cls(cluster, f"http://127.0.0.1:{port}")
+            "dashboard_agent_listen_port": free_port(), "temp_dir": temp_dir})
+        _record_address(previous_address)
+        local = cls(cluster, f"http://127.0.0.1:{port}", previous_address)
         for _ in range(workers):
             local.add_worker(cpus_per_worker, gpus_per_worker)
         wait_until(local.jobs_ready, 120, "the Jobs API")
@@ -159,6 +163,28 @@ class LocalCluster:
 
     def shutdown(self) -> None:
         self.cluster.shutdown()
+        _record_address(self.previous_address)  # shutdown deletes the file, whoever wrote it
+
+
+def _address_file() -> Path:
+    from ray._common.utils import get_ray_address_file
+
+    return Path(get_ray_address_file(None))
+
+
+def _recorded_address() -> str | None:
+    path = _address_file()
+    return path.read_text() if path.exists() else None
+
+
+def _record_address(address: str | None) -> None:
+    """Put back what /tmp/ray/ray_current_cluster held: `Cluster` writes its head's address there,
+    and a plain `ray.init()` of any other process on the machine would then join this cluster."""
+    path = _address_file()
+    if address is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_text(address)
 
 
 def wait_for_job(client: Any, job_id: str, timeout: float) -> str:

@@ -87,7 +87,9 @@ def connect(address: str | None) -> None:
     if address:
         ray.init(address=address, logging_level="warning", log_to_driver=True)
         return
-    ray.init(include_dashboard=False, logging_level="warning", log_to_driver=True)
+    # address="local": a new instance of our own; plain ray.init() would join any cluster whose
+    # address another process left in /tmp/ray/ray_current_cluster on this machine.
+    ray.init(address="local", include_dashboard=False, logging_level="warning", log_to_driver=True)
 
 
 def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int, custom: dict[str, float]) -> Any:
