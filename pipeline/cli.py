@@ -11,6 +11,10 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported lazily at run time, so `dip --help` starts fast
+    from pipeline.manifest import Manifest
 
 TASK_OPTIONS = {  # task -> the CLI options that parameterise its degradation
     "clean": [],
@@ -110,7 +114,7 @@ def add_manifest_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("manifest", help="check a manifest, or print its JSON Schema")
     msub = p.add_subparsers(dest="action", required=True)
     v = msub.add_parser("validate", help="report every error with its field path and line; exit 2 if any")
-    v.add_argument("manifest", type=Path)
+    v.add_argument("manifest", help="manifest file or URI (s3://…)")
     msub.add_parser("schema", help="print the manifest JSON Schema (for editor completion)")
 
 
@@ -123,12 +127,47 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
                        ("sync-mlflow", "log to MLflow every stored fit it lacks (no duplicates)"),
                        ("collect", "gather all fit summaries into one Parquet file")]:
         q = ssub.add_parser(name, help=text, description=text)
-        q.add_argument("manifest", type=Path)
+        q.add_argument("manifest", help="manifest file or URI (s3://…)")
         if name == "run":
             q.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
             q.add_argument("--retry-failed", action="store_true", help="also rerun fits recorded as failed")
         if name == "collect":
             q.add_argument("--out", help="output URI (default: <storage>/summary.parquet)")
+
+
+def add_submit_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="run a sweep as a job on a Ray cluster (Jobs API)",
+                       description="Submit 'dip sweep run MANIFEST' to a Ray cluster and print the job id. "
+                                   "Submitting a sweep that is running reports that job; after a stop, "
+                                   "submitting again resumes. The token comes from RAY_AUTH_TOKEN, "
+                                   "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.")
+    p.add_argument("manifest", help="manifest URI the cluster can read (s3://…) or a local file to upload")
+    p.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
+    p.add_argument("--working-dir", help="upload this folder (holding the manifest) and run its code")
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    from pipeline.jobs import submit
+
+    sub = submit(read_manifest(args.manifest), args.manifest, args.address, args.working_dir)
+    if sub.new:
+        print(f"submitted {sub.job_id}")
+    else:
+        print(f"{sub.job_id} is already {sub.status.lower()}; not submitted again")
+    print(f"follow: ray job logs --follow {sub.job_id} --address {args.address}\n"
+          f"stop:   ray job stop {sub.job_id} --address {args.address}\n"
+          f"status: dip sweep status {args.manifest}")
+    return 0
+
+
+def read_manifest(location: str) -> Manifest:
+    """A manifest from a local file or from a URI on object storage (read with fsspec)."""
+    from pipeline.manifest import load_manifest, parse_manifest
+    from pipeline.storage import read_text
+
+    if "://" in location and not location.startswith("file://"):
+        return parse_manifest(read_text(location), location)
+    return load_manifest(location.removeprefix("file://"))
 
 
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
@@ -148,13 +187,13 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_manifest(args: argparse.Namespace) -> int:
-    from pipeline.manifest import json_schema, load_manifest
+    from pipeline.manifest import json_schema
     from pipeline.sweep import expand_specs
 
     if args.action == "schema":
         print(json.dumps(json_schema(), indent=2))
         return 0
-    manifest = load_manifest(args.manifest)
+    manifest = read_manifest(args.manifest)
     specs = expand_specs(manifest)
     print(f"{args.manifest}: valid, {len(specs)} fits")
     return 0
@@ -162,9 +201,8 @@ def run_manifest(args: argparse.Namespace) -> int:
 
 def run_sweep_command(args: argparse.Namespace) -> int:
     from pipeline import sweep
-    from pipeline.manifest import load_manifest
 
-    manifest = load_manifest(args.manifest)
+    manifest = read_manifest(args.manifest)
     if args.action == "plan":
         plan = sweep.make_plan(manifest)
         todo = plan.todo()
@@ -199,15 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_fit_parser(sub)
     add_manifest_parser(sub)
     add_sweep_parser(sub)
+    add_submit_parser(sub)
     add_report_parser(sub)
     return parser
 
 
-COMMANDS = {"fit": run_fit, "manifest": run_manifest, "sweep": run_sweep_command, "report": run_report}
+COMMANDS = {"fit": run_fit, "manifest": run_manifest, "sweep": run_sweep_command, "submit": run_submit,
+            "report": run_report}
 
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.images import ImageError
+    from pipeline.jobs import SubmitError
     from pipeline.storage import StorageError
     from pipeline.tracking import TrackingError
 
@@ -217,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always", UserWarning)
             warnings.showwarning = lambda message, *_, **__: print(f"dip: warning: {message}", file=sys.stderr)
             return COMMANDS[args.command](args)
-    except (UserError, ImageError, ValueError, StorageError, TrackingError) as err:
+    except (UserError, ImageError, ValueError, StorageError, TrackingError, SubmitError) as err:
         print(f"dip: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:  # a fit that diverged (NaN loss) names its iteration

@@ -18,6 +18,9 @@ from PIL import Image, UnidentifiedImageError
 # Refuse images above this many pixels before decoding them (decompression-bomb guard):
 # 64 Mpx is larger than any image of the papers' data sets by two orders of magnitude.
 MAX_PIXELS = 64_000_000
+# Refuse image files above this size before reading them whole (a 64 Mpx 16-bit RGB PNG
+# compresses well below it; anything larger is not a picture of these studies).
+MAX_FILE_BYTES = 512 * 2**20
 SAMPLE_PREFIX = "skimage:"
 
 
@@ -30,11 +33,20 @@ def read_bytes(source: str | Path) -> tuple[bytes, str]:
     text = str(source)
     if text.startswith(SAMPLE_PREFIX):
         return sample_png(text[len(SAMPLE_PREFIX) :]), text
-    path = Path(text)
     try:
-        return path.read_bytes(), text
+        with Path(text).open("rb") as fh:
+            return read_limited(fh, text), text
     except OSError as err:
         raise ImageError(f"cannot read image {text}: {err.strerror or err}") from None
+
+
+def read_limited(fh: BinaryIO, label: str, limit: int | None = None) -> bytes:
+    """The whole file, refused with a clear error once it passes `limit` (default MAX_FILE_BYTES)."""
+    limit = MAX_FILE_BYTES if limit is None else limit
+    data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ImageError(f"{label}: file larger than the {limit // 2**20} MiB image limit")
+    return data
 
 
 def sample_png(name: str) -> bytes:

@@ -56,6 +56,11 @@ OPTIONAL_KEY_FIELDS = ("downsample", "method", "side_multiple")
 # FitConfig fields added after version 1 keys existed: left out of a key at their default.
 LATER_FIT_DEFAULTS = {"optimizer": "adam", "sgld_temperature": 0.002, "burn_in": 0}
 
+# Space-separated path/URI prefixes that every manifest's storage, data root and image URIs must
+# lie under (a shared cluster sets it; unset: anywhere the process can reach).
+ALLOWED_ROOTS_ENV = "DIP_ALLOWED_ROOTS"
+_PATH_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]  # where in the manifest, what is wrong
 ListFiles = Callable[[str, str], list[str]]
@@ -145,6 +150,38 @@ def _check_settings(
 def _names_schema(names: Iterable[str]) -> dict[str, Any]:
     """JSON-schema hint so editors complete and check the keys of a free-form mapping."""
     return {"propertyNames": {"enum": sorted(names)}}
+
+
+def _escape_problem(relative: str) -> str | None:
+    """Why a path inside a data set could leave it ('..', absolute), or None."""
+    if relative.startswith(("/", "\\")) or "://" in relative:
+        return f"{relative!r} must be relative to the data set folder"
+    if ".." in re.split(r"[/\\]", relative):
+        return f"{relative!r} may not contain '..'"
+    return None
+
+
+def as_uri(location: str) -> str:
+    """A path or URI in comparable form: local paths become absolute file:// URIs, no trailing /."""
+    if "://" not in location:
+        location = "file://" + os.path.abspath(os.path.expanduser(location))
+    return location.rstrip("/")
+
+
+def allowed_roots() -> list[str]:
+    """The prefixes of $DIP_ALLOWED_ROOTS as URIs ending in '/'; empty when unset."""
+    return [as_uri(root) + "/" for root in os.environ.get(ALLOWED_ROOTS_ENV, "").split()]
+
+
+def location_problem(location: str) -> str | None:
+    """Why a storage, data-root or image location is refused ('..', outside the allowed roots), or None."""
+    if ".." in location.split("://", 1)[-1].split("/"):
+        return f"{location!r} may not contain '..' components"
+    roots = allowed_roots()
+    if roots and not any((as_uri(location) + "/").startswith(root) for root in roots):
+        listed = " ".join(root.rstrip("/") for root in roots)
+        return f"{location} is outside the allowed roots ({listed}; set by ${ALLOWED_ROOTS_ENV})"
+    return None
 
 
 # --- manifest models -----------------------------------------------------------------------------
@@ -238,6 +275,28 @@ class ImageSet(BaseModel):
         _raise_if(bad, "ImageSet.sample")
         return names
 
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_is_one_folder(cls, name: str | None) -> str | None:
+        if name is not None and not _PATH_COMPONENT.fullmatch(name):
+            raise PydanticCustomError("manifest", "a data set is one folder name under the data root (letters, "
+                                      "digits, . _ -), not {name!r}", {"name": name})
+        return name
+
+    @field_validator("files")
+    @classmethod
+    def _files_stay_inside(cls, names: list[str] | None) -> list[str] | None:
+        _raise_if([((j,), problem) for j, n in enumerate(names or []) if (problem := _escape_problem(n))],
+                  "ImageSet.files")
+        return names
+
+    @field_validator("glob")
+    @classmethod
+    def _glob_stays_inside(cls, pattern: str | None) -> str | None:
+        if pattern is not None and (problem := _escape_problem(pattern)):
+            raise PydanticCustomError("manifest", "{problem}", {"problem": problem})
+        return pattern
+
     @model_validator(mode="after")
     def _one_source(self) -> ImageSet:
         sources = [k for k in ("sample", "dataset", "uris", "signal", "impulse") if getattr(self, k) is not None]
@@ -329,6 +388,17 @@ class Resources(BaseModel):
     max_retries: NonNegativeInt = Field(2, description="retries after infrastructure failures only")
     max_workers: PositiveInt | None = Field(None, description="cap on concurrent fit workers")
     pack: PositiveInt = Field(1, description="fits a worker runs at once on its device (dipmodel.fit.fit_many)")
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources per worker, e.g. {accelerator_a100: 1}; also how tests stand in for GPUs",
+    )
+
+    @field_validator("custom")
+    @classmethod
+    def _positive_amounts(cls, amounts: dict[str, float]) -> dict[str, float]:
+        _raise_if([((name,), "a resource amount must be positive") for name, n in amounts.items() if not n > 0],
+                  "Resources.custom")
+        return amounts
 
 
 @dataclass(frozen=True)
@@ -473,9 +543,25 @@ class Manifest(BaseModel):
         _raise_if(problems, "Manifest")
         if self.storage is None:
             self.storage = f"file://{Path.cwd()}/results/{self.name}"
+        _raise_if(list(self._location_problems()), "Manifest")
         if self.mlflow.experiment is None:
             self.mlflow.experiment = self.name
         return self
+
+    def written(self, field: str) -> bool:
+        """Whether the manifest itself sets a top-level field (validation fills in some defaults)."""
+        if self._source is not None and self._source.root is not None:
+            return self._source.line((field,)) is not None
+        return field in self.model_fields_set
+
+    def _location_problems(self) -> Iterator[Problem]:
+        """Storage, data root and image URIs: no '..', and under $DIP_ALLOWED_ROOTS when it is set."""
+        places: list[tuple[Loc, str]] = [(("storage",), self.storage or ""), (("data_root",), self.data_root or "")]
+        places += [(("images", i, "uris", j), uri) for i, images in enumerate(self.images)
+                   for j, uri in enumerate(images.uris or []) if not uri.startswith(SAMPLE_PREFIX)]
+        for loc, location in places:
+            if problem := location_problem(location):
+                yield loc, problem
 
     # --- resolution ----------------------------------------------------------------------------
 
@@ -633,7 +719,7 @@ class FitSpec(BaseModel):
     network: dict[str, Any]  # every NetConfig field; empty for a classical method
     fit: dict[str, Any]  # every FitConfig field, seed included; a classical method's settings
     seed: int
-    key: str
+    key: str = Field(pattern=r"^[0-9a-f]{16}$")  # fit_key's form: one safe path component in storage
 
     def net_config(self) -> NetConfig:
         return _NET_ADAPTER.validate_python(self.network)
@@ -824,11 +910,36 @@ def _duplicate_keys(node: yaml.Node | None, loc: Loc = ()) -> Iterator[Problem]:
             yield from _duplicate_keys(item, loc + (i,))
 
 
+MAX_EXPANDED_NODES = 100_000  # far above any real manifest; aliases can otherwise expand exponentially
+
+
+def _check_expanded_size(root: yaml.Node | None, label: str) -> None:
+    """Refuse recursive aliases and documents whose aliases expand beyond MAX_EXPANDED_NODES
+    ("billion laughs"): validation walks the expanded tree."""
+    count = 0
+    stack: list[tuple[yaml.Node, tuple[int, ...]]] = [(root, ())] if root is not None else []
+    while stack:
+        node, ancestors = stack.pop()
+        count += 1
+        if id(node) in ancestors:
+            raise ManifestError([f"{label}:{node.start_mark.line + 1}: YAML alias refers to a node that contains it"])
+        if count > MAX_EXPANDED_NODES:
+            raise ManifestError([f"{label}: YAML aliases expand to more than {MAX_EXPANDED_NODES} values"])
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])
+        stack += [(child, ancestors + (id(node),)) for child in children]
+
+
 def _parse(text: str, label: str) -> tuple[Any, yaml.Node | None]:
     """The data and node tree of one YAML document (safe loader), syntax errors with their line."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # checks the characters first
+    except yaml.reader.ReaderError as err:  # a character YAML does not allow (control characters)
+        line = text.count("\n", 0, err.position) + 1
+        raise ManifestError([f"{label}:{line}: not YAML text: character #x{err.character:04x} is not allowed"]) from None
     try:
         node = loader.get_single_node()
+        _check_expanded_size(node, label)
         return (loader.construct_document(node) if node is not None else None), node
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
@@ -847,11 +958,18 @@ def load_manifest(source: str | Path) -> Manifest:
     if isinstance(source, Path) or "\n" not in source:
         label = str(source)
         try:
-            text = Path(source).read_text()
+            text = Path(source).read_text(encoding="utf-8")
         except OSError as err:
             raise ManifestError([f"{label}: cannot read manifest: {err.strerror or err}"]) from None
+        except UnicodeDecodeError as err:
+            raise ManifestError([f"{label}: not UTF-8 text (byte {err.start})"]) from None
     else:
         label, text = "<manifest>", source
+    return parse_manifest(text, label)
+
+
+def parse_manifest(text: str, label: str) -> Manifest:
+    """Validate manifest YAML text; `label` (a file name or URI) starts every error line."""
     data, root = _parse(text, label)
     located = _Source(label, root)
     problems = list(_duplicate_keys(root))

@@ -96,7 +96,12 @@ def _fs_options(uri: str, storage_options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _normalise_uri(uri: str) -> str:
-    """Plain paths become absolute file:// URIs, so every process resolves them alike."""
+    """Plain paths become absolute file:// URIs, so every process resolves them alike.
+
+    '..' components are refused: a store writes under its own prefix and nowhere else.
+    """
+    if ".." in uri.split("://", 1)[-1].split("/"):
+        raise ValueError(f"storage URI {uri!r} may not contain '..' components")
     if "://" not in uri:
         uri = "file://" + os.path.abspath(os.path.expanduser(uri))
     return uri.rstrip("/")
@@ -349,6 +354,17 @@ class Store:
 
     def has_image(self, key: str, name: str) -> bool:
         return self.fs.exists(self._fit_file(key, f"{_part(name)}.png"))
+
+
+def read_text(uri: str, storage_options: dict[str, Any] | None = None) -> str:
+    """A small UTF-8 text file (a manifest) from any fsspec URI, as one-line StorageErrors."""
+    try:
+        fs, path = fsspec.core.url_to_fs(uri, **_fs_options(uri, dict(storage_options or {})))
+        return with_retries(lambda: fs.cat_file(path)).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise StorageError(f"{uri}: not UTF-8 text (byte {err.start})") from None
+    except Exception as err:  # any cause (missing, refused, unreachable) becomes one line naming the URI
+        raise StorageError(f"cannot read {uri}: {type(err).__name__}: {_one_line(str(err))}") from err
 
 
 def data_lister(storage_options: dict[str, Any] | None = None) -> Callable[[str, str], list[str]]:

@@ -1,6 +1,6 @@
 """Sweeps on Ray: plan what is missing, run it on reusable fit actors, record it in MLflow.
 
-Execution uses Ray Core actors behind ``ray.util.ActorPool``: an actor holds one GPU (or a
+Execution uses Ray Core actors fed by a small dispatcher (`Dispatch`): an actor holds one GPU (or a
 CPU slot) for the whole sweep, so CUDA/cuDNN warm-up is paid once per worker, and the pool
 hands each actor its next fit as soon as it is free; with ``resources.pack: N`` its next N
 fits, which it runs together on its device (`pipeline.worker.execute_fits`). Actors restart when their process or
@@ -16,7 +16,7 @@ import queue
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,8 +65,21 @@ def work_estimate(specs: list[FitSpec]) -> int:
 # --- Ray --------------------------------------------------------------------------------------
 
 
+def loopback_unless_cluster(address: str | None) -> None:
+    """Without a cluster address, make the local Ray listen on loopback only.
+
+    Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported (ray_constants), so this
+    must run before the first ``import ray`` of the process; set later, Ray's servers listen on
+    every interface (checked in tests/test_security.py). Not set for a cluster: the driver
+    must then advertise its real address.
+    """
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def connect(address: str | None) -> None:
     """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a loopback-only local one."""
+    loopback_unless_cluster(address)
     import ray
 
     if ray.is_initialized():
@@ -75,17 +88,17 @@ def connect(address: str | None) -> None:
     if address:
         ray.init(address=address, logging_level="warning", log_to_driver=True)
         return
-    # A laptop run listens on loopback only (see docs/PLATFORM-NOTES: without this Ray
-    # advertises the machine's network address).
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(include_dashboard=False, logging_level="warning", log_to_driver=True)
+    # address="local": a new instance of our own; plain ray.init() would join any cluster whose
+    # address another process left in /tmp/ray/ray_current_cluster on this machine.
+    ray.init(address="local", include_dashboard=False, logging_level="warning", log_to_driver=True)
 
 
-def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int) -> Any:
+def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int, custom: dict[str, float]) -> Any:
     """The Ray actor class that runs fits, with the manifest's resources."""
     import ray
 
-    @ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=-1, max_task_retries=max_retries)
+    @ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, resources=custom or None, max_restarts=-1,
+                max_task_retries=max_retries)
     class FitWorker:
         def __init__(self, store_uri: str, storage_options: dict | None) -> None:
             import torch
@@ -106,18 +119,22 @@ def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int) -> Any:
     return FitWorker
 
 
-def pool_size(manifest: Manifest, n_packs: int, num_gpus: float | None = None) -> int:
+def pool_size(manifest: Manifest, n_packs: int, num_gpus: float | None = None,
+              custom: dict[str, float] | None = None) -> int:
     """How many actors: what the cluster holds now for the manifest's resources (or ``num_gpus``
-    per actor instead of the manifest's), capped by the work (``n_packs`` calls)."""
+    and ``custom`` per actor instead of the manifest's), capped by the work (``n_packs`` calls)."""
     import ray
 
     res = manifest.resources
     gpus = res.num_gpus if num_gpus is None else num_gpus
+    custom = res.custom if custom is None else custom
     total = ray.cluster_resources()
     if gpus > 0:
         fit_slots = int(total.get("GPU", 0) // gpus)
     else:
         fit_slots = int(total.get("CPU", 1) // max(res.num_cpus, 1e-3))
+    for name, amount in custom.items():
+        fit_slots = min(fit_slots, int(total.get(name, 0) // amount))
     if res.max_workers:
         fit_slots = min(fit_slots, res.max_workers)
     return max(1, min(fit_slots, n_packs))
@@ -245,20 +262,6 @@ def packs(specs: list[FitSpec], size: int) -> list[list[FitSpec]]:
     return [networks[i:i + size] for i in range(0, len(networks), size)] + [[s] for s in specs if s.method]
 
 
-def next_records(pools: list[Any]) -> list[dict]:
-    """The records of the next finished call of any of the actor pools (one pool: wait on it;
-    several: poll each)."""
-    waiting = [pool for pool in pools if pool.has_next()]
-    if len(waiting) == 1:
-        return waiting[0].get_next_unordered()
-    while True:
-        for pool in waiting:
-            try:
-                return pool.get_next_unordered(timeout=0.05)
-            except TimeoutError:
-                continue
-
-
 @dataclass
 class SweepOutcome:
     done: int
@@ -268,11 +271,86 @@ class SweepOutcome:
     seconds: float
 
 
+class Dispatch:
+    """Calls (packs of fits) handed to idle actors, results collected with ``ray.wait`` as they finish.
+
+    Work comes in lanes: each lane's calls go to that lane's actors only (the network fits of a
+    GPU sweep to GPU actors, its classical references to CPU actors). Ray retries a call whose
+    actor died (``max_task_retries``), but when a whole node dies the calls to its actors fail
+    fast ("actor unavailable") until the cluster notices the node is gone, which can use up
+    those retries in seconds. So a call that still fails is the dispatcher's to retry: it goes
+    back to the front of its lane's queue for another actor (up to ``resources.max_retries``
+    times; storage makes a repeated completion harmless) and the actor that failed rests for a
+    growing pause, so the restarted actor gets work again once Ray has moved it to a live node.
+    """
+
+    MAX_REST_S = 30.0
+
+    def __init__(self, lanes: list[tuple[list[Any], list[list[FitSpec]]]], max_retries: int) -> None:
+        self.actors = [actor for actors, _ in lanes for actor in actors]
+        self.lane_of = [k for k, (actors, _) in enumerate(lanes) for _ in actors]
+        self.queues: list[deque[list[FitSpec]]] = [deque(calls) for _, calls in lanes]
+        self.idle = list(range(len(self.actors)))
+        self.resting: dict[int, float] = {}  # actor index -> when it may take a call again
+        self.strikes = [0] * len(self.actors)  # failed calls in a row, per actor
+        self.running: dict[Any, tuple[int, list[FitSpec]]] = {}
+        self.lost: Counter[tuple[str, ...]] = Counter()  # failed attempts per call (its fit keys)
+        self.max_retries = max_retries
+
+    def busy(self) -> bool:
+        return bool(any(self.queues) or self.running)
+
+    def running_fits(self) -> int:
+        return sum(len(call) for _, call in self.running.values())
+
+    def _hand_out(self) -> None:
+        now = time.monotonic()
+        for i, until in list(self.resting.items()):
+            if until <= now:
+                del self.resting[i]
+                self.idle.append(i)
+        for i in list(self.idle):
+            lane = self.queues[self.lane_of[i]]
+            if lane:
+                self.idle.remove(i)
+                call = lane.popleft()
+                self.running[self.actors[i].run.remote([s.model_dump(mode="json") for s in call])] = (i, call)
+
+    def next(self, timeout: float = 1.0) -> list[tuple[FitSpec, dict | None]]:
+        """Finished fits: (spec, record), or (spec, None) for a fit lost beyond its retries."""
+        import ray
+
+        self._hand_out()
+        if not self.running:
+            time.sleep(min(timeout, 0.2))
+            return []
+        ready, _ = ray.wait(list(self.running), num_returns=1, timeout=timeout)
+        out: list[tuple[FitSpec, dict | None]] = []
+        for ref in ready:
+            i, call = self.running.pop(ref)
+            try:
+                records = ray.get(ref)
+            except ray.exceptions.RayError:  # its worker or node died, or storage stayed down
+                self.strikes[i] += 1
+                self.resting[i] = time.monotonic() + min(2.0 ** self.strikes[i], self.MAX_REST_S)
+                keys = tuple(spec.key for spec in call)
+                self.lost[keys] += 1
+                if self.lost[keys] <= self.max_retries:
+                    self.queues[self.lane_of[i]].appendleft(call)
+                else:
+                    out += [(spec, None) for spec in call]
+                continue
+            self.strikes[i] = 0
+            self.idle.append(i)
+            out += list(zip(call, records))  # execute_fits returns one record per spec, in order
+        return out
+
+
 def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool = False,
               progress: bool = True) -> SweepOutcome:
     """Run every fit of the manifest that storage does not hold yet."""
+    loopback_unless_cluster(address)
     import ray
-    from ray.util import ActorPool
 
     specs = expand_specs(manifest)  # every manifest error surfaces before anything is written
     store = open_store(manifest)
@@ -290,33 +368,32 @@ def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool
     mlflow_log = MlflowLog(manifest, store)
     connect(address)
     res = manifest.resources
-    # Classical references (no network) never hold a GPU: in a GPU sweep they get CPU actors.
+    # Classical references (no network) never hold a GPU: in a GPU sweep they get CPU actors,
+    # which reserve none of the custom resources (those stand for accelerators).
     cpu_only = [s for s in todo if s.method is not None] if res.num_gpus > 0 else []
-    groups = [(g, n) for g, n in (([s for s in todo if s not in cpu_only], res.num_gpus), (cpu_only, 0.0)) if g]
-    actors, pools = [], []
-    for group, gpus in groups:
-        worker_cls = fit_worker_class(gpus, res.num_cpus, res.max_retries)
+    groups = [(group, gpus, custom) for group, gpus, custom in (
+        ([s for s in todo if s not in cpu_only], res.num_gpus, res.custom), (cpu_only, 0.0, {})) if group]
+    lanes = []
+    for group, gpus, custom in groups:
+        worker_cls = fit_worker_class(gpus, res.num_cpus, res.max_retries, custom)
         calls = packs(group, res.pack)
-        size = pool_size(manifest, len(calls), gpus)
-        members = [worker_cls.remote(store.uri, manifest.storage_options) for _ in range(size)]
-        actors += members
-        pools.append(ActorPool(members))
-        for call in calls:
-            pools[-1].submit(lambda actor, c: actor.run.remote([s.model_dump(mode="json") for s in c]), call)
+        size = pool_size(manifest, len(calls), gpus, custom)
+        lanes.append(([worker_cls.remote(store.uri, manifest.storage_options) for _ in range(size)], calls))
+    dispatch = Dispatch(lanes, res.max_retries)
     bar = Progress(total=len(todo))
     failures: dict[str, str] = {}
-    in_flight = {spec.key for spec in todo}
     try:
-        while any(pool.has_next() for pool in pools):
-            bar.running = min(len(in_flight), len(actors) * res.pack)
+        while dispatch.busy():
+            bar.running = dispatch.running_fits()
             if progress:
                 bar.show()
-            try:
-                records = next_records(pools)
-            except ray.exceptions.RayError:  # the worker died more often than max_retries;
-                continue  # its fits stay in in_flight and are recorded below
-            for record in records:
-                in_flight.discard(record["key"])
+            for spec, record in dispatch.next():
+                if record is None:  # written as a failure so that status shows it
+                    reason = f"worker lost more than resources.max_retries={res.max_retries} times"
+                    store.write_failure(spec.key, spec.model_dump(mode="json"), reason, "WorkerLost",
+                                        res.max_retries + 1)
+                    record = {"key": spec.key, "status": "done" if store.is_done(spec.key) else "failed",
+                              "reason": reason, "skipped": True}
                 if record["status"] == "done":
                     bar.done += 1
                     if not record.get("skipped"):
@@ -324,19 +401,11 @@ def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool
                 else:
                     bar.failed += 1
                     failures[record["key"]] = record["reason"]
-        # Fits whose worker died beyond its retries are written as failures so status shows them.
-        for spec in todo:
-            if spec.key in in_flight and not store.is_done(spec.key):
-                reason = f"worker lost more than resources.max_retries={res.max_retries} times"
-                store.write_failure(spec.key, spec.model_dump(mode="json"), reason, "WorkerLost",
-                                    res.max_retries + 1)
-                failures[spec.key] = reason
-                bar.failed += 1
     except KeyboardInterrupt:
         print("\ninterrupted: finished fits are stored; rerun the same command to resume", file=sys.stderr)
         raise
     finally:
-        for actor in actors:
+        for actor in dispatch.actors:
             ray.kill(actor)
     if progress:
         bar.show(force=True)

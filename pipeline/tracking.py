@@ -52,8 +52,9 @@ class TrackingError(RuntimeError):
 
 
 def default_tracking_uri() -> str:
-    """The embedded store: a SQLite file in the working directory, next to the results."""
-    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    """$MLFLOW_TRACKING_URI (a cluster's shared server), else the embedded store: a SQLite file
+    in the working directory, next to the results."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:

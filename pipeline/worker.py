@@ -22,7 +22,7 @@ from dipmodel.classical import restore
 from dipmodel.fit import FitJob, FitResult, fit_many
 from dipmodel.layers import exact_response, measured_response, paper_response
 from dipmodel.metrics import to_grey
-from pipeline.images import ImageError, decode, read_bytes
+from pipeline.images import ImageError, decode, read_bytes, read_limited
 from pipeline.manifest import FitSpec
 from pipeline.single import (
     Problem,
@@ -47,7 +47,7 @@ def load_spec_image(spec: FitSpec, storage_options: dict | None = None) -> torch
 
         try:
             with fsspec.open(uri, "rb", **(storage_options or {})) as fh:
-                data = fh.read()
+                data = read_limited(fh, uri)
         except (OSError, ValueError) as err:
             raise ImageError(f"cannot read image {uri}: {err}") from None
     else:

@@ -1,0 +1,198 @@
+"""Sweeps submitted through the Jobs API to a multi-node Ray cluster on loopback, with faults.
+
+The cluster (bench/cluster.py): a head with the Jobs API and two worker nodes with 2 `fakegpu`
+each, token authentication on; S3 is moto with versioned buckets (one version per done marker =
+no fit completed twice); MLflow is a server of this module's own, so killing it harms no other
+test. Nothing here calls ray.init in the pytest process: the session Ray of tests/conftest.py
+is left alone, and the cluster's environment (token, PATH) is set only while this module runs.
+Recovery times are printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.cluster import (
+    LocalCluster,
+    MlflowServer,
+    S3Server,
+    cluster_environment,
+    completeness,
+    wait_for_job,
+    wait_until,
+    write_manifest,
+)
+from pipeline import jobs, sweep
+from pipeline.cli import main as dip
+from pipeline.cli import read_manifest
+
+pytestmark = pytest.mark.slow
+
+
+def say(request: pytest.FixtureRequest, line: str) -> None:
+    """Print a measured number even when the test passes."""
+    with request.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+        print(f"\n{line}")
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, S3Server, MlflowServer]]:
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in cluster_environment().items():
+            env.setenv(name, value)
+        s3 = S3Server()
+        env.setenv("AWS_ENDPOINT_URL", s3.endpoint)  # s3:// manifests, read by client and job alike
+        server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+        server.start()
+        cluster = LocalCluster.start(workers=2, gpus_per_worker=2)
+        try:
+            yield cluster, s3, server
+        finally:
+            cluster.shutdown()
+            server.kill()
+            s3.stop()
+
+
+def sweep_on_s3(tmp_path: Path, s3: S3Server, name: str, seeds: int, iterations: int,
+                mlflow_uri: str | None = None) -> tuple[str, str, set[str]]:
+    """A manifest uploaded to a fresh versioned bucket: (bucket, manifest URI, fit keys)."""
+    bucket = s3.versioned_bucket()
+    path = write_manifest(tmp_path / f"{name}.yaml", name, f"s3://{bucket}/results", s3.options(), mlflow_uri,
+                          seeds=seeds, iterations=iterations, width=8, max_workers=2)
+    s3.fs().put_file(str(path), f"{bucket}/manifests/{name}.yaml")
+    uri = f"s3://{bucket}/manifests/{name}.yaml"
+    return bucket, uri, {s.key for s in sweep.expand_specs(read_manifest(uri))}
+
+
+def done_count(s3: S3Server, bucket: str) -> int:
+    return len(s3.fs().ls(f"{bucket}/results/done/", refresh=True)) if s3.fs().exists(f"{bucket}/results/done") else 0
+
+
+def test_the_jobs_api_refuses_requests_without_the_token(services) -> None:
+    cluster, _, _ = services
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{cluster.dashboard}/api/jobs/", timeout=10)
+    assert err.value.code in (401, 403)
+    request = urllib.request.Request(f"{cluster.dashboard}/api/jobs/",
+                                     headers={"Authorization": f"Bearer {os.environ['RAY_AUTH_TOKEN']}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+def test_submit_status_stop_and_resubmit_resumes(services, tmp_path: Path, capsys, request) -> None:
+    cluster, s3, _ = services
+    bucket = s3.versioned_bucket()
+    path = write_manifest(tmp_path / "stopgo.yaml", "stopgo", f"s3://{bucket}/results", s3.options(), None,
+                          seeds=12, iterations=150, width=8, max_workers=2)
+    keys = {s.key for s in sweep.expand_specs(read_manifest(str(path)))}
+    assert dip(["submit", str(path), "--address", cluster.dashboard]) == 0  # a local file: uploaded
+    job_id = re.search(r"submitted (\S+)", capsys.readouterr().out).group(1)
+    wait_until(lambda: done_count(s3, bucket) >= 2, 240, "two finished fits")
+
+    assert dip(["sweep", "status", str(path)]) == 0  # while it runs, from storage
+    status = capsys.readouterr().out
+    done = int(re.search(r"(\d+) done", status).group(1))
+    assert 2 <= done and "12 fits" in status
+    assert dip(["submit", str(path), "--address", cluster.dashboard]) == 0  # same sweep again: not twice
+    assert f"{job_id} is already running" in capsys.readouterr().out
+
+    client = cluster.client()
+    client.stop_job(job_id)
+    assert wait_for_job(client, job_id, 120) == "STOPPED"
+    stopped_at = done_count(s3, bucket)
+    assert stopped_at < 12
+
+    assert dip(["submit", str(path), "--address", cluster.dashboard]) == 0
+    second = re.search(r"submitted (\S+)", capsys.readouterr().out).group(1)
+    assert second == f"{job_id}-2"
+    assert wait_for_job(client, second, 400) == "SUCCEEDED", client.get_job_logs(second)[-3000:]
+    logs = client.get_job_logs(second)
+    already = int(re.search(r"(\d+) already done", logs).group(1))
+    assert already >= stopped_at  # resumed: what was stored is not run again
+    check = completeness(s3, bucket, keys)
+    assert check.exact(), check
+    say(request, f"stop/resubmit: {stopped_at} fits stored when stopped, {already} skipped on resubmission, "
+                 f"{12 - already} run by job {second}")
+
+
+def test_a_worker_node_killed_mid_sweep_loses_no_fit(services, tmp_path: Path, request) -> None:
+    cluster, s3, _ = services
+    bucket, uri, keys = sweep_on_s3(tmp_path, s3, "nodekill", seeds=12, iterations=150)
+    client = cluster.client()
+    sub = jobs.submit(read_manifest(uri), uri, cluster.dashboard)
+    wait_until(lambda: done_count(s3, bucket) >= 2 and len(cluster.fit_actors()) == 2, 240, "fits under way")
+    actors = cluster.fit_actors()
+    victim = cluster.node_of(actors[0].node_id)
+    on_victim = sum(1 for a in actors if a.node_id == victim.node_id)
+    before = done_count(s3, bucket)
+    killed = cluster.kill_worker(victim)
+    wait_until(lambda: len(cluster.fit_actors()) == 2 and all(a.node_id != victim.node_id
+                                                              for a in cluster.fit_actors()), 180,
+               "the lost actors to restart on the surviving node")
+    restarted = time.monotonic() - killed
+    wait_until(lambda: done_count(s3, bucket) > before, 180, "a fit finished after the kill")
+    next_fit = time.monotonic() - killed
+    try:
+        assert wait_for_job(client, sub.job_id, 400) == "SUCCEEDED", client.get_job_logs(sub.job_id)[-3000:]
+        check = completeness(s3, bucket, keys)
+        assert check.exact(), check
+    finally:
+        cluster.add_worker()  # the autoscaler's part: capacity back for the next test
+        wait_until(lambda: cluster.alive_nodes() == 3, 60, "a replacement node")
+    say(request, f"worker node killed (raylet SIGKILL, {on_victim} fit actor(s) on it): actors running again "
+                 f"after {restarted:.1f} s, next fit stored after {next_fit:.1f} s; 12/12 fits, each once")
+
+
+def test_an_s3_outage_mid_sweep_is_retried(services, tmp_path: Path, request) -> None:
+    cluster, s3, _ = services
+    bucket, uri, keys = sweep_on_s3(tmp_path, s3, "s3outage", seeds=10, iterations=100)
+    client = cluster.client()
+    sub = jobs.submit(read_manifest(uri), uri, cluster.dashboard)
+    wait_until(lambda: done_count(s3, bucket) >= 2, 240, "two finished fits")
+    s3.stop()
+    down = time.monotonic()
+    time.sleep(4)
+    s3.restart()
+    back = time.monotonic()
+    before = done_count(s3, bucket)
+    wait_until(lambda: done_count(s3, bucket) > before or client.get_job_status(sub.job_id).is_terminal(), 180,
+               "a fit stored after the outage")
+    resumed = time.monotonic() - back
+    assert wait_for_job(client, sub.job_id, 400) == "SUCCEEDED", client.get_job_logs(sub.job_id)[-3000:]
+    check = completeness(s3, bucket, keys)
+    assert check.exact(), (check, client.get_job_logs(sub.job_id)[-3000:])
+    say(request, f"S3 stopped for {back - down:.1f} s: next fit stored {resumed:.1f} s after it came back; "
+                 f"{check.done}/{check.expected} fits, none failed or twice")
+
+
+def test_mlflow_killed_mid_sweep_then_sync_makes_it_whole(services, tmp_path: Path, request) -> None:
+    cluster, s3, server = services
+    bucket, uri, keys = sweep_on_s3(tmp_path, s3, "mlflowkill", seeds=10, iterations=100, mlflow_uri=server.uri)
+    client = cluster.client()
+    manifest = read_manifest(uri)
+    sub = jobs.submit(manifest, uri, cluster.dashboard)
+    wait_until(lambda: done_count(s3, bucket) >= 2, 240, "two finished fits")
+    server.kill()
+    killed_at = done_count(s3, bucket)
+    assert wait_for_job(client, sub.job_id, 400) == "SUCCEEDED", client.get_job_logs(sub.job_id)[-3000:]
+    assert completeness(s3, bucket, keys).exact()
+    assert "dip sweep sync-mlflow" in client.get_job_logs(sub.job_id)  # the driver said what to do
+
+    start = time.monotonic()
+    server.start()
+    before = server.fit_run_keys("mlflowkill")
+    added, present = sweep.sync_mlflow(manifest)
+    whole = time.monotonic() - start
+    runs = server.fit_run_keys("mlflowkill")
+    assert set(runs) == keys and set(runs.values()) == {1}  # every fit once, FINISHED
+    assert (added, present) == (len(keys) - len(before), len(before))
+    say(request, f"MLflow killed after {killed_at} fits: sweep finished without it; restart + sync-mlflow "
+                 f"logged {added} missing fits ({present} were there) in {whole:.1f} s, none twice")
