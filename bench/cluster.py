@@ -141,11 +141,16 @@ class LocalCluster:
         return sum(1 for n in nodes if n.state == "ALIVE")
 
     def fit_actors(self) -> list[Any]:
-        """The live FitWorker actors with their node ids."""
+        """The live FitWorker actors of the newest job that has any, with their node ids (actors of
+        earlier, stopped jobs may still be listed for a while)."""
         from ray.util.state import list_actors
 
-        alive = list_actors(address=self.dashboard, filters=[("state", "=", "ALIVE")])
-        return [a for a in alive if a.class_name.endswith("FitWorker")]  # "fit_worker_class.<locals>.FitWorker"
+        alive = list_actors(address=self.dashboard, filters=[("state", "=", "ALIVE")], limit=1000,
+                            raise_on_missing_output=False)
+        fits = [a for a in alive if a.class_name.endswith("FitWorker")]  # "fit_worker_class.<locals>.FitWorker"
+        number = lambda job: int.from_bytes(bytes.fromhex(job), "little")  # noqa: E731 - job ids are little-endian
+        newest = max((a.job_id for a in fits), default=None, key=number)
+        return [a for a in fits if a.job_id == newest]
 
     def kill_worker(self, node: Any) -> float:
         """SIGKILL the node's raylet (its workers die with it), then clear its other processes; returns when."""
