@@ -301,10 +301,12 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(tmp_path: Path) -> None:
     assert set(done_markers(root)) == keys
 
 
-def worker_pids() -> list[int]:
-    """Processes of Ray workers that are running a fit right now (Ray names them ray::FitWorker.run)."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "ray::FitWorker.run" in line]
+def worker_pids(session: int) -> list[int]:
+    """Processes of the sweep's Ray workers that are running a fit right now (Ray names them
+    ray::FitWorker.run): those of the driver's session only, never another sweep's on this machine."""
+    out = subprocess.run(["ps", "-eo", "pid,sid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines()
+            if "ray::FitWorker.run" in line and int(line.split()[1]) == session]
 
 
 @pytest.mark.slow
@@ -313,8 +315,8 @@ def test_a_killed_worker_does_not_lose_fits(tmp_path: Path) -> None:
     path = tiny_manifest(tmp_path, str(root), iterations=300, seeds=[0, 1])  # 8 fits of ~4 s
     proc = start_sweep(path, tmp_path / "run.log")
     try:
-        wait_for(lambda: bool(worker_pids()), 240, "a worker running a fit")
-        victim = worker_pids()[0]
+        wait_for(lambda: bool(worker_pids(proc.pid)), 240, "a worker running a fit")
+        victim = worker_pids(proc.pid)[0]
         os.kill(victim, signal.SIGKILL)
         assert proc.wait(timeout=400) == 0, (tmp_path / "run.log").read_text()[-3000:]
     finally:
