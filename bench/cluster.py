@@ -63,7 +63,9 @@ def cluster_environment() -> dict[str, str]:
     return AWS_TEST_ENV | {
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # loopback only
         "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(24),
+        # the process's own token if it has one: Ray reads it once per process, so a test session
+        # that already started a Ray must give the cluster the same token (tests/conftest.py)
+        "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(24),
         # jobs run `dip`: the environment of this interpreter comes first on PATH
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",

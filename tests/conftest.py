@@ -20,6 +20,11 @@ import pytest
 
 # Tests read the shared test images through the data root, never copies of them (CI sets it too).
 os.environ.setdefault("DIP_DATA_ROOT", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+# Ray (token authentication on by default) reads its token once per process: every Ray this
+# session starts in-process - the session cluster and tests/test_cluster.py's head and worker
+# nodes - must share one, or the second is refused ("Authentication token is missing or
+# incorrect"). A token of the session's own, never the user's ~/.ray/auth_token.
+os.environ.setdefault("RAY_AUTH_TOKEN", uuid.uuid4().hex + uuid.uuid4().hex)
 
 # --- MLflow --------------------------------------------------------------------------------------
 

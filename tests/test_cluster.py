@@ -34,7 +34,10 @@ from pipeline import jobs, sweep
 from pipeline.cli import main as dip
 from pipeline.cli import read_manifest
 
-pytestmark = pytest.mark.slow
+# Opt-in (`pytest -m cluster`, pyproject.toml): it passed in a fresh clone run alone (5/5 in
+# 2 min 46 s), but the stop/resubmit and node-kill scenarios have timed out waiting for their
+# first fits when the machine was loaded by other jobs; that is not understood yet.
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
 def say(request: pytest.FixtureRequest, line: str) -> None:
