@@ -166,19 +166,21 @@ def execute_fits(specs: list[FitSpec], store: Store, device: str = "cpu",
         try:
             if spec.task == "upsampling_response":
                 summary, metrics = measure_response(spec)
-                store.write_fit(spec.key, spec.model_dump(mode="json"), summary, metrics, {}, {})
-                records[i] = {"key": spec.key, "status": "done", "summary": summary}
-                continue
-            prepared = prepare(spec, device, storage_options)
-            if prepared.job is not None:
-                packed[i] = prepared
-                continue
-            problem = prepared.problem
-            result = restore(spec.classical_config(), problem.op, problem.y, problem.clean, device=device)
+            else:
+                prepared = prepare(spec, device, storage_options)
+                if prepared.job is not None:
+                    packed[i] = prepared
+                    continue
+                problem = prepared.problem
+                result = restore(spec.classical_config(), problem.op, problem.y, problem.clean, device=device)
         except Exception as err:  # noqa: BLE001 - any error of the fit itself is recorded, not raised
             records[i] = store_failure(spec, err, store)
             continue
-        records[i] = store_result(prepared, result, store)
+        if spec.task == "upsampling_response":  # storage errors propagate (Ray retries), as for fits
+            store.write_fit(spec.key, spec.model_dump(mode="json"), summary, metrics, {}, {})
+            records[i] = {"key": spec.key, "status": "done", "summary": summary}
+        else:
+            records[i] = store_result(prepared, result, store)
     outcomes = fit_many([p.job for p in packed.values() if p.job is not None], device)
     for (i, prepared), outcome in zip(packed.items(), outcomes):
         if isinstance(outcome, Exception):
