@@ -181,6 +181,8 @@ def _address_file() -> Path:
 
 def _recorded_address() -> str | None:
     path = _address_file()
+    # `Cluster` writes the file without creating its folder, which a machine that never ran Ray lacks
+    path.parent.mkdir(parents=True, exist_ok=True)
     return path.read_text() if path.exists() else None
 
 

@@ -103,6 +103,10 @@ def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int, custom:
         def __init__(self, store_uri: str, storage_options: dict | None) -> None:
             import torch
 
+            # imported here, not on the first call: an actor that Ray reports alive is ready to fit
+            from pipeline.worker import execute_fits
+
+            self.execute_fits = execute_fits
             self.store = Store(store_uri, storage_options)
             self.storage_options = storage_options
             self.device = "cuda" if ray.get_gpu_ids() else "cpu"
@@ -111,10 +115,8 @@ def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int, custom:
 
         def run(self, spec_jsons: list[dict]) -> list[dict]:
             """Run a pack of specs together (one spec: as alone); one record per spec."""
-            from pipeline.worker import execute_fits
-
             specs = [FitSpec.model_validate(s) for s in spec_jsons]
-            return execute_fits(specs, self.store, self.device, self.storage_options)
+            return self.execute_fits(specs, self.store, self.device, self.storage_options)
 
     return FitWorker
 
@@ -280,18 +282,22 @@ class Dispatch:
     fast ("actor unavailable") until the cluster notices the node is gone, which can use up
     those retries in seconds. So a call that still fails is the dispatcher's to retry: it goes
     back to the front of its lane's queue for another actor (up to ``resources.max_retries``
-    times; storage makes a repeated completion harmless) and the actor that failed rests for a
-    growing pause, so the restarted actor gets work again once Ray has moved it to a live node.
+    times; storage makes a repeated completion harmless). The actor that failed rests for a
+    short, growing pause and is then probed with Ray's no-op ``__ray_ready__`` call, every
+    second until one succeeds: it gets work again as soon as Ray has restarted it on a live node
+    and its constructor has run, and no fit is spent on finding out whether it is back.
     """
 
-    MAX_REST_S = 30.0
+    MAX_REST_S = 8.0  # the longest pause after failed calls before an actor is probed
+    PROBE_EVERY_S = 1.0
 
     def __init__(self, lanes: list[tuple[list[Any], list[list[FitSpec]]]], max_retries: int) -> None:
         self.actors = [actor for actors, _ in lanes for actor in actors]
         self.lane_of = [k for k, (actors, _) in enumerate(lanes) for _ in actors]
         self.queues: list[deque[list[FitSpec]]] = [deque(calls) for _, calls in lanes]
         self.idle = list(range(len(self.actors)))
-        self.resting: dict[int, float] = {}  # actor index -> when it may take a call again
+        self.resting: dict[int, float] = {}  # actor index -> when to probe it
+        self.probes: dict[Any, int] = {}  # pending __ray_ready__ call -> actor index
         self.strikes = [0] * len(self.actors)  # failed calls in a row, per actor
         self.running: dict[Any, tuple[int, list[FitSpec]]] = {}
         self.lost: Counter[tuple[str, ...]] = Counter()  # failed attempts per call (its fit keys)
@@ -308,7 +314,7 @@ class Dispatch:
         for i, until in list(self.resting.items()):
             if until <= now:
                 del self.resting[i]
-                self.idle.append(i)
+                self.probes[self.actors[i].__ray_ready__.remote()] = i
         for i in list(self.idle):
             lane = self.queues[self.lane_of[i]]
             if lane:
@@ -321,21 +327,28 @@ class Dispatch:
         import ray
 
         self._hand_out()
-        if not self.running:
+        if not (self.running or self.probes):
             time.sleep(min(timeout, 0.2))
             return []
-        ready, _ = ray.wait(list(self.running), num_returns=1, timeout=timeout)
+        ready, _ = ray.wait([*self.running, *self.probes], num_returns=1, timeout=timeout)
         out: list[tuple[FitSpec, dict | None]] = []
         for ref in ready:
+            if ref in self.probes:
+                self._probed(ref)
+                continue
             i, call = self.running.pop(ref)
             try:
                 records = ray.get(ref)
-            except ray.exceptions.RayError:  # its worker or node died, or storage stayed down
+            except ray.exceptions.RayError as err:  # its worker or node died, or storage stayed down
                 self.strikes[i] += 1
-                self.resting[i] = time.monotonic() + min(2.0 ** self.strikes[i], self.MAX_REST_S)
+                self.resting[i] = time.monotonic() + min(2.0 ** (self.strikes[i] - 1), self.MAX_REST_S)
                 keys = tuple(spec.key for spec in call)
                 self.lost[keys] += 1
-                if self.lost[keys] <= self.max_retries:
+                retry = self.lost[keys] <= self.max_retries
+                print(f"\n{len(call)} fit(s) lost with their worker ({type(err).__name__}); "
+                      + (f"attempt {self.lost[keys] + 1} of {self.max_retries + 1} next" if retry else
+                         "no retries left (resources.max_retries)"), file=sys.stderr, flush=True)
+                if retry:
                     self.queues[self.lane_of[i]].appendleft(call)
                 else:
                     out += [(spec, None) for spec in call]
@@ -344,6 +357,18 @@ class Dispatch:
             self.idle.append(i)
             out += list(zip(call, records))  # execute_fits returns one record per spec, in order
         return out
+
+    def _probed(self, ref: Any) -> None:
+        """An answered probe: the actor is alive and idle, or (unreachable still) probed again soon."""
+        import ray
+
+        i = self.probes.pop(ref)
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError:
+            self.resting[i] = time.monotonic() + self.PROBE_EVERY_S
+            return
+        self.idle.append(i)
 
 
 def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool = False,

@@ -34,10 +34,10 @@ from pipeline import jobs, sweep
 from pipeline.cli import main as dip
 from pipeline.cli import read_manifest
 
-# Opt-in (`pytest -m cluster`, pyproject.toml): it passed in a fresh clone run alone (5/5 in
-# 2 min 46 s), but the stop/resubmit and node-kill scenarios have timed out waiting for their
-# first fits when the machine was loaded by other jobs; that is not understood yet.
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+# Waits are bounds on hangs, not on speed: with both cores busy elsewhere a job takes minutes to
+# start its driver and actors (torch imports). The recovery times are measured and printed.
+PATIENCE_S = 600
 
 
 def say(request: pytest.FixtureRequest, line: str) -> None:
@@ -98,7 +98,7 @@ def test_submit_status_stop_and_resubmit_resumes(services, tmp_path: Path, capsy
     keys = {s.key for s in sweep.expand_specs(read_manifest(str(path)))}
     assert dip(["submit", str(path), "--address", cluster.dashboard]) == 0  # a local file: uploaded
     job_id = re.search(r"submitted (\S+)", capsys.readouterr().out).group(1)
-    wait_until(lambda: done_count(s3, bucket) >= 2, 240, "two finished fits")
+    wait_until(lambda: done_count(s3, bucket) >= 2, PATIENCE_S, "two finished fits")
 
     assert dip(["sweep", "status", str(path)]) == 0  # while it runs, from storage
     status = capsys.readouterr().out
@@ -109,14 +109,14 @@ def test_submit_status_stop_and_resubmit_resumes(services, tmp_path: Path, capsy
 
     client = cluster.client()
     client.stop_job(job_id)
-    assert wait_for_job(client, job_id, 120) == "STOPPED"
+    assert wait_for_job(client, job_id, PATIENCE_S) == "STOPPED"
     stopped_at = done_count(s3, bucket)
     assert stopped_at < 12
 
     assert dip(["submit", str(path), "--address", cluster.dashboard]) == 0
     second = re.search(r"submitted (\S+)", capsys.readouterr().out).group(1)
     assert second == f"{job_id}-2"
-    assert wait_for_job(client, second, 400) == "SUCCEEDED", client.get_job_logs(second)[-3000:]
+    assert wait_for_job(client, second, PATIENCE_S) == "SUCCEEDED", client.get_job_logs(second)[-3000:]
     logs = client.get_job_logs(second)
     already = int(re.search(r"(\d+) already done", logs).group(1))
     assert already >= stopped_at  # resumed: what was stored is not run again
@@ -131,27 +131,29 @@ def test_a_worker_node_killed_mid_sweep_loses_no_fit(services, tmp_path: Path, r
     bucket, uri, keys = sweep_on_s3(tmp_path, s3, "nodekill", seeds=12, iterations=150)
     client = cluster.client()
     sub = jobs.submit(read_manifest(uri), uri, cluster.dashboard)
-    wait_until(lambda: done_count(s3, bucket) >= 2 and len(cluster.fit_actors()) == 2, 240, "fits under way")
+    wait_until(lambda: done_count(s3, bucket) >= 2 and len(cluster.fit_actors()) == 2, PATIENCE_S, "fits under way")
     actors = cluster.fit_actors()
     victim = cluster.node_of(actors[0].node_id)
     on_victim = sum(1 for a in actors if a.node_id == victim.node_id)
     before = done_count(s3, bucket)
     killed = cluster.kill_worker(victim)
-    wait_until(lambda: len(cluster.fit_actors()) == 2 and all(a.node_id != victim.node_id
-                                                              for a in cluster.fit_actors()), 180,
-               "the lost actors to restart on the surviving node")
-    restarted = time.monotonic() - killed
-    wait_until(lambda: done_count(s3, bucket) > before, 180, "a fit finished after the kill")
-    next_fit = time.monotonic() - killed
     try:
-        assert wait_for_job(client, sub.job_id, 400) == "SUCCEEDED", client.get_job_logs(sub.job_id)[-3000:]
+        wait_until(lambda: len(cluster.fit_actors()) == 2 and all(a.node_id != victim.node_id
+                                                                  for a in cluster.fit_actors()), PATIENCE_S,
+                   "the lost actors to restart on the surviving node")
+        restarted = time.monotonic() - killed
+        wait_until(lambda: done_count(s3, bucket) > before, PATIENCE_S, "a fit finished after the kill")
+        next_fit = time.monotonic() - killed
+        assert wait_for_job(client, sub.job_id, PATIENCE_S) == "SUCCEEDED", client.get_job_logs(sub.job_id)[-3000:]
         check = completeness(s3, bucket, keys)
         assert check.exact(), check
+        retried = client.get_job_logs(sub.job_id).count("lost with their worker")
     finally:
         cluster.add_worker()  # the autoscaler's part: capacity back for the next test
-        wait_until(lambda: cluster.alive_nodes() == 3, 60, "a replacement node")
+        wait_until(lambda: cluster.alive_nodes() == 3, 120, "a replacement node")
     say(request, f"worker node killed (raylet SIGKILL, {on_victim} fit actor(s) on it): actors running again "
-                 f"after {restarted:.1f} s, next fit stored after {next_fit:.1f} s; 12/12 fits, each once")
+                 f"after {restarted:.1f} s, next fit stored after {next_fit:.1f} s; {retried} call(s) handed to "
+                 f"another actor by the dispatcher; 12/12 fits, each once")
 
 
 def test_an_s3_outage_mid_sweep_is_retried(services, tmp_path: Path, request) -> None:
@@ -159,17 +161,17 @@ def test_an_s3_outage_mid_sweep_is_retried(services, tmp_path: Path, request) ->
     bucket, uri, keys = sweep_on_s3(tmp_path, s3, "s3outage", seeds=10, iterations=100)
     client = cluster.client()
     sub = jobs.submit(read_manifest(uri), uri, cluster.dashboard)
-    wait_until(lambda: done_count(s3, bucket) >= 2, 240, "two finished fits")
+    wait_until(lambda: done_count(s3, bucket) >= 2, PATIENCE_S, "two finished fits")
     s3.stop()
     down = time.monotonic()
     time.sleep(4)
     s3.restart()
     back = time.monotonic()
     before = done_count(s3, bucket)
-    wait_until(lambda: done_count(s3, bucket) > before or client.get_job_status(sub.job_id).is_terminal(), 180,
+    wait_until(lambda: done_count(s3, bucket) > before or client.get_job_status(sub.job_id).is_terminal(), PATIENCE_S,
                "a fit stored after the outage")
     resumed = time.monotonic() - back
-    assert wait_for_job(client, sub.job_id, 400) == "SUCCEEDED", client.get_job_logs(sub.job_id)[-3000:]
+    assert wait_for_job(client, sub.job_id, PATIENCE_S) == "SUCCEEDED", client.get_job_logs(sub.job_id)[-3000:]
     check = completeness(s3, bucket, keys)
     assert check.exact(), (check, client.get_job_logs(sub.job_id)[-3000:])
     say(request, f"S3 stopped for {back - down:.1f} s: next fit stored {resumed:.1f} s after it came back; "
@@ -182,10 +184,10 @@ def test_mlflow_killed_mid_sweep_then_sync_makes_it_whole(services, tmp_path: Pa
     client = cluster.client()
     manifest = read_manifest(uri)
     sub = jobs.submit(manifest, uri, cluster.dashboard)
-    wait_until(lambda: done_count(s3, bucket) >= 2, 240, "two finished fits")
+    wait_until(lambda: done_count(s3, bucket) >= 2, PATIENCE_S, "two finished fits")
     server.kill()
     killed_at = done_count(s3, bucket)
-    assert wait_for_job(client, sub.job_id, 400) == "SUCCEEDED", client.get_job_logs(sub.job_id)[-3000:]
+    assert wait_for_job(client, sub.job_id, PATIENCE_S) == "SUCCEEDED", client.get_job_logs(sub.job_id)[-3000:]
     assert completeness(s3, bucket, keys).exact()
     assert "dip sweep sync-mlflow" in client.get_job_logs(sub.job_id)  # the driver said what to do
 

@@ -201,6 +201,59 @@ def test_packed_sweep_runs_every_fit_once_as_an_unpacked_one_does(ray_cluster, t
             one.read_metrics(key).column("psnr_clean").to_pylist(), abs=1e-5)
 
 
+# --- the dispatcher: calls lost with their actor go to another, and the actor comes back ----------
+
+
+def stand_in_worker(tmp_path: Path, dies_on: set[int]) -> object:
+    """A fit actor that fails its calls numbered in ``dies_on`` (1-based, over all its restarts:
+    the count lives in a file) by exiting its process, and otherwise answers "done" after 1 s."""
+    import ray
+
+    counter = tmp_path / f"calls-{len(list(tmp_path.glob('calls-*')))}"
+    counter.write_text("0")
+
+    @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+    class StandIn:
+        def run(self, specs: list[dict]) -> list[dict]:
+            calls = int(counter.read_text()) + 1
+            counter.write_text(str(calls))
+            if calls in dies_on:
+                os._exit(1)
+            time.sleep(1.0)
+            return [{"key": s["image_name"], "status": "done"} for s in specs]
+
+    actor = StandIn.remote()
+    actor.calls = lambda: int(counter.read_text())
+    return actor
+
+
+def run_dispatch(dispatch: sweep.Dispatch, timeout: float = 120) -> list[tuple[object, dict | None]]:
+    out, deadline = [], time.monotonic() + timeout
+    while dispatch.busy():
+        assert time.monotonic() < deadline, "the dispatcher hung"
+        out += dispatch.next()
+    return out
+
+
+def test_a_call_lost_with_its_actor_runs_elsewhere_and_the_restarted_actor_gets_work(ray_cluster,
+                                                                                   tmp_path: Path) -> None:
+    specs = sweep.expand_specs(load_manifest(tiny_manifest(tmp_path, str(tmp_path / "r"), seeds=[0, 1, 2])))
+    dying, steady = stand_in_worker(tmp_path, dies_on={1}), stand_in_worker(tmp_path, dies_on=set())
+    out = run_dispatch(sweep.Dispatch([([dying, steady], [[s] for s in specs])], max_retries=1))
+    assert sorted(spec.key for spec, _ in out) == sorted(s.key for s in specs)  # each fit once
+    assert all(record is not None and record["status"] == "done" for _, record in out)
+    # 12 calls of 1 s: the steady actor would take them all, were the restarted one not given work
+    assert dying.calls() >= 2 and dying.calls() + steady.calls() == len(specs) + 1
+
+
+def test_a_call_lost_more_than_max_retries_times_is_given_up(ray_cluster, tmp_path: Path) -> None:
+    [spec] = sweep.expand_specs(load_manifest(tiny_manifest(tmp_path, str(tmp_path / "r"), lams=[2],
+                                                            images={"sample": "camera", "crop": 32})))
+    always = stand_in_worker(tmp_path, dies_on={1, 2, 3, 4})
+    out = run_dispatch(sweep.Dispatch([([always], [[spec]])], max_retries=2))
+    assert out == [(spec, None)] and always.calls() == 3  # the first attempt and two retries
+
+
 @pytest.mark.parametrize("problem, field", [
     ({"fit": {"iterations": "many"}}, "fit.iterations"),
     ({"colour": "blue"}, "colour"),
