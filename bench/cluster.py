@@ -97,12 +97,21 @@ class LocalCluster:
             "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
             "dashboard_agent_listen_port": free_port(), "temp_dir": temp_dir})
         _record_address(previous_address)
+        # A job's driver joins the cluster whose address the Jobs API's supervisor finds in the
+        # head's temp dir, where `ray start` writes it; `Cluster` does not, and without that file
+        # the supervisor takes any GCS running on the machine (another session's Ray, say), so
+        # the job would run on the wrong cluster.
+        _address_file(temp_dir).write_text(cluster.gcs_address)
         local = cls(cluster, f"http://127.0.0.1:{port}", previous_address)
-        for _ in range(workers):
-            local.add_worker(cpus_per_worker, gpus_per_worker)
-        wait_until(local.jobs_ready, 120, "the Jobs API")
-        local.wait_for_job_agent()
-        wait_until(lambda: local.alive_nodes() == workers + 1, 60, f"{workers + 1} nodes")
+        try:  # bounds on hangs: on a busy machine each step takes minutes
+            for _ in range(workers):
+                local.add_worker(cpus_per_worker, gpus_per_worker)
+            wait_until(local.jobs_ready, 300, "the Jobs API")
+            local.wait_for_job_agent(300)
+            wait_until(lambda: local.alive_nodes() == workers + 1, 300, f"{workers + 1} nodes")
+        except BaseException:
+            local.shutdown()
+            raise
         return local
 
     def add_worker(self, cpus: int = 1, gpus: int = 2) -> Any:
@@ -173,10 +182,12 @@ class LocalCluster:
         _record_address(self.previous_address)  # shutdown deletes the file, whoever wrote it
 
 
-def _address_file() -> Path:
+def _address_file(temp_dir: str | None = None) -> Path:
+    """Where Ray records the address of the newest cluster started with that temp dir
+    (None: /tmp/ray, the one a plain `ray.init()` reads)."""
     from ray._common.utils import get_ray_address_file
 
-    return Path(get_ray_address_file(None))
+    return Path(get_ray_address_file(temp_dir))
 
 
 def _recorded_address() -> str | None:

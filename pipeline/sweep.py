@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,12 +179,22 @@ class Progress:
 # --- MLflow --------------------------------------------------------------------------------------
 
 
+SERVER_LOGGERS = 4
+
+
+def logging_threads(tracking_uri: str) -> int:
+    """How many fits to log at once: a tracking server takes concurrent clients, and logging a
+    fit is a dozen small requests (storage reads included) that mostly wait; an embedded SQLite
+    store wants one writer."""
+    return SERVER_LOGGERS if tracking_uri.startswith(("http://", "https://")) else 1
+
+
 class MlflowLog:
     """MLflow logging that never stops or slows a sweep.
 
-    Fits are logged from storage by one background thread (one writer: SQLite stores dislike
-    concurrent writers), so the driver loop only enqueues keys. The first failure switches
-    logging off with a hint to backfill with `dip sweep sync-mlflow`.
+    Fits are logged from storage by background threads (`logging_threads`), so the driver loop
+    only enqueues keys. The first failure switches logging off with a hint to backfill with
+    `dip sweep sync-mlflow`.
     """
 
     def __init__(self, manifest: Manifest, store: Store) -> None:
@@ -191,7 +202,8 @@ class MlflowLog:
         self.tracker: Tracker | None = None
         self.parent = ""
         self.queue: queue.Queue[str | None] = queue.Queue()
-        self.thread: threading.Thread | None = None
+        self.threads: list[threading.Thread] = []
+        self.lock = threading.Lock()
         if not manifest.mlflow.enabled:
             return
         try:
@@ -201,14 +213,17 @@ class MlflowLog:
         except TrackingError as err:
             self.disable(err)
             return
-        self.thread = threading.Thread(target=self.drain, name="mlflow-log", daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self.drain, name=f"mlflow-log-{n}", daemon=True)
+                        for n in range(logging_threads(self.tracker.tracking_uri))]
+        for thread in self.threads:
+            thread.start()
 
     def disable(self, err: Exception) -> None:
-        if self.tracker is not None:
-            print(f"\nwarning: MLflow unavailable ({err}); results are stored, run "
-                  f"'dip sweep sync-mlflow' later to backfill", file=sys.stderr)
-        self.tracker = None
+        with self.lock:
+            if self.tracker is not None:
+                print(f"\nwarning: MLflow unavailable ({err}); results are stored, run "
+                      f"'dip sweep sync-mlflow' later to backfill", file=sys.stderr)
+            self.tracker = None
 
     def log(self, key: str) -> None:
         if self.tracker is not None:
@@ -216,19 +231,26 @@ class MlflowLog:
 
     def drain(self) -> None:
         while (key := self.queue.get()) is not None:
-            if self.tracker is None:
+            if (tracker := self.tracker) is None:
                 continue
             try:
-                log_stored_fit(self.tracker, self.parent, self.store, key)
+                log_stored_fit(tracker, self.parent, self.store, key)
             except TrackingError as err:
                 self.disable(err)
 
     def close(self, timeout: float = 300.0) -> None:
-        """Finish logging what is queued, then mark the sweep run finished."""
-        if self.thread is None:
+        """Finish logging what is queued (for at most ``timeout`` s), then mark the sweep run finished."""
+        if not self.threads:
             return
-        self.queue.put(None)
-        self.thread.join(timeout)
+        for _ in self.threads:
+            self.queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        if any(thread.is_alive() for thread in self.threads) and self.tracker is not None:
+            # waiting keys plus a stop sign per busy thread: about the waiting and the in-progress fits
+            print(f"\nMLflow logging still busy after {timeout:.0f} s: about {self.queue.qsize()} fits are not "
+                  f"logged yet; run 'dip sweep sync-mlflow' to log them", file=sys.stderr)
         if self.tracker is not None:
             try:
                 self.tracker.finish_sweep(self.parent)
@@ -447,8 +469,9 @@ def sync_mlflow(manifest: Manifest) -> tuple[int, int]:
     have = tracker.logged_keys(parent)
     keys = {s.key for s in expand_specs(manifest)}
     missing = sorted((store.done_keys() & keys) - have)
-    for key in missing:
-        log_stored_fit(tracker, parent, store, key)
+    with ThreadPoolExecutor(logging_threads(tracker.tracking_uri)) as pool:
+        for _ in pool.map(lambda key: log_stored_fit(tracker, parent, store, key), missing):
+            pass  # a TrackingError is raised here, in order
     return len(missing), len(have & keys)
 
 

@@ -10,13 +10,17 @@ Recovery times are printed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shlex
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +37,7 @@ from bench.cluster import (
 from pipeline import jobs, sweep
 from pipeline.cli import main as dip
 from pipeline.cli import read_manifest
+from pipeline.manifest import Manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 # Waits are bounds on hangs, not on speed: with both cores busy elsewhere a job takes minutes to
@@ -47,32 +52,57 @@ def say(request: pytest.FixtureRequest, line: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, S3Server, MlflowServer]]:
+def services(tmp_path_factory: pytest.TempPathFactory,
+             ray_cluster: None) -> Iterator[tuple[LocalCluster, S3Server, MlflowServer]]:
+    """The cluster, S3 and MLflow; with the session's local Ray running beside them, as in a full
+    test run (a job must still run on this cluster: test_jobs_run_on_the_cluster_they_were_sent_to)."""
     with pytest.MonkeyPatch.context() as env:
         for name, value in cluster_environment().items():
             env.setenv(name, value)
         s3 = S3Server()
         env.setenv("AWS_ENDPOINT_URL", s3.endpoint)  # s3:// manifests, read by client and job alike
         server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
-        server.start()
-        cluster = LocalCluster.start(workers=2, gpus_per_worker=2)
-        try:
+        with contextlib.ExitStack() as cleanup:  # whatever started is stopped, even if a later start fails
+            cleanup.callback(s3.stop)
+            cleanup.callback(server.kill)
+            server.start()
+            cluster = LocalCluster.start(workers=2, gpus_per_worker=2)
+            cleanup.callback(cluster.shutdown)
             yield cluster, s3, server
-        finally:
-            cluster.shutdown()
-            server.kill()
-            s3.stop()
 
 
-def sweep_on_s3(tmp_path: Path, s3: S3Server, name: str, seeds: int, iterations: int,
-                mlflow_uri: str | None = None) -> tuple[str, str, set[str]]:
-    """A manifest uploaded to a fresh versioned bucket: (bucket, manifest URI, fit keys)."""
+@dataclass
+class Job:
+    """A sweep submitted through the Jobs API, its manifest in a fresh versioned bucket."""
+
+    bucket: str
+    manifest: Manifest
+    keys: set[str]  # its fits
+    job_id: str
+    client: Any
+
+    def succeeds(self) -> str:
+        """Wait for the job; its logs (for the assertions after it) if it succeeded."""
+        status = wait_for_job(self.client, self.job_id, PATIENCE_S)
+        logs = self.client.get_job_logs(self.job_id)
+        assert status == "SUCCEEDED", logs[-3000:]
+        return logs
+
+
+def submit_on_s3(tmp_path: Path, services, name: str, seeds: int, iterations: int,
+                 mlflow_uri: str | None = None) -> Job:
+    """Upload a manifest to a fresh versioned bucket, submit it, and wait for its first two fits."""
+    cluster, s3, _ = services
     bucket = s3.versioned_bucket()
     path = write_manifest(tmp_path / f"{name}.yaml", name, f"s3://{bucket}/results", s3.options(), mlflow_uri,
                           seeds=seeds, iterations=iterations, width=8, max_workers=2)
     s3.fs().put_file(str(path), f"{bucket}/manifests/{name}.yaml")
     uri = f"s3://{bucket}/manifests/{name}.yaml"
-    return bucket, uri, {s.key for s in sweep.expand_specs(read_manifest(uri))}
+    manifest = read_manifest(uri)
+    job = Job(bucket, manifest, {s.key for s in sweep.expand_specs(manifest)},
+              jobs.submit(manifest, uri, cluster.dashboard).job_id, cluster.client())
+    wait_until(lambda: done_count(s3, bucket) >= 2, PATIENCE_S, "two finished fits")
+    return job
 
 
 def done_count(s3: S3Server, bucket: str) -> int:
@@ -88,6 +118,22 @@ def test_the_jobs_api_refuses_requests_without_the_token(services) -> None:
                                      headers={"Authorization": f"Bearer {os.environ['RAY_AUTH_TOKEN']}"})
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
+
+
+def test_jobs_run_on_the_cluster_they_were_sent_to(services) -> None:
+    """Each job's driver is started by a new supervisor process; with two Ray clusters on the
+    machine, a supervisor that guesses picks the wrong one about half of the time (it did, before
+    bench.cluster wrote the address where `ray start` does), so 8 jobs fail with odds 255/256."""
+    import ray
+
+    cluster, _, _ = services
+    client = cluster.client()
+    show = "import ray; ray.init(); print('GCS', ray.get_runtime_context().gcs_address)"
+    for _ in range(8):
+        job_id = client.submit_job(entrypoint=f"python -c {shlex.quote(show)}")
+        assert wait_for_job(client, job_id, PATIENCE_S) == "SUCCEEDED", client.get_job_logs(job_id)[-2000:]
+        joined = re.search(r"GCS (\S+)", client.get_job_logs(job_id)).group(1)
+        assert joined == cluster.cluster.gcs_address != ray.get_runtime_context().gcs_address
 
 
 def test_submit_status_stop_and_resubmit_resumes(services, tmp_path: Path, capsys, request) -> None:
@@ -128,26 +174,23 @@ def test_submit_status_stop_and_resubmit_resumes(services, tmp_path: Path, capsy
 
 def test_a_worker_node_killed_mid_sweep_loses_no_fit(services, tmp_path: Path, request) -> None:
     cluster, s3, _ = services
-    bucket, uri, keys = sweep_on_s3(tmp_path, s3, "nodekill", seeds=12, iterations=150)
-    client = cluster.client()
-    sub = jobs.submit(read_manifest(uri), uri, cluster.dashboard)
-    wait_until(lambda: done_count(s3, bucket) >= 2 and len(cluster.fit_actors()) == 2, PATIENCE_S, "fits under way")
+    job = submit_on_s3(tmp_path, services, "nodekill", seeds=12, iterations=150)
+    wait_until(lambda: len(cluster.fit_actors()) == 2, PATIENCE_S, "both fit actors")
     actors = cluster.fit_actors()
     victim = cluster.node_of(actors[0].node_id)
     on_victim = sum(1 for a in actors if a.node_id == victim.node_id)
-    before = done_count(s3, bucket)
+    before = done_count(s3, job.bucket)
     killed = cluster.kill_worker(victim)
     try:
         wait_until(lambda: len(cluster.fit_actors()) == 2 and all(a.node_id != victim.node_id
                                                                   for a in cluster.fit_actors()), PATIENCE_S,
                    "the lost actors to restart on the surviving node")
         restarted = time.monotonic() - killed
-        wait_until(lambda: done_count(s3, bucket) > before, PATIENCE_S, "a fit finished after the kill")
+        wait_until(lambda: done_count(s3, job.bucket) > before, PATIENCE_S, "a fit finished after the kill")
         next_fit = time.monotonic() - killed
-        assert wait_for_job(client, sub.job_id, PATIENCE_S) == "SUCCEEDED", client.get_job_logs(sub.job_id)[-3000:]
-        check = completeness(s3, bucket, keys)
+        retried = job.succeeds().count("lost with their worker")
+        check = completeness(s3, job.bucket, job.keys)
         assert check.exact(), check
-        retried = client.get_job_logs(sub.job_id).count("lost with their worker")
     finally:
         cluster.add_worker()  # the autoscaler's part: capacity back for the next test
         wait_until(lambda: cluster.alive_nodes() == 3, 120, "a replacement node")
@@ -157,47 +200,39 @@ def test_a_worker_node_killed_mid_sweep_loses_no_fit(services, tmp_path: Path, r
 
 
 def test_an_s3_outage_mid_sweep_is_retried(services, tmp_path: Path, request) -> None:
-    cluster, s3, _ = services
-    bucket, uri, keys = sweep_on_s3(tmp_path, s3, "s3outage", seeds=10, iterations=100)
-    client = cluster.client()
-    sub = jobs.submit(read_manifest(uri), uri, cluster.dashboard)
-    wait_until(lambda: done_count(s3, bucket) >= 2, PATIENCE_S, "two finished fits")
+    _, s3, _ = services
+    job = submit_on_s3(tmp_path, services, "s3outage", seeds=10, iterations=100)
     s3.stop()
     down = time.monotonic()
     time.sleep(4)
     s3.restart()
     back = time.monotonic()
-    before = done_count(s3, bucket)
-    wait_until(lambda: done_count(s3, bucket) > before or client.get_job_status(sub.job_id).is_terminal(), PATIENCE_S,
-               "a fit stored after the outage")
+    before = done_count(s3, job.bucket)
+    wait_until(lambda: done_count(s3, job.bucket) > before or job.client.get_job_status(job.job_id).is_terminal(),
+               PATIENCE_S, "a fit stored after the outage")
     resumed = time.monotonic() - back
-    assert wait_for_job(client, sub.job_id, PATIENCE_S) == "SUCCEEDED", client.get_job_logs(sub.job_id)[-3000:]
-    check = completeness(s3, bucket, keys)
-    assert check.exact(), (check, client.get_job_logs(sub.job_id)[-3000:])
+    logs = job.succeeds()
+    check = completeness(s3, job.bucket, job.keys)
+    assert check.exact(), (check, logs[-3000:])
     say(request, f"S3 stopped for {back - down:.1f} s: next fit stored {resumed:.1f} s after it came back; "
                  f"{check.done}/{check.expected} fits, none failed or twice")
 
 
 def test_mlflow_killed_mid_sweep_then_sync_makes_it_whole(services, tmp_path: Path, request) -> None:
-    cluster, s3, server = services
-    bucket, uri, keys = sweep_on_s3(tmp_path, s3, "mlflowkill", seeds=10, iterations=100, mlflow_uri=server.uri)
-    client = cluster.client()
-    manifest = read_manifest(uri)
-    sub = jobs.submit(manifest, uri, cluster.dashboard)
-    wait_until(lambda: done_count(s3, bucket) >= 2, PATIENCE_S, "two finished fits")
+    _, s3, server = services
+    job = submit_on_s3(tmp_path, services, "mlflowkill", seeds=10, iterations=100, mlflow_uri=server.uri)
     server.kill()
-    killed_at = done_count(s3, bucket)
-    assert wait_for_job(client, sub.job_id, PATIENCE_S) == "SUCCEEDED", client.get_job_logs(sub.job_id)[-3000:]
-    assert completeness(s3, bucket, keys).exact()
-    assert "dip sweep sync-mlflow" in client.get_job_logs(sub.job_id)  # the driver said what to do
+    killed_at = done_count(s3, job.bucket)
+    assert "dip sweep sync-mlflow" in job.succeeds()  # the driver said what to do
+    assert completeness(s3, job.bucket, job.keys).exact()
 
     start = time.monotonic()
     server.start()
     before = server.fit_run_keys("mlflowkill")
-    added, present = sweep.sync_mlflow(manifest)
+    added, present = sweep.sync_mlflow(job.manifest)
     whole = time.monotonic() - start
     runs = server.fit_run_keys("mlflowkill")
-    assert set(runs) == keys and set(runs.values()) == {1}  # every fit once, FINISHED
-    assert (added, present) == (len(keys) - len(before), len(before))
+    assert set(runs) == job.keys and set(runs.values()) == {1}  # every fit once, FINISHED
+    assert (added, present) == (len(job.keys) - len(before), len(before))
     say(request, f"MLflow killed after {killed_at} fits: sweep finished without it; restart + sync-mlflow "
                  f"logged {added} missing fits ({present} were there) in {whole:.1f} s, none twice")
