@@ -90,9 +90,12 @@ class LocalCluster:
 
         temp_dir = tempfile.mkdtemp(prefix="dipray-", dir="/tmp")  # sessions and logs of its own
         port = free_port()
+        previous_address = _recorded_address()
+        # `Cluster` writes /tmp/ray's address file without creating its folder, which a machine
+        # that never ran Ray lacks
+        _address_file().parent.mkdir(parents=True, exist_ok=True)
         # Every node's dashboard agent gets a port of its own: the default (52365) is one per
         # machine, and other Ray clusters on this machine may hold it.
-        previous_address = _recorded_address()
         cluster = Cluster(initialize_head=True, connect=False, head_node_args={
             "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
             "dashboard_agent_listen_port": free_port(), "temp_dir": temp_dir})
@@ -192,8 +195,6 @@ def _address_file(temp_dir: str | None = None) -> Path:
 
 def _recorded_address() -> str | None:
     path = _address_file()
-    # `Cluster` writes the file without creating its folder, which a machine that never ran Ray lacks
-    path.parent.mkdir(parents=True, exist_ok=True)
     return path.read_text() if path.exists() else None
 
 

@@ -247,11 +247,11 @@ class MlflowLog:
         deadline = time.monotonic() + timeout
         for thread in self.threads:
             thread.join(max(deadline - time.monotonic(), 0.0))
-        if any(thread.is_alive() for thread in self.threads) and self.tracker is not None:
-            # waiting keys plus a stop sign per busy thread: about the waiting and the in-progress fits
-            print(f"\nMLflow logging still busy after {timeout:.0f} s: about {self.queue.qsize()} fits are not "
-                  f"logged yet; run 'dip sweep sync-mlflow' to log them", file=sys.stderr)
         if self.tracker is not None:
+            if any(thread.is_alive() for thread in self.threads):
+                # waiting keys plus a stop sign per busy thread: about the waiting and the in-progress fits
+                print(f"\nMLflow logging still busy after {timeout:.0f} s: about {self.queue.qsize()} fits are "
+                      f"not logged yet; run 'dip sweep sync-mlflow' to log them", file=sys.stderr)
             try:
                 self.tracker.finish_sweep(self.parent)
             except TrackingError as err:
