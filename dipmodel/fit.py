@@ -96,9 +96,14 @@ class FitConfig:
     optimizer: str = "adam"  # "sgld": Adam plus Langevin noise (Bayesian DIP, module docstring)
     sgld_temperature: float = 0.002  # T: the noise variance is 2·lr·T per step
     burn_in: int = 0  # sgld: iterations before outputs are averaged into the posterior mean
+    backtrack: bool = True  # restore the last good parameters after a collapse (module docstring)
+    backtrack_drop: float = 5.0  # dB fall of the PSNR against the target that counts as a collapse
+    backtrack_every: int = 1  # iterations between checks (each good check saves the parameters)
+    input_noise_std: float = 0.0  # Ulyanov's input regularisation: z + N(0, std²), redrawn each step
+    output_average: float = 0.0  # Ulyanov's exponential average of outputs (0.99); 0: off
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "metric_stride", "stop_window", "sync_every"):
+        for name in ("iterations", "metric_stride", "stop_window", "sync_every", "backtrack_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FitConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.sn_refresh_every < 0:
@@ -118,6 +123,12 @@ class FitConfig:
             raise ValueError("FitConfig.sgld_temperature and FitConfig.burn_in must be >= 0")
         if self.optimizer == "sgld" and self.burn_in >= self.iterations:
             raise ValueError(f"FitConfig.burn_in ({self.burn_in}) must be below iterations ({self.iterations})")
+        if not self.backtrack_drop > 0:
+            raise ValueError(f"FitConfig.backtrack_drop must be > 0 dB, got {self.backtrack_drop}")
+        if self.input_noise_std < 0:
+            raise ValueError(f"FitConfig.input_noise_std must be >= 0, got {self.input_noise_std}")
+        if not 0 <= self.output_average < 1:
+            raise ValueError(f"FitConfig.output_average must be in [0, 1), got {self.output_average}")
         if self.snapshot_dtype not in ("float16", "bfloat16", "float32"):
             raise ValueError(f"FitConfig.snapshot_dtype must be float16, bfloat16 or float32, got {self.snapshot_dtype}")
 
@@ -142,6 +153,7 @@ class FitResult:
     posterior_mean: np.ndarray | None = None  # sgld: mean of the samples after burn-in
     posterior_samples: int = 0
     posterior_psnr: float | None = None
+    fallback_iterations: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
 
@@ -156,18 +168,24 @@ class FitResult:
             "stop_iteration": self.stop_iteration,
             "posterior_psnr": self.posterior_psnr,
             "posterior_samples": self.posterior_samples,
+            "fallbacks": len(self.fallback_iterations),
             "seconds": self.seconds,
             "ms_per_iteration": 1000.0 * self.seconds / max(self.final_iteration, 1),
         }
+
+
+def observed(out: Tensor, y: Tensor, op: Operator) -> Tensor:
+    """The output in the observation's space, where it is compared with ``y``: the output itself
+    when shapes agree (denoising, JPEG, inpainting against the masked image, as the authors
+    do), else A(output) (super-resolution)."""
+    return out if out.shape == y.shape else op.A(out)
 
 
 def metric_row(
     out: Tensor, y: Tensor, op: Operator, clean: Tensor | None, spectral: bool, extra: Mapping[str, ExtraMetric]
 ) -> dict[str, Tensor]:
     """The per-iteration metrics of one output, as 0-d or 1-d device tensors (no host sync)."""
-    # Compare in the observation's space: the output itself when shapes agree (denoising,
-    # JPEG, inpainting against the masked image, as the authors do), else A(output) (SR).
-    seen = out if out.shape == y.shape else op.A(out)
+    seen = observed(out, y, op)
     row = {"psnr_target": M.psnr(seen, y)[0]}
     if clean is not None:
         row["psnr_clean"] = M.psnr(out, clean)[0]
@@ -242,7 +260,48 @@ class DeviceRecord:
         return {"iteration": np.asarray(self.iterations)} | {n: values[:, i] for i, n in enumerate(self.names)}
 
 
-def langevin_noise(params: list[Tensor], std: float, generator: torch.Generator) -> None:
+class Backtrack:
+    """The safeguard of Ulyanov et al.'s and Shi et al.'s released loops, on the device.
+
+    At each check the PSNR of the output against the degraded target is compared with the
+    last good check's. A fall of more than ``drop`` dB is a collapse (a too-large step can
+    throw the network into a saturated sigmoid, whose gradient never brings it back): the
+    parameters of the last good check come back. Otherwise the current parameters become the
+    last good ones. As in those loops the optimiser's moments are kept; unlike them the
+    parameters are restored *after* this iteration's step, so the step taken from the
+    collapsed output is discarded rather than applied to the restored parameters.
+    Everything is ``torch.where`` on device tensors, so a check never waits for the device.
+    """
+
+    def __init__(self, params: list[Tensor], drop: float, device: torch.device) -> None:
+        self.params, self.drop = params, drop
+        self.saved = [p.detach().clone() for p in params]
+        self.last = torch.tensor(-math.inf, device=device)
+        self.count = torch.zeros((), device=device)
+
+    @torch.no_grad()
+    def check(self, psnr_target: Tensor) -> Tensor:
+        """Compare with the last good check; save the current parameters if good. 0-d bool."""
+        fall = (self.last - psnr_target) > self.drop
+        for live, saved in zip(self.params, self.saved):
+            saved.copy_(torch.where(fall, saved, live))
+        self.last = torch.where(fall, self.last, psnr_target)
+        self.count = self.count + fall
+        return fall
+
+    @torch.no_grad()
+    def restore(self, fall: Tensor) -> None:
+        """After the step: back to the last good parameters where ``fall`` holds."""
+        for live, saved in zip(self.params, self.saved):
+            live.copy_(torch.where(fall, saved, live))
+
+
+def seeded_generator(device: torch.device, seed: int) -> torch.Generator | None:
+    """A generator on the device, seeded; None on the ``meta`` device, which has none (tests)."""
+    return None if device.type == "meta" else torch.Generator(device=device).manual_seed(seed)
+
+
+def langevin_noise(params: list[Tensor], std: float, generator: torch.Generator | None) -> None:
     """Add 𝒩(0, std²) to every weight in place: the Langevin half of an SGLD step."""
     with torch.no_grad():
         for p in params:
@@ -346,8 +405,13 @@ class FitLoop:
         self.power_layers = [m for m in net.modules() if isinstance(m, LipschitzConv) and m.uses_power_iteration]
         self.weights = [p for p in net.parameters() if p.dim() >= 2]  # what SGLD perturbs
         self.noise_std = math.sqrt(2 * cfg.lr * cfg.sgld_temperature)
-        sgld = cfg.optimizer == "sgld"
-        self.noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1) if sgld else None
+        self.sgld = sgld = cfg.optimizer == "sgld"
+        self.noise_gen = seeded_generator(device, cfg.seed + 1) if sgld else None
+        self.input_gen = seeded_generator(device, cfg.seed + 2) if cfg.input_noise_std else None
+        self.z_step = z  # the input of this iteration's forward: z, or z + noise (input_noise_std)
+        params = list(net.parameters())
+        self.guard = Backtrack(params, cfg.backtrack_drop, device) if cfg.backtrack else None
+        self.fallback_hist = torch.zeros(cfg.iterations + 1, dtype=torch.bool, device=device)
         self.forward = compile_or_eager(self._forward_loss, cfg.compile)
 
         # --- device-side state ----------------------------------------------------------------
@@ -356,7 +420,7 @@ class FitLoop:
         self.snap_dtype = getattr(torch, cfg.snapshot_dtype)
         self.snapshots: list[Tensor] = []
         self.snapshot_iters: list[int] = []
-        self.out: Tensor | None = None
+        self.out: Tensor | None = None  # the recorded output: the raw one, or its running average
         self.posterior: Tensor | None = None  # running mean of the samples after burn-in (sgld)
         self.samples = 0
         net.train()
@@ -365,7 +429,7 @@ class FitLoop:
         """The output (fp32) and the data term; the forward in bf16 under ``precision: bf16``."""
         bf16 = self.cfg.precision == "bf16"
         with torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-            out = self.net(self.z)
+            out = self.net(self.z_step)
         out = out.float()
         return out, data_term(self.op, out, self.y)
 
@@ -374,10 +438,21 @@ class FitLoop:
         cfg, T = self.cfg, self.cfg.iterations
         if self.power_layers and cfg.sn_refresh_every and t % cfg.sn_refresh_every == 0:
             refresh_power_vectors(self.power_layers)
+        if cfg.input_noise_std:
+            noise = torch.randn(self.z.shape, generator=self.input_gen, device=self.device, dtype=self.z.dtype)
+            self.z_step = self.z + cfg.input_noise_std * noise
         out, loss = self.forward()
-        self.out = out.detach()
+        raw = out.detach()
         self.loss_hist[t] = loss.detach()
-        if self.noise_gen is not None and t > cfg.burn_in:  # a sample: fold it into the running mean
+        fall = None
+        if self.guard is not None and t < T and t % cfg.backtrack_every == 0:
+            fall = self.guard.check(M.psnr(observed(raw, self.y, self.op), self.y)[0])
+            self.fallback_hist[t] = fall
+        if cfg.output_average and self.out is not None:  # Ulyanov's exponential average
+            self.out = self.out * cfg.output_average + raw * (1 - cfg.output_average)
+        else:
+            self.out = raw
+        if self.sgld and t > cfg.burn_in:  # a sample: fold it into the running mean
             self.samples += 1
             if self.posterior is None:
                 self.posterior = self.out.clone()
@@ -386,7 +461,11 @@ class FitLoop:
         if t % cfg.metric_stride == 0 or t == T:
             with torch.no_grad():
                 row = metric_row(self.out, self.y, self.op, self.clean, cfg.spectral, self.extra)
+                if cfg.output_average and self.clean is not None:
+                    row["psnr_clean_raw"] = M.psnr(raw, self.clean)[0]
                 row |= {name: fn(self.net) for name, fn in self.net_metrics.items()}
+                if self.guard is not None:
+                    row["fallbacks"] = self.guard.count
                 self.record.add(t, self.out, row | {"loss": loss.detach()})
         if cfg.snapshot_stride and (t % cfg.snapshot_stride == 0 or t == T):
             self.snapshots.append(self.out[0].to(self.snap_dtype))
@@ -395,8 +474,10 @@ class FitLoop:
             self.optimiser.zero_grad(set_to_none=True)
             loss.backward()
             self.optimiser.step()
-            if self.noise_gen is not None:
+            if self.sgld:
                 langevin_noise(self.weights, self.noise_std, self.noise_gen)
+            if fall is not None:
+                self.guard.restore(fall)
 
     def check_losses(self, lo: int, upto: int) -> bool:
         """Host sync point: raise on a non-finite loss in [lo, upto); say whether to halt at the stop."""
@@ -537,6 +618,7 @@ def collect(loop: FitLoop, t: int, seconds: float) -> FitResult:
         snapshot_iterations=np.asarray(loop.snapshot_iters, dtype=np.int64),
         seconds=seconds,
         config=asdict(loop.cfg),
+        fallback_iterations=loop.fallback_hist[: t + 1].nonzero()[:, 0].cpu().numpy(),
     )
     if clean is not None:
         result.final_psnr = float(M.psnr(out, clean)[0])

@@ -181,7 +181,8 @@ def test_an_iteration_never_reads_a_device_value() -> None:
     net = NetConfig(name="decoder", width=8, depth=3, norm="lipschitz", lam=2.0, sn_method="power")
     op = build_operator("denoise", (3, 32, 32), seed=1, sigma=25)
     clean = torch.rand(1, 3, 32, 32)
-    cfg = FitConfig(iterations=6, stop_window=2, sn_refresh_every=2, snapshot_stride=3)
+    cfg = FitConfig(iterations=6, stop_window=2, sn_refresh_every=2, snapshot_stride=3,
+                    input_noise_std=0.03, output_average=0.99, backtrack_every=2)
     loop = FitLoop(net, op, op.degrade(clean), clean, cfg, device="meta")
     for t in range(cfg.iterations + 1):
         loop.iteration(t)
@@ -242,3 +243,90 @@ def test_a_failing_fit_leaves_the_rest_of_its_pack_alone(problem) -> None:
     assert isinstance(bad_shape, ValueError) and "does not match" in str(bad_shape)
     for packed, job in zip((first, second), good):
         assert_same_fit(packed, one_thread(fit, job.net_cfg, job.op, job.y, job.clean, job.cfg))
+
+
+# ---------------------------------------------------------------- safeguards and Ulyanov's options
+
+
+def spiked_fit(problem, cfg: FitConfig, spike_at: int) -> FitLoop:
+    """A fit whose step after output ``spike_at`` + 1 has learning rate 10: a forced collapse."""
+    clean, op, y = problem
+    loop = FitLoop(SMALL_NET, op, y, clean, cfg)
+    for t in range(cfg.iterations + 1):
+        loop.iteration(t)
+        for group in loop.optimiser.param_groups:
+            group["lr"] = 10.0 if t == spike_at else cfg.lr
+    return loop
+
+
+def test_backtracking_recovers_from_a_collapse(problem) -> None:
+    """A learning-rate spike throws the output into the sigmoid's saturation; without the
+    safeguard it never comes back, with it the next output is the last good one's."""
+    spike, cfg = 40, FitConfig(iterations=80, auto_stop=False)
+    off = one_thread(spiked_fit, problem, FitConfig(iterations=80, auto_stop=False, backtrack=False), spike)
+    on = one_thread(spiked_fit, problem, cfg, spike)
+    psnr_off, psnr_on = off.record.table()["psnr_clean"], on.record.table()["psnr_clean"]
+    before = psnr_on[spike + 1]  # the output of the last step taken at the normal rate
+    assert psnr_on[spike + 2] < before - 10 and psnr_off[spike + 2] < before - 10  # both collapsed
+    assert psnr_off[-1] < before - 10  # and the unguarded fit stays collapsed
+    assert abs(psnr_on[spike + 3] - before) < 1.0  # the guarded one is back at once
+    assert psnr_on[-1] > before - 1.0
+    assert on.fallback_hist.nonzero().flatten().tolist() == [spike + 2]
+    fallbacks = on.record.table()["fallbacks"]  # cumulative count per recorded row
+    assert fallbacks[spike + 1] == 0 and fallbacks[spike + 2] == 1 and fallbacks[-1] == 1
+
+
+def test_backtracking_changes_nothing_without_a_collapse(problem) -> None:
+    clean, op, y = problem
+    on = one_thread(fit, SMALL_NET, op, y, clean, FitConfig(iterations=60, stop_window=10))
+    off = one_thread(fit, SMALL_NET, op, y, clean, FitConfig(iterations=60, stop_window=10, backtrack=False))
+    assert on.summary()["fallbacks"] == 0 and len(on.fallback_iterations) == 0
+    for column, values in off.metrics.items():
+        np.testing.assert_array_equal(on.metrics[column], values, err_msg=column)
+    np.testing.assert_array_equal(on.final, off.final)
+
+
+def test_backtracking_checks_at_its_interval(problem) -> None:
+    """With checks every 4 iterations a collapse is caught at the first check after it, and
+    the parameters come back from the check before (the last good one)."""
+    spike, cfg = 41, FitConfig(iterations=60, auto_stop=False, backtrack_every=4)
+    loop = one_thread(spiked_fit, problem, cfg, spike)
+    psnr = loop.record.table()["psnr_clean"]
+    assert loop.fallback_hist.nonzero().flatten().tolist() == [44]  # collapse at 43, check at 44
+    assert abs(psnr[45] - psnr[40]) < 1e-4  # output 45 is made by the parameters saved at 40
+
+
+def test_output_average_is_the_exponential_average_of_raw_outputs(problem) -> None:
+    clean, op, y = problem
+    cfg = FitConfig(iterations=12, auto_stop=False, output_average=0.9)
+    loop = FitLoop(SMALL_NET, op, y, clean, cfg)
+    raw: list[torch.Tensor] = []
+    loop.net.register_forward_hook(lambda module, inputs, output: raw.append(output.detach().clone()))
+    one_thread(lambda: [loop.iteration(t) for t in range(cfg.iterations + 1)])
+    expected = raw[0]
+    for out in raw[1:]:
+        expected = 0.9 * expected + 0.1 * out
+    torch.testing.assert_close(loop.out, expected, rtol=0, atol=1e-6)
+    table = loop.record.table()
+    assert table["psnr_clean_raw"][-1] == pytest.approx(float(M.psnr(raw[-1], clean)[0]), abs=1e-4)
+    assert table["psnr_clean"][-1] == pytest.approx(float(M.psnr(expected, clean)[0]), abs=1e-4)
+
+
+def test_input_noise_is_redrawn_every_step_and_seeded(problem) -> None:
+    clean, op, y = problem
+    cfg = FitConfig(iterations=3, auto_stop=False, input_noise_std=1 / 30)
+
+    def inputs() -> list[torch.Tensor]:
+        loop = FitLoop(SMALL_NET, op, y, clean, cfg)
+        seen: list[torch.Tensor] = []
+        loop.net.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+        for t in range(cfg.iterations + 1):
+            loop.iteration(t)
+        return [z - loop.z for z in seen]
+
+    first, again = inputs(), inputs()
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a, b)  # the same seed draws the same noise
+    assert not torch.equal(first[0], first[1])  # a new draw each iteration
+    every = torch.cat([d.flatten() for d in first])
+    assert abs(float(every.std()) - 1 / 30) < 0.1 / 30 and abs(float(every.mean())) < 0.1 / 30
