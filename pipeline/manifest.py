@@ -48,7 +48,10 @@ from dipmodel.networks import ONE_D, NetConfig, side_multiple
 from pipeline import datasets
 from pipeline.images import SAMPLE_PREFIX
 
-KEY_VERSION = 1  # bump when the meaning of a key's content changes, so old results are not reused
+# Bump when the meaning of a key's content changes, so old results are not reused. Version 2:
+# backtracking on by default, the head convolution unbounded by default, and blurriness,
+# sharpness and FBC as the authors compute them (the automatic stop's meaning changed).
+KEY_VERSION = 2
 KEY_FIELDS = ("image_name", "crop", "grey", "task", "task_params", "network", "fit", "seed")
 # Added after version 1 keys existed: entered only when set, so the keys of fits that do not
 # use them (and their stored results) stay valid.
