@@ -40,6 +40,8 @@ def fit_curves(
     if "psnr_clean" in metrics:
         ax.plot(it, metrics["psnr_clean"], label="vs clean image")
     ax.plot(it, metrics["psnr_target"], label="vs degraded target", alpha=0.7)
+    if fallen := fallback_points(metrics, "psnr_target"):
+        ax.scatter(*zip(*fallen), color="tab:red", zorder=3, label="backtracked here", **MARK_STYLES["fallback"])
     ax.set_ylabel("PSNR (dB)")
     mark_stops(ax, best_iteration, stop_iteration)
     ax.legend(fontsize=8)
@@ -78,7 +80,19 @@ MARK_STYLES: dict[str, dict] = {
     "oracle peak": {"marker": "o", "s": 36, "edgecolors": "black", "linewidths": 0.6},
     "auto-stop": {"marker": "v", "s": 46, "edgecolors": "black", "linewidths": 0.6},
     "converged": {"marker": "s", "s": 30, "edgecolors": "black", "linewidths": 0.6},
+    "fallback": {"marker": "X", "s": 60, "edgecolors": "black", "linewidths": 0.6},
 }
+
+
+def fallback_points(metrics: Mapping[str, np.ndarray], column: str) -> list[tuple[float, float]]:
+    """(iteration, value of `column`) at each recorded row where the backtracking safeguard
+    fired since the row before (its cumulative ``fallbacks`` column went up)."""
+    if "fallbacks" not in metrics:
+        return []
+    count = np.asarray(metrics["fallbacks"], dtype=np.float64)
+    iterations, values = np.asarray(metrics["iteration"]), np.asarray(metrics[column])
+    rows = np.flatnonzero(np.diff(count, prepend=0.0) > 0)
+    return [(float(iterations[i]), float(values[i])) for i in rows]
 
 
 @dataclass

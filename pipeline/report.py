@@ -36,7 +36,7 @@ SETTING_COLUMNS = ("method", "model", "optimizer", "lam", "upsample", "up_sigma"
                    "iterations", "tv_weight", "crop", "downsample", "grey")
 NUMERIC_COLUMNS = ("seed", "width", "depth", "up_sigma", "lam", "lr", "iterations", "iterations_run", "crop",
                    "downsample", "final_psnr", "best_psnr", "best_iteration", "stop_psnr", "stop_iteration",
-                   "posterior_psnr", "tv_weight")
+                   "posterior_psnr", "tv_weight", "fallbacks")
 # The three ways to pick one output of a fit, as summary columns; autostop_psnr is derived in `load_fits`.
 METRICS = {
     "best_psnr": ("oracle", "oracle PSNR: the best on the trajectory (needs the clean image, as the papers' DIP rows)"),
@@ -363,7 +363,7 @@ STOP_COLUMNS = {  # per-fit column -> how the summary names it
     "oracle_psnr": "oracle PSNR (dB)", "autostop_psnr": "auto-stop PSNR (dB)", "final_psnr": "final PSNR (dB)",
     "oracle_iteration": "oracle iteration", "stop_iteration": "stop iteration",
     "iterations_saved": "iterations saved", "psnr_lost_at_stop": "PSNR lost at auto-stop (dB)",
-    "psnr_lost_at_budget": "PSNR lost at budget (dB)",
+    "psnr_lost_at_budget": "PSNR lost at budget (dB)", "fallbacks": "backtracking fallbacks",
 }
 
 
@@ -386,8 +386,9 @@ def stopping_per_fit(fits: pd.DataFrame) -> pd.DataFrame:
         "iterations_saved": (ref["iterations"] - ref["stop_iteration"]).where(fired, 0),
         "psnr_lost_at_stop": ref["best_psnr"] - ref["autostop_psnr"],
         "psnr_lost_at_budget": ref["best_psnr"] - ref["final_psnr"],
+        "fallbacks": ref["fallbacks"],  # times the safeguard restored the last good parameters
     }).astype({c: "Int64" for c in ("seed", "budget", "iterations_run", "oracle_iteration", "stop_iteration",
-                                    "iterations_saved")})
+                                    "iterations_saved", "fallbacks")})
 
 
 def write_stopping(fits: pd.DataFrame, out: Output) -> None:
@@ -554,12 +555,15 @@ def psnr_figure(g: FigureGroup) -> None:
         marks = {kind: [(it, psnr) for it, psnr in zip(fits[f"{stop}_iteration"], fits[f"{stop}_psnr"])
                         if _present(it)]
                  for kind, stop in (("oracle peak", "best"), ("auto-stop", "stop"))} if clean else {}
+        marks["fallback"] = [point for key in fits["key"]
+                             for point in plots.fallback_points(g.files.metrics(key), column)]
         series.append(plots.Series(f"{setting} ({len(fits)} seed{'s' * (len(fits) > 1)})",
                                    *g.curves(setting, column), marks))
     ylabel = "PSNR vs clean image (dB)" if clean else "PSNR vs degraded target (dB)"
     plots.curves_figure([plots.Panel(series, ylabel)], g.path("psnr"), f"PSNR over the fit: {g.title}")
     marked = "dots: each seed's oracle peak, triangles: its automatic stop" if clean else (
         "no clean reference, so PSNR against the degraded target and no oracle")
+    marked += "; crosses: where backtracking restored the last good parameters"
     g.add("psnr", "PSNR vs iteration", f"mean over seeds, shaded min–max; {marked}")
 
 

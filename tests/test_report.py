@@ -141,11 +141,12 @@ def test_stopping_table_counts_iterations_saved_from_the_markers(denoise: tuple[
         stop = marker["stop_iteration"]
         assert int(row["iterations_saved"]) == (marker["iterations"] - stop if stop is not None else 0)
         assert int(row["oracle_iteration"]) == marker["best_iteration"]
+        assert int(row["fallbacks"]) == marker["fallbacks"]
         assert float(row["psnr_lost_at_stop"]) == pytest.approx(marker["best_psnr"] - autostop(marker), abs=1e-9)
         assert float(row["psnr_lost_at_budget"]) == pytest.approx(marker["best_psnr"] - marker["final_psnr"],
                                                                   abs=1e-9)
     summary = (index.parent / "tables" / "stopping-summary.md").read_text()
-    assert "| denoise | all settings | " in summary
+    assert "| denoise | all settings | " in summary and "backtracking fallbacks" in summary
 
 
 def test_one_d_fits_get_convergence_tables_and_capacity_plots(tmp_path: Path) -> None:
@@ -258,3 +259,12 @@ def test_paper_tables_apply_only_to_their_experiment() -> None:
 ])
 def test_paper_row_mapping(setting: dict[str, Any], expected: tuple[str, str] | None) -> None:
     assert paper_row(setting) == expected
+
+
+def test_fallback_marks_sit_where_the_cumulative_count_rises() -> None:
+    from pipeline.plots import fallback_points
+
+    metrics = {"iteration": np.array([0, 5, 10, 15, 20]), "psnr_target": np.array([10.0, 20, 8, 21, 22]),
+               "fallbacks": np.array([0.0, 0, 1, 1, 3])}
+    assert fallback_points(metrics, "psnr_target") == [(10.0, 8.0), (20.0, 22.0)]
+    assert fallback_points({"iteration": np.arange(3), "psnr_target": np.zeros(3)}, "psnr_target") == []
