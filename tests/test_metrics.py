@@ -1,16 +1,20 @@
-"""Tests for dipmodel.metrics: expected values from hand computation or independent NumPy code.
+"""Tests for dipmodel.metrics: expected values from hand computation, independent NumPy code,
+and numbers computed once with the authors' released functions (Shi et al.; see "Authors' numbers").
 
-The NumPy references below follow the published definitions directly (pixel loops, centred
-FFT with fftshift) and share no code with the module.
+The NumPy references below follow the definitions as documented in the module (pixel loops,
+centred FFT with fftshift) and share no code with it.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from dipmodel import metrics as M
 
@@ -26,9 +30,9 @@ def t64(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
 
 
-def np_grey(img: np.ndarray) -> np.ndarray:
-    """(C, H, W) → (H, W) with ITU-R 601 luma."""
-    return img[0] if img.shape[0] == 1 else 0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]
+def np_shi_grey(img: np.ndarray) -> np.ndarray:
+    """(C, H, W) → (H, W): Shi et al.'s grey, clipped; one channel as it is."""
+    return img[0] if img.shape[0] == 1 else np.clip(0.2989 * img[0] + 0.5870 * img[1] + 0.1140 * img[2], 0, 1)
 
 
 def synthetic_image(h: int = 36, w: int = 44) -> np.ndarray:
@@ -54,36 +58,73 @@ def np_gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def np_blurriness(img: np.ndarray) -> float:
-    """Crete et al. 2007 on the grey image, box blur with edge-replicated borders."""
-    f = np_grey(img)
-    h, w = f.shape
-    pv = np.pad(f, ((4, 4), (0, 0)), mode="edge")
-    ph = np.pad(f, ((0, 0), (4, 4)), mode="edge")
-    b_ver = np.array([[pv[i : i + 9, j].mean() for j in range(w)] for i in range(h)])
-    b_hor = np.array([[ph[i, j : j + 9].mean() for j in range(w)] for i in range(h)])
+    """Crete et al. 2007 as documented: 9-pixel box means, pairs (i, i+1) along an axis for
+    i = 5 … n−7, in lines 6 … m−6 across it; the larger score of the two axes."""
+    f = np_shi_grey(img)
     scores = []
-    for blurred, axis in ((b_ver, 0), (b_hor, 1)):
-        d_f = np.abs(np.diff(f, axis=axis))
-        d_b = np.abs(np.diff(blurred, axis=axis))
-        v = np.maximum(0, d_f - d_b)
-        scores.append((d_f.sum() - v.sum()) / d_f.sum())
+    for g in (f, f.T):  # pairs along axis 0 of g
+        n, m = g.shape
+        s_f = s_v = 0.0
+        for i in range(5, n - 6):
+            for j in range(6, m - 5):
+                d_f = abs(g[i + 1, j] - g[i, j])
+                d_b = abs(g[i - 3 : i + 6, j].mean() - g[i - 4 : i + 5, j].mean())
+                s_f += d_f
+                s_v += max(0.0, d_f - d_b)
+        scores.append((s_f - s_v) / s_f)
     return max(scores)
 
 
 def np_sharpness(img: np.ndarray, top: int = 1000, decay: float = 0.01) -> float:
-    """Bahrami & Kot MLV, in-image neighbours only, weighted RMS of the top values."""
-    g = np_grey(img)
+    """Bahrami & Kot MLV as documented: interior rows/cols 2 … side−2, zeros outside it, signed
+    max(neighbour) − centre; ranks 2 … top of the descending values, weights exp(−decay·rank)."""
+    g = np_shi_grey(img)
     h, w = g.shape
-    mlv = np.zeros_like(g)
-    for i in range(h):
-        for j in range(w):
-            neighbours = [
-                g[i + di, j + dj] for di in (-1, 0, 1) for dj in (-1, 0, 1) if 0 <= i + di < h and 0 <= j + dj < w
-            ]
-            mlv[i, j] = max(abs(g[i, j] - v) for v in neighbours)
-    values = np.sort(mlv.ravel())[::-1][:top]
-    weights = np.exp(-decay * np.arange(len(values)))
-    return float(np.sqrt(np.mean((weights * values) ** 2)))
+    rows, cols = range(2, h - 1), range(2, w - 1)
+
+    def value(i: int, j: int) -> float:
+        return g[i, j] if i in rows and j in cols else 0.0
+
+    mlv = [
+        max(value(i + di, j + dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)) - g[i, j]
+        for i in rows
+        for j in cols
+    ]
+    values = np.sort(mlv)[::-1]
+    ranks = np.arange(2, min(top + 1, len(values)))
+    return float(np.sqrt(np.mean((np.exp(-decay * ranks) * values[ranks]) ** 2)))
+
+
+# Real test images for the values computed with the authors' code (see "Authors' numbers").
+DATA_ROOT = Path(os.environ.get("DIP_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+# name: (file under the data root, crop height, crop width); centre crops, two of them non-square
+REFERENCE_CROPS = {
+    "f16": ("standard9/image_F16_512rgb.png", 128, 128),
+    "kodim01": ("standard9/kodim01.png", 96, 128),  # landscape
+    "cbsd68_101085": ("cbsd68/101085.png", 128, 96),  # portrait (321 wide, 481 high)
+    "barbara": ("classic5/barbara.bmp", 128, 128),  # grey
+}
+
+
+def load_crop(path: Path, h: int, w: int) -> np.ndarray:
+    """(C, h, w) float64 in [0, 1]: the centre crop of an 8-bit image, grey files as one channel."""
+    with Image.open(path) as im:
+        a = np.asarray(im)
+    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)[:3]
+    top, left = (a.shape[1] - h) // 2, (a.shape[2] - w) // 2
+    return a[:, top : top + h, left : left + w].astype(np.float64) / 255.0
+
+
+def reference_images(root: Path = DATA_ROOT) -> dict[str, np.ndarray]:
+    """The crops, F16 with Gaussian noise σ = 25/255 (numpy default_rng(0), clipped to [0, 1]),
+    and three crops blurred by np_gaussian_blur with σ = 2: all rebuilt bit for bit from the files."""
+    clean = {name: load_crop(root / file, h, w) for name, (file, h, w) in REFERENCE_CROPS.items()}
+    images = dict(clean)
+    noise = np.random.default_rng(0).normal(0.0, 25 / 255, clean["f16"].shape)
+    images["f16_noisy"] = np.clip(clean["f16"] + noise, 0.0, 1.0)
+    for name in ("f16", "kodim01", "cbsd68_101085"):
+        images[f"{name}_blurred"] = np_gaussian_blur(clean[name], 2.0)
+    return images
 
 
 def np_centred_radius(h: int, w: int) -> np.ndarray:
@@ -114,6 +155,21 @@ def test_to_grey_luma_and_passthrough() -> None:
         M.to_grey(torch.rand(1, 2, 4, 5))
 
 
+def test_shi_grey_weights_clipping_and_passthrough() -> None:
+    x = torch.zeros(2, 3, 4, 5, dtype=torch.float64)
+    x[:, 0], x[:, 1], x[:, 2] = 1.0, 0.5, 0.25
+    x[1, :, 0, 0] = torch.tensor([1.2, 1.0, 1.0])  # out of range: the grey is clipped to 1
+    grey = M.shi_grey(x)
+    assert grey.shape == (2, 1, 4, 5)
+    expected = torch.full_like(grey, 0.2989 + 0.2935 + 0.0285)
+    expected[1, 0, 0, 0] = 1.0
+    torch.testing.assert_close(grey, expected)
+    one = torch.rand(2, 1, 4, 5) * 2  # one channel: as it is, not clipped
+    assert M.shi_grey(one) is one
+    with pytest.raises(ValueError):
+        M.shi_grey(torch.rand(1, 2, 4, 5))
+
+
 def test_psnr_hand_computed(rng: np.random.Generator) -> None:
     x = t64(0.3 + 0.4 * rng.random((3, 3, 8, 9)))
     assert M.psnr(x + 0.1, x) == pytest.approx([20.0] * 3, abs=1e-9)  # MSE 0.01
@@ -129,38 +185,50 @@ def test_psnr_hand_computed(rng: np.random.Generator) -> None:
 
 def test_fbc_identical_and_scaled(rng: np.random.Generator) -> None:
     target = t64(rng.random((3, 3, 32, 32)))
-    same = M.fbc(target, target)
+    same = M.fbc(target, target)  # |F| / (|F| + 1e-8): 1 up to 1e-8 / |F|
     assert same.shape == (3, 5)
-    torch.testing.assert_close(same, torch.ones(3, 5, dtype=torch.float64))
-    half = M.fbc(0.5 * target, target)  # grey is linear: every ratio is exactly 0.5
-    torch.testing.assert_close(half, torch.full((3, 5), 0.5, dtype=torch.float64))
+    torch.testing.assert_close(same, torch.ones(3, 5, dtype=torch.float64), atol=1e-6, rtol=0)
+    half = M.fbc(0.5 * target, target)  # the grey is linear in [0, 1]: every ratio is 0.5
+    torch.testing.assert_close(half, torch.full((3, 5), 0.5, dtype=torch.float64), atol=1e-6, rtol=0)
     assert M.fbc(target[0], target[0]).shape == (1, 5)
     assert M.fbc(target, target, bands=4).shape == (3, 4)
 
 
-@pytest.mark.parametrize("size", [(32, 32), (33, 33), (24, 40)])
-@pytest.mark.parametrize("cut", [0.2, 0.4, 0.6, 0.8])
-def test_fbc_low_pass_copy(rng: np.random.Generator, size: tuple[int, int], cut: float) -> None:
-    """Zeroing the target's FFT at r ≥ cut leaves the rings below the cut at 1 and above at 0.
+@pytest.mark.parametrize("size", [(32, 32), (33, 33), (24, 40), (40, 24), (31, 45)])
+@pytest.mark.parametrize("n_pass", [1, 2, 3, 4])
+def test_fbc_low_pass_copy(rng: np.random.Generator, size: tuple[int, int], n_pass: int) -> None:
+    """Keeping the target's FFT bins at d ≤ r_n = int(W/2)·n/5 fills rings 1 … n and empties the rest.
 
-    The sizes are chosen so no FFT bin lies exactly on a ring edge below r = 1 (d² is an
-    integer, the edges squared are not), so the split is exact, up to float error.
+    The edges are inclusive and the unit is half the width: for W = 40 (unit 20) bins lie
+    exactly on every edge (d = 4, 8, …), and for H = 40, W = 24 the unit is 12, not 20.
+    The test compares d² · 25 with (n · unit)² in integers.
     """
     h, w = size
     target = rng.random((1, h, w))
-    r = np_centred_radius(h, w) / (min(h, w) / 2)
-    output = np_radial_filter(target[0], r < cut)[None]
+    d2 = np.rint(np_centred_radius(h, w) ** 2).astype(np.int64)
+    output = np_radial_filter(target[0], d2 * 25 <= (n_pass * (w // 2)) ** 2)[None]
     got = M.fbc(t64(output), t64(target))[0]
-    n_pass = round(cut / 0.2)
     expected = torch.tensor([1.0] * n_pass + [0.0] * (5 - n_pass), dtype=torch.float64)
-    torch.testing.assert_close(got, expected, atol=1e-9, rtol=0)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)  # 1 − 1e-8/|F| in kept bins
 
 
-def test_fbc_ignores_corners(rng: np.random.Generator) -> None:
-    target = rng.random((1, 24, 40))
-    r = np_centred_radius(24, 40) / 12
-    output = np_radial_filter(target[0], r <= 1)[None]  # remove every bin beyond radius 1
-    torch.testing.assert_close(M.fbc(t64(output), t64(target)), torch.ones(1, 5, dtype=torch.float64))
+@pytest.mark.parametrize("size", [(24, 40), (40, 24)])
+def test_fbc_ignores_bins_beyond_half_the_width(rng: np.random.Generator, size: tuple[int, int]) -> None:
+    h, w = size
+    target = rng.random((1, h, w))
+    output = np_radial_filter(target[0], np_centred_radius(h, w) <= w // 2)[None]  # remove every bin beyond
+    torch.testing.assert_close(M.fbc(t64(output), t64(target)), torch.ones(1, 5, dtype=torch.float64),
+                               atol=1e-6, rtol=0)
+
+
+def test_fbc_first_ring_holds_the_zero_frequency(rng: np.random.Generator) -> None:
+    """Only the DC bin differs (output = target − its mean): ring 1 alone drops below 1."""
+    target = rng.random((1, 1, 32, 32))
+    got = M.fbc(t64(target - target.mean()), t64(target))[0]
+    ring1 = (np_centred_radius(32, 32) <= 16 * 0.2).sum()  # the 37 bins with d ≤ 3.2, DC included
+    assert ring1 == 37
+    expected = torch.tensor([1 - 1 / ring1, 1, 1, 1, 1], dtype=torch.float64)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
 def test_fbc_rejects_empty_rings() -> None:
@@ -205,6 +273,66 @@ def test_constant_image() -> None:
     assert torch.equal(M.sharpness(flat), torch.zeros(2))
     assert torch.equal(M.blurriness(flat), torch.ones(2))  # documented: nothing left to blur
     assert torch.isinf(M.blur_sharp_ratio(flat)).all()
+
+
+# ---------------------------------------------------------------- Authors' numbers
+
+# Computed once, outside this repository, with the functions the authors released with Shi et al.
+# 2022 (github.com/shizenglin/Measure-and-Control-Spectral-Bias, commit ed2d371,
+# code/utils/measure_utils.py: PerceptualBlurMetric, MLVSharpnessMeasure, get_circular_statastic
+# with size=0.2), in float64 on the images of reference_images(): centre crops of the files in
+# REFERENCE_CROPS, colour ones passed as H×W×3 arrays and the grey one as an H×W array, as their
+# scripts call them. Values: blurriness, sharpness, their ratio.
+AUTHORS_BLUR_SHARP_RATIO = {
+    "f16": (0.290697661746, 0.0995065235621, 2.92139300359),
+    "kodim01": (0.1699999019, 0.10573273927, 1.60782651687),
+    "cbsd68_101085": (0.211991028145, 0.122021930803, 1.73731907659),
+    "barbara": (0.24197513247, 0.123321217655, 1.96215328612),
+    "f16_noisy": (0.208929089751, 0.119421399433, 1.74951131659),
+    "f16_blurred": (0.623155998591, 0.0282262023605, 22.0772171415),
+    "kodim01_blurred": (0.546597917931, 0.0198873217394, 27.4847425457),
+    "cbsd68_101085_blurred": (0.63637210052, 0.0231720740238, 27.4628891599),
+}
+# (output, target): their 5 FBC bands, lowest first (square, landscape 96×128, portrait 128×96).
+AUTHORS_FBC = {
+    ("f16_blurred", "f16"): (0.731111817811, 0.308862311024, 0.190536749232, 0.194821923573, 0.226003205539),
+    ("f16", "f16_noisy"): (0.948014665217, 0.852519701861, 0.736040121659, 0.565959933042, 0.382640828084),
+    ("kodim01_blurred", "kodim01"): (0.657521953999, 0.236425995593, 0.123806281538, 0.114015524598, 0.0958246537656),
+    ("cbsd68_101085_blurred", "cbsd68_101085"): (
+        0.794716241411, 0.39784840759, 0.212517851895, 0.168939406067, 0.154705851941),
+}
+# float64 agrees to rounding; float32 (as a GPU fit computes them) to about 1e-6.
+TOLERANCE = {torch.float64: (1e-9, 1e-9), torch.float32: (1e-4, 1e-5)}  # (relative, FBC absolute)
+
+
+@pytest.fixture(scope="module")
+def authors_images() -> dict[str, np.ndarray]:
+    missing = [f for f, _, _ in REFERENCE_CROPS.values() if not (DATA_ROOT / f).is_file()]
+    if missing:
+        pytest.skip(f"test data not found at {DATA_ROOT} ({missing[0]}); set DIP_DATA_ROOT")
+    return reference_images()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_blur_sharpness_ratio_equal_the_authors(authors_images: dict, dtype: torch.dtype) -> None:
+    rel, _ = TOLERANCE[dtype]
+    names = list(AUTHORS_BLUR_SHARP_RATIO)
+    for name in names:  # one at a time: the sizes differ
+        x = torch.from_numpy(authors_images[name]).to(dtype)
+        got = [M.blurriness(x).item(), M.sharpness(x).item(), M.blur_sharp_ratio(x).item()]
+        assert got == pytest.approx(AUTHORS_BLUR_SHARP_RATIO[name], rel=rel), name
+    square = torch.stack([torch.from_numpy(authors_images[n]).to(dtype) for n in ("f16", "f16_noisy", "f16_blurred")])
+    batched = M.blur_sharp_ratio(square).tolist()  # a batch gives each image's own value
+    assert batched == pytest.approx([AUTHORS_BLUR_SHARP_RATIO[n][2] for n in ("f16", "f16_noisy", "f16_blurred")],
+                                    rel=rel)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fbc_equals_the_authors(authors_images: dict, dtype: torch.dtype) -> None:
+    _, atol = TOLERANCE[dtype]
+    for (out, tgt), expected in AUTHORS_FBC.items():
+        got = M.fbc(torch.from_numpy(authors_images[out]).to(dtype), torch.from_numpy(authors_images[tgt]).to(dtype))
+        np.testing.assert_allclose(got[0].double().numpy(), expected, atol=atol, rtol=0, err_msg=f"{out} vs {tgt}")
 
 
 # ---------------------------------------------------------------- automatic stop (Shi Eq. 8)
@@ -346,6 +474,7 @@ def test_power_spectrum_error(rng: np.random.Generator) -> None:
 N, C, H, W = 2, 3, 20, 24
 METRICS = {
     "to_grey": (lambda a, b: M.to_grey(a), (N, 1, H, W)),
+    "shi_grey": (lambda a, b: M.shi_grey(a), (N, 1, H, W)),
     "psnr": (M.psnr, (N,)),
     "fbc": (M.fbc, (N, 5)),
     "blurriness": (lambda a, b: M.blurriness(a), (N,)),
