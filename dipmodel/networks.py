@@ -23,6 +23,8 @@ Conventions:
 - The fully connected networks (DIP-Linear, DIP-Linear-1D) have no convolutions and no
   spatial dimensions: ``lam`` raises ValueError for them, ``norm`` does not apply. ReLUNet
   is a plain MLP and takes no normalisation either (``lam`` does apply to it).
+- ``lam`` is None (no bound) or positive: 0, a negative value or NaN raise ValueError when the
+  config is made, so a manifest that sets one fails validation instead of every fit.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ class NetConfig:
             raise ValueError(f"unknown norm kind {self.norm!r}; allowed: {', '.join(NORM_KINDS)}")
         if self.upsample not in UPSAMPLE_KINDS:
             raise ValueError(f"unknown upsample kind {self.upsample!r}; allowed: {', '.join(UPSAMPLE_KINDS)}")
+        if self.lam is not None and not self.lam > 0:  # NaN too; inf is allowed: no bound (LipschitzConv)
+            raise ValueError(f"lam must be positive (or null for no bound), got {self.lam}")
         if self.name in FULLY_CONNECTED and self.lam is not None:
             raise ValueError(f"lam bounds convolutions; {self.name} has none (use lam=None)")
         if self.name == "dip_conv_1d" and self.depth % 2:

@@ -22,6 +22,7 @@ from dipmodel.classical import restore
 from dipmodel.fit import FitJob, FitResult, fit_many
 from dipmodel.layers import exact_response, measured_response, paper_response
 from dipmodel.metrics import to_grey
+from dipmodel.networks import NetConfig
 from pipeline.images import ImageError, decode, read_bytes, read_limited
 from pipeline.manifest import FitSpec
 from pipeline.single import (
@@ -108,6 +109,25 @@ class Prepared:
     problem: Problem
     job: FitJob | None
 
+    def stored_spec(self) -> dict[str, Any]:
+        """The spec as storage records it (spec.json, failure records): what ran."""
+        return ran_spec(self.spec, self.job.net_cfg if self.job is not None else None)
+
+
+def ran_spec(spec: FitSpec, net_cfg: NetConfig | None) -> dict[str, Any]:
+    """The spec's JSON with its network as the fit built it.
+
+    The manifest plans every network with NetConfig's default ``out_channels`` (3) before any
+    image is read; `prepare` builds it with the image's channel count (1 for a grey image or a
+    1-D signal). The stored spec says what ran; its ``key`` stays the planned spec's, so keys (and
+    the fits stored under them) do not change, and `fit_key` of a stored grey-image spec.json is
+    not its key: the key is of the spec as planned.
+    """
+    stored = spec.model_dump(mode="json")
+    if net_cfg is not None:
+        stored["network"] = stored["network"] | {"out_channels": net_cfg.out_channels}
+    return stored
+
 
 def prepare(spec: FitSpec, device: str, storage_options: dict | None) -> Prepared:
     """Load, crop and degrade a spec's input and set up its fit; raises on any problem of the spec."""
@@ -130,15 +150,19 @@ def store_result(prepared: Prepared, result: FitResult, store: Store) -> dict:
     if result.snapshots is not None:
         trajectory["snapshots"] = result.snapshots
     metrics = dict(result.metrics) | {"iteration": np.asarray(result.metrics["iteration"], dtype=np.int64)}
-    store.write_fit(spec.key, spec.model_dump(mode="json"), summary, metrics, trajectory,
+    store.write_fit(spec.key, prepared.stored_spec(), summary, metrics, trajectory,
                     result_images(prepared.problem, result))
     return {"key": spec.key, "status": "done", "summary": summary}
 
 
-def store_failure(spec: FitSpec, err: Exception, store: Store) -> dict:
-    """Record a fit's own error in storage (never retried) and return its "failed" record."""
+def store_failure(spec: FitSpec, err: Exception, store: Store, stored_spec: dict[str, Any] | None = None) -> dict:
+    """Record a fit's own error in storage (never retried) and return its "failed" record.
+
+    `stored_spec`: the spec as it ran (`Prepared.stored_spec`) when it failed after `prepare`;
+    else the spec as planned."""
     reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
-    store.write_failure(spec.key, spec.model_dump(mode="json"), reason, type(err).__name__, attempts=1)
+    store.write_failure(spec.key, stored_spec or spec.model_dump(mode="json"), reason, type(err).__name__,
+                        attempts=1)
     return {"key": spec.key, "status": "failed", "reason": reason,
             "traceback": "".join(traceback.format_exception(err, limit=3))}
 
@@ -184,7 +208,7 @@ def execute_fits(specs: list[FitSpec], store: Store, device: str = "cpu",
     outcomes = fit_many([p.job for p in packed.values() if p.job is not None], device)
     for (i, prepared), outcome in zip(packed.items(), outcomes):
         if isinstance(outcome, Exception):
-            records[i] = store_failure(prepared.spec, outcome, store)
+            records[i] = store_failure(prepared.spec, outcome, store, prepared.stored_spec())
         else:
             records[i] = store_result(prepared, outcome, store)
     return [records[i] for i in range(len(specs))]

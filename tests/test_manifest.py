@@ -237,6 +237,12 @@ BAD = {  # id: (lines to change, start of the line blamed, field path, words of 
     "duplicate-key": ({"spare": "model: {}"}, "model:", "model", "key given twice (again on line 18)"),
     "set-twice": ({"spare": "zip: [{lam: [1, 2]}]"}, "zip", "zip[0].lam", "already set at grid.lam"),
     "pack-zero": ({"spare": "resources: {pack: 0}"}, "resources", "resources.pack", "greater than 0"),
+    # lambda is null or positive, in each place the grammar allows it (NetConfig's check, located)
+    "lam-zero-in-model": ({"width": "  lam: 0", "lam": "  width: [8]"}, "lam", "model.lam", "lam must be positive"),
+    "lam-negative-in-grid": ({"lam": "  lam: [2, -1]"}, "lam", "grid.lam[1]", "no bound), got -1.0"),
+    "lam-nan-in-grid": ({"lam": "  lam: [null, .nan]"}, "lam", "grid.lam[1]", "lam must be positive"),
+    "lam-zero-in-zip": ({"lam": "  upsample: [bilinear]", "spare": "zip: [{lam: [1, 0], lr: [0.01, 0.02]}]"},
+                        "zip", "zip[0].lam[1]", "lam must be positive"),
 }
 
 

@@ -168,6 +168,13 @@ def test_lambda_is_refused_by_fully_connected_networks(name: str) -> None:
         config(name, lam=2.0)
 
 
+@pytest.mark.parametrize("lam", [0.0, -1.0, float("nan")])
+def test_lambda_must_be_positive(lam: float) -> None:
+    with pytest.raises(ValueError, match="lam must be positive"):  # not first in a worker's LipschitzConv
+        NetConfig(name="decoder", lam=lam)
+    assert NetConfig(name="decoder", lam=0.5).lam == 0.5
+
+
 @pytest.mark.parametrize("name", NETWORK_NAMES)
 @pytest.mark.parametrize("norm", ["batch", "lipschitz", "none"])
 def test_gradients_reach_every_parameter(name: str, norm: str) -> None:

@@ -259,6 +259,7 @@ def test_a_call_lost_more_than_max_retries_times_is_given_up(ray_cluster, tmp_pa
     ({"colour": "blue"}, "colour"),
     ({"grid": {"lam": []}}, "grid.lam"),
     ({"images": [{"dataset": "no-such-set"}]}, "no-such-set"),
+    ({"grid": {"lam": [2, 0]}}, "grid.lam[1]: lam must be positive"),
 ])
 def test_invalid_manifests_fail_before_any_fit(tmp_path: Path, capsys, problem: dict, field: str) -> None:
     path = tiny_manifest(tmp_path, str(tmp_path / "r"))
@@ -267,6 +268,32 @@ def test_invalid_manifests_fail_before_any_fit(tmp_path: Path, capsys, problem: 
     assert dip(["sweep", "run", str(path)]) == 2
     assert field in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_stored_spec_records_the_channels_the_network_had(tmp_path: Path) -> None:
+    """The manifest plans every network with out_channels 3 (NetConfig's default) and the worker
+    fits a grey input with 1: spec.json records the 1 that ran, under the planned key. Run as a
+    worker with resources.pack runs them (execute_fits packs the networks), without Ray."""
+    from pipeline.worker import execute_fits
+
+    images = [{"sample": ["camera", "astronaut"], "crop": 32}, {"sample": "astronaut", "crop": 32, "grey": True}]
+    path = tiny_manifest(tmp_path, str(tmp_path / "r"), iterations=10, lams=[None])
+    doc = yaml.safe_load(path.read_text()) | {"images": images}
+    path.write_text(yaml.safe_dump(doc))
+    specs = sweep.expand_specs(load_manifest(path))
+    assert len(specs) == 3 and all(s.network["out_channels"] == 3 for s in specs)  # as planned
+    store = Store(str(tmp_path / "r"))
+    assert [r["status"] for r in execute_fits(specs, store)] == ["done"] * 3
+    channels = {}
+    for spec in specs:
+        stored = store.read_spec(spec.key)
+        channels[(spec.image_name, spec.grey)] = stored["network"]["out_channels"]
+        assert stored["key"] == spec.key  # the key is the planned spec's, unchanged
+        planned = spec.model_dump(mode="json")
+        assert stored | {"network": None} == planned | {"network": None}  # nothing else differs
+        assert stored["network"] | {"out_channels": 3} == planned["network"]
+    # camera is a grey image; astronaut with grey: true is fitted on its luma
+    assert channels == {("sample:camera", False): 1, ("sample:astronaut", False): 3, ("sample:astronaut", True): 1}
 
 
 def test_unreachable_storage_fails_before_any_fit(tmp_path: Path, capsys) -> None:
