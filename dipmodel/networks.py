@@ -17,6 +17,16 @@ Conventions:
   raises ValueError otherwise.
 - Inputs: ``in_channels`` channels of noise for the convolutional networks; a noise vector
   of ``width`` features for the fully connected ones; the (x, y) pixel grid for ReLUNet.
+  ``input`` chooses the noise: "noise", uniform in [0, 0.1] (Shi et al. §3.2 and §5), or
+  "fourier", the released scripts' input: sin and cos of the same phases 2π·u, u ~ U[0, 1),
+  the first half of the channels sin, the second half cos (`fourier_input`). ReLUNet's grid
+  is not noise, so it refuses "fourier".
+- The final projection to the output channels (the "head") is bounded by λ only with
+  ``bound_head=True``; by default it is a plain convolution, as the authors' Decoder
+  (code/models/decoder.py) leaves its 1×1 output conv unbounded.
+- ``up_sigma`` is one σ for every Gaussian upsampling layer or a tuple with one σ per
+  upsampling layer, in the order the forward pass applies them (coarsest first), as the
+  authors' Decoder (0.1, 0.1, 0.1, 0.5, 0.5); `upsampling_layers` says how many there are.
 - The Deep Decoder (Heckel & Hand 2019) has no 3-wide convolutions: only 1×1 convolutions,
   upsampling and normalisation, so it needs sides that are multiples of 2^(depth−1) only; its
   noise input has ``width`` channels, as theirs (``in_channels`` does not apply).
@@ -30,6 +40,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,6 +71,7 @@ NETWORK_NAMES = tuple(PAPER_SIZES)
 FULLY_CONNECTED = ("dip_linear", "dip_linear_1d")
 ONE_D = ("dip_conv_1d", "dip_linear_1d")
 NOISE_SCALE = 0.1  # input noise is uniform in [0, 0.1] (Shi et al. §5)
+INPUT_KINDS = ("noise", "fourier")  # the paper text's uniform noise; the released scripts' Fourier input
 
 
 @dataclass
@@ -75,12 +87,15 @@ class NetConfig:
     width: int = 0  # 0: the paper width of this network
     depth: int = 0  # 0: the paper depth
     upsample: str = "bilinear"
-    up_sigma: float = 0.5
+    up_sigma: float | tuple[float, ...] = 0.5  # one σ for all Gaussian upsamplings, or one per layer
     norm: str = "batch"
     lam: float | None = None
-    sn_method: str = "gram"  # how σ(W) is found: gram (exact, fast), svd (authors'), power
+    sn_method: str = "gram"  # how σ(W) is found: gram (exact, fast), svd (slow), power
     skip_channels: int = 4
     negative_slope: float = 0.01
+    input: str = "noise"  # "noise": uniform [0, 0.1]; "fourier": the released scripts' sin/cos input
+    bound_head: bool = False  # bound the final projection conv by λ too (the authors' code does not)
+    detach_sigma: bool = False  # divide by max(1, σ/λ) held constant in backward (the authors' code)
 
     def __post_init__(self) -> None:
         if self.name not in NETWORK_NAMES:
@@ -101,15 +116,73 @@ class NetConfig:
             raise ValueError(f"lam bounds convolutions; {self.name} has none (use lam=None)")
         if self.name == "dip_conv_1d" and self.depth % 2:
             raise ValueError(f"dip_conv_1d needs an even depth (half down, half up), got {self.depth}")
+        for field in ("bound_head", "detach_sigma"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"NetConfig.{field} must be true or false, got {getattr(self, field)!r}")
+        self._check_input()
+        self._check_up_sigma()
+
+    def _check_input(self) -> None:
+        if self.input not in INPUT_KINDS:
+            raise ValueError(f"NetConfig.input must be one of {', '.join(INPUT_KINDS)}, got {self.input!r}")
+        if self.input == "fourier":
+            if self.name == "relunet":
+                raise ValueError("NetConfig.input='fourier' does not apply to relunet: its input is the (x, y) "
+                                 "pixel grid, not noise (use input='noise')")
+            channels, field = input_channels(self)
+            if channels % 2:
+                raise ValueError(f"NetConfig.input='fourier' needs an even number of input channels (half sin, "
+                                 f"half cos), got {field}={channels}")
+
+    def _check_up_sigma(self) -> None:
+        sigmas = self.up_sigma if isinstance(self.up_sigma, (list, tuple)) else (self.up_sigma,)
+        for sigma in sigmas:
+            if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
+                raise ValueError(f"NetConfig.up_sigma must be a number or a list of numbers, got {sigma!r}")
+            if not (math.isfinite(sigma) and sigma >= 0):
+                raise ValueError(f"NetConfig.up_sigma must be finite and >= 0, got {sigma!r}")
+        if isinstance(self.up_sigma, (list, tuple)):
+            self.up_sigma = tuple(float(s) for s in self.up_sigma)  # a tuple: hashable, asdict-able
+            layers = upsampling_layers(self)
+            if len(self.up_sigma) != layers:
+                raise ValueError(f"NetConfig.up_sigma gives {len(self.up_sigma)} value(s) but {self.name} "
+                                 f"(depth {self.depth}) has {layers} upsampling layers: give one σ per layer "
+                                 "or a single σ")
+
+    def layer_sigmas(self) -> tuple[float, ...]:
+        """The σ of each upsampling layer, in forward order (coarsest first)."""
+        if isinstance(self.up_sigma, tuple):
+            return self.up_sigma
+        return (self.up_sigma,) * upsampling_layers(self)
 
 
 # ---------------------------------------------------------------- building blocks
 
 
+def upsampling_layers(cfg: NetConfig) -> int:
+    """How many upsampling layers the network has: the length a per-layer ``up_sigma`` needs."""
+    if cfg.name in ("decoder", "encoder_decoder", "encoder_decoder_skip"):
+        return cfg.depth
+    if cfg.name == "dip_conv_1d":
+        return cfg.depth // 2
+    if cfg.name == "deep_decoder":
+        return cfg.depth - 1
+    return 0  # convnet, the fully connected networks, relunet
+
+
+def input_channels(cfg: NetConfig) -> tuple[int, str]:
+    """Channels (features) of the network's noise input, and the field that sets them."""
+    if cfg.name in ("deep_decoder", *FULLY_CONNECTED):
+        return cfg.width, "width"
+    return cfg.in_channels, "in_channels"
+
+
 def conv(cfg: NetConfig, in_ch: int, out_ch: int, kernel: int, stride: int = 1, dims: int = 2,
-         bias: bool = True) -> LipschitzConv:
-    """A convolution bounded by the config's λ (plain when λ is None)."""
-    return LipschitzConv(in_ch, out_ch, kernel, stride, dims, cfg.lam, cfg.sn_method, bias)
+         bias: bool = True, head: bool = False) -> LipschitzConv:
+    """A convolution bounded by the config's λ (plain when λ is None, and for the head, the
+    final projection to the output channels, unless ``cfg.bound_head``)."""
+    lam = cfg.lam if cfg.bound_head or not head else None
+    return LipschitzConv(in_ch, out_ch, kernel, stride, dims, lam, cfg.sn_method, bias, cfg.detach_sigma)
 
 
 def conv_block(cfg: NetConfig, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1,
@@ -125,6 +198,23 @@ def conv_block(cfg: NetConfig, in_ch: int, out_ch: int, kernel: int = 3, stride:
 def uniform_noise(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
     """The fixed DIP input: uniform in [0, 0.1]."""
     return NOISE_SCALE * torch.rand(shape, generator=generator)
+
+
+def fourier_input(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    """The released scripts' input: phases φ = 2π·u, u ~ U[0, 1), for half the channels (dim 1);
+    channels [0, C/2) are sin φ and [C/2, C) cos φ of the same phases, so channel c and
+    c + C/2 lie on the unit circle. Their ``get_noise(32, 'fourier', ..., var=1)``."""
+    if shape[1] % 2:
+        raise ValueError(f"a Fourier input needs an even number of channels, got {shape[1]}")
+    phase = 2 * math.pi * torch.rand((shape[0], shape[1] // 2, *shape[2:]), generator=generator)
+    return torch.cat([torch.sin(phase), torch.cos(phase)], dim=1)
+
+
+def noise_input(cfg: NetConfig, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    """The fixed input of a noise-driven network, of the kind ``cfg.input`` names."""
+    if cfg.input == "fourier":
+        return fourier_input(shape, generator)
+    return uniform_noise(shape, generator)
 
 
 def side_multiple(cfg: NetConfig) -> int:
@@ -194,6 +284,7 @@ class Decoder(DIPNet):
     """Shi et al.'s default Decoder (SPEC §3).
 
     noise at H/2^depth → 2 convs → depth × (up ×2, 2 convs) → 1×1 conv to C → sigmoid.
+    With λ set, the 2 + 2·depth 3×3 convs are bounded; the 1×1 head only with ``bound_head``.
     """
 
     def __init__(self, cfg: NetConfig, out_shape: tuple[int, ...], upsampling: bool = True) -> None:
@@ -202,16 +293,17 @@ class Decoder(DIPNet):
         check_sides(cfg.name, self.out_shape[1:], self.multiple, 2 * self.multiple)
         w = cfg.width
         layers: list[nn.Module] = [conv_block(cfg, cfg.in_channels, w), conv_block(cfg, w, w)]
-        for _ in range(cfg.depth):
+        sigmas = cfg.layer_sigmas()
+        for i in range(cfg.depth):
             if upsampling:
-                layers.append(Upsample(cfg.upsample, 2, cfg.up_sigma))
+                layers.append(Upsample(cfg.upsample, 2, sigmas[i]))
             layers += [conv_block(cfg, w, w), conv_block(cfg, w, w)]
-        layers += [conv(cfg, w, cfg.out_channels, 1), nn.Sigmoid()]
+        layers += [conv(cfg, w, cfg.out_channels, 1, head=True), nn.Sigmoid()]
         self.body = nn.Sequential(*layers)
 
     def make_input(self, generator: torch.Generator) -> Tensor:
         _, h, w = self.out_shape
-        return uniform_noise((1, self.cfg.in_channels, h // self.multiple, w // self.multiple), generator)
+        return noise_input(self.cfg, (1, self.cfg.in_channels, h // self.multiple, w // self.multiple), generator)
 
 
 class ConvNet(Decoder):
@@ -238,17 +330,18 @@ class DeepDecoder(DIPNet):
         check_sides(cfg.name, self.out_shape[1:], self.multiple, self.multiple)
         w = cfg.width
         layers: list[nn.Module] = []
+        sigmas = cfg.layer_sigmas()
         for i in range(cfg.depth):
             layers.append(conv(cfg, w, w, 1, bias=cfg.norm == "none"))
             if i < cfg.depth - 1:
-                layers.append(Upsample(cfg.upsample, 2, cfg.up_sigma))
+                layers.append(Upsample(cfg.upsample, 2, sigmas[i]))
             layers += [nn.ReLU(), make_norm(cfg.norm, w, 2)]
-        layers += [conv(cfg, w, cfg.out_channels, 1), nn.Sigmoid()]
+        layers += [conv(cfg, w, cfg.out_channels, 1, head=True), nn.Sigmoid()]
         self.body = nn.Sequential(*layers)
 
     def make_input(self, generator: torch.Generator) -> Tensor:
         _, h, w = self.out_shape
-        return uniform_noise((1, self.cfg.width, h // self.multiple, w // self.multiple), generator)
+        return noise_input(self.cfg, (1, self.cfg.width, h // self.multiple, w // self.multiple), generator)
 
 
 class Scale(nn.Module):
@@ -257,12 +350,12 @@ class Scale(nn.Module):
     With a skip branch, its 1×1 features at this scale are concatenated before decoding.
     """
 
-    def __init__(self, cfg: NetConfig, in_ch: int, inner: nn.Module, skip: bool) -> None:
+    def __init__(self, cfg: NetConfig, in_ch: int, inner: nn.Module, skip: bool, sigma: float) -> None:
         super().__init__()
         w = cfg.width
         self.down = nn.Sequential(conv_block(cfg, in_ch, w, 3, stride=2), conv_block(cfg, w, w))
         self.inner = inner
-        self.up = Upsample(cfg.upsample, 2, cfg.up_sigma)
+        self.up = Upsample(cfg.upsample, 2, sigma)
         self.skip = conv_block(cfg, in_ch, cfg.skip_channels, 1) if skip else None
         decode_in = w + (cfg.skip_channels if skip else 0)
         self.decode = nn.Sequential(conv_block(cfg, decode_in, w), conv_block(cfg, w, w, 1))
@@ -282,12 +375,14 @@ class EncoderDecoder(DIPNet):
         self.multiple = side_multiple(cfg)
         check_sides(cfg.name, self.out_shape[1:], self.multiple, 2 * self.multiple)
         net: nn.Module = nn.Identity()
+        sigmas = cfg.layer_sigmas()  # forward order: the coarsest scale's upsampling runs first
         for level in reversed(range(cfg.depth)):  # build from the coarsest scale outwards
-            net = Scale(cfg, cfg.in_channels if level == 0 else cfg.width, net, skip)
-        self.body = nn.Sequential(net, conv(cfg, cfg.width, cfg.out_channels, 1), nn.Sigmoid())
+            in_ch = cfg.in_channels if level == 0 else cfg.width
+            net = Scale(cfg, in_ch, net, skip, sigmas[cfg.depth - 1 - level])
+        self.body = nn.Sequential(net, conv(cfg, cfg.width, cfg.out_channels, 1, head=True), nn.Sigmoid())
 
     def make_input(self, generator: torch.Generator) -> Tensor:
-        return uniform_noise((1, self.cfg.in_channels, *self.out_shape[1:]), generator)
+        return noise_input(self.cfg, (1, self.cfg.in_channels, *self.out_shape[1:]), generator)
 
 
 class DIPLinear(DIPNet):
@@ -306,7 +401,7 @@ class DIPLinear(DIPNet):
         self.body = mlp(cfg, math.prod(self.out_shape))
 
     def make_input(self, generator: torch.Generator) -> Tensor:
-        return uniform_noise((1, self.cfg.width), generator)
+        return noise_input(self.cfg, (1, self.cfg.width), generator)
 
     def forward(self, z: Tensor) -> Tensor:
         out = self.body(z).view(1, *self.out_shape)  # (1, C·H·W) → (1, C, H, W), or (1, C, L)
@@ -327,7 +422,7 @@ class ReLUNet(DIPNet):
         layers: list[nn.Module] = []
         for i in range(cfg.depth):
             layers += [conv(cfg, 2 if i == 0 else cfg.width, cfg.width, 1), nn.ReLU()]
-        layers += [conv(cfg, cfg.width, cfg.out_channels, 1), nn.Sigmoid()]
+        layers += [conv(cfg, cfg.width, cfg.out_channels, 1, head=True), nn.Sigmoid()]
         self.body = nn.Sequential(*layers)
 
     def make_input(self, generator: torch.Generator) -> Tensor:
@@ -354,13 +449,13 @@ class DIPConv1D(DIPNet):
         layers: list[nn.Module] = []
         for i in range(half):
             layers.append(conv_block(cfg, cfg.in_channels if i == 0 else w, w, 3, stride=2, dims=1))
-        for _ in range(half):
-            layers += [Upsample(cfg.upsample, 2, cfg.up_sigma, dims=1), conv_block(cfg, w, w, dims=1)]
-        layers.append(conv(cfg, w, cfg.out_channels, 1, dims=1))
+        for sigma in cfg.layer_sigmas():  # half of them
+            layers += [Upsample(cfg.upsample, 2, sigma, dims=1), conv_block(cfg, w, w, dims=1)]
+        layers.append(conv(cfg, w, cfg.out_channels, 1, dims=1, head=True))
         self.body = nn.Sequential(*layers)
 
     def make_input(self, generator: torch.Generator) -> Tensor:
-        return uniform_noise((1, self.cfg.in_channels, self.out_shape[1]), generator)
+        return noise_input(self.cfg, (1, self.cfg.in_channels, self.out_shape[1]), generator)
 
 
 # ---------------------------------------------------------------- factory

@@ -51,10 +51,19 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=int, default=5, help="scales / upsampling steps / layers")
     p.add_argument("--upsample", choices=["bilinear", "nearest", "gaussian", "bed_of_nails"], default=None,
                    help="upsampling layer; default gaussian when --up-sigma is given, else bilinear")
-    p.add_argument("--up-sigma", type=float, default=None, help="Gaussian upsampling sigma (Shi et al.: 0.5)")
+    p.add_argument("--up-sigma", type=float, nargs="+", default=None, metavar="SIGMA",
+                   help="Gaussian upsampling sigma: one for every upsampling layer (Shi et al.'s text: 0.5), or one "
+                        "per layer, coarsest first (their released Decoder: 0.1 0.1 0.1 0.5 0.5)")
     p.add_argument("--lam", type=float, default=None,
-                   help="Lipschitz bound of every conv (Shi et al.: 2); uses Lipschitz normalisation. "
-                        "Omit for the unconstrained network with batch norm")
+                   help="Lipschitz bound of every conv but the output projection (Shi et al.: 2); uses Lipschitz "
+                        "normalisation. Omit for the unconstrained network with batch norm")
+    p.add_argument("--bound-head", action="store_true",
+                   help="bound the final 1x1 output projection by --lam too (the authors' code leaves it unbounded)")
+    p.add_argument("--detach-sigma", action="store_true",
+                   help="divide by max(1, sigma(W)/lam) held constant in backward, as the authors' code")
+    p.add_argument("--input", choices=["noise", "fourier"], default="noise",
+                   help="network input: uniform noise in [0, 0.1] (the paper text) or sin/cos of random "
+                        "phases (the released scripts)")
     p.add_argument("--iters", type=int, default=3000, help="iteration budget")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0, help="seeds the network, its input and the degradation")
@@ -86,9 +95,11 @@ def run_fit(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     if args.grey and image.shape[0] == 3:
         image = to_grey(image[None])[0]
+    sigmas = args.up_sigma or [0.5]
     net_cfg = NetConfig(name=args.model, out_channels=image.shape[0], width=args.width, depth=args.depth,
-                        upsample=upsample, up_sigma=0.5 if args.up_sigma is None else args.up_sigma,
-                        norm="lipschitz" if args.lam is not None else "batch", lam=args.lam)
+                        upsample=upsample, up_sigma=sigmas[0] if len(sigmas) == 1 else tuple(sigmas),
+                        norm="lipschitz" if args.lam is not None else "batch", lam=args.lam,
+                        input=args.input, bound_head=args.bound_head, detach_sigma=args.detach_sigma)
     fit_cfg = FitConfig(iterations=args.iters, lr=args.lr, seed=args.seed, metric_stride=args.metric_stride,
                         halt_at_stop=args.halt_at_stop,
                         stop_window=max(100 // args.metric_stride, 1) * args.metric_stride)

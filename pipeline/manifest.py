@@ -461,7 +461,8 @@ class Manifest(BaseModel):
     images: list[ImageSet] = Field(min_length=1)
     tasks: list[TaskSpec] = Field(min_length=1)
     model: dict[str, Any] = Field(
-        description="NetConfig fields (name, width, depth, upsample, up_sigma, norm, lam, ...)",
+        description=("NetConfig fields (name, width, depth, upsample, up_sigma, norm, lam, input, bound_head, "
+                     "detach_sigma, ...)"),
         json_schema_extra=_names_schema(_NET_TYPES),
     )
     grid: dict[str, list[Any]] = Field(
@@ -634,8 +635,11 @@ class Manifest(BaseModel):
                       f"{task.task}") for i in impulses for j, task in enumerate(self.tasks) if j not in measuring]
         problems += [(("tasks", j, "task"), f"upsampling_response measures a layer on an impulse; images[{i}] "
                       "is not one (give images: [{impulse: 64}])") for j in measuring for i in signals + pictures]
-        if impulses:
-            return list(dict.fromkeys(problems))  # the network's other fields do not matter to a layer
+        if impulses:  # the network's other fields do not matter to a layer, but it is one layer
+            problems += [(loc, "upsampling_response measures one upsampling layer: give one up_sigma, not "
+                               "one per layer") for setting in self._settings()
+                         for sigma, loc in [setting.get("up_sigma", (0.5, ()))] if isinstance(sigma, tuple)]
+            return list(dict.fromkeys(problems))
         for setting in self._settings():
             method, method_loc = setting.get("method", ("dip", ()))
             problems += [(method_loc, f"method {method} restores {', '.join(METHOD_TASKS[method])} only; "

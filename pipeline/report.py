@@ -32,8 +32,9 @@ from pipeline.storage import Store
 
 # What may distinguish the rows of a table, most telling first; a column is used only where it
 # varies and is not implied by those before it (see `varying_settings`).
-SETTING_COLUMNS = ("method", "model", "optimizer", "lam", "upsample", "up_sigma", "width", "depth", "norm", "lr",
-                   "iterations", "tv_weight", "crop", "downsample", "grey")
+SETTING_COLUMNS = ("method", "model", "optimizer", "lam", "upsample", "up_sigma", "up_sigmas", "width", "depth",
+                   "norm", "input", "bound_head", "detach_sigma", "lr", "iterations", "tv_weight", "crop",
+                   "downsample", "grey")
 NUMERIC_COLUMNS = ("seed", "width", "depth", "up_sigma", "lam", "lr", "iterations", "iterations_run", "crop",
                    "downsample", "final_psnr", "best_psnr", "best_iteration", "stop_psnr", "stop_iteration",
                    "posterior_psnr", "tv_weight", "fallbacks")
@@ -123,10 +124,11 @@ def setting_name(fit: Mapping[str, Any], shown: Sequence[str]) -> str:
         parts.append(str(fit["optimizer"]))
     if "lam" in shown or _present(fit.get("lam")):
         parts.append(f"λ={_fmt(fit['lam'])}" if _present(fit.get("lam")) else "unconstrained")
-    if ("upsample" in shown or "up_sigma" in shown) and _present(fit.get("upsample")):
-        gaussian = fit["upsample"] == "gaussian" and _present(fit.get("up_sigma"))
-        parts.append(f"{fit['upsample']} σ={_fmt(fit['up_sigma'])}" if gaussian else str(fit["upsample"]))
-    named = ("method", "model", "optimizer", "lam", "upsample", "up_sigma")
+    if ({"upsample", "up_sigma", "up_sigmas"} & set(shown)) and _present(fit.get("upsample")):
+        sigma = fit.get("up_sigmas") if _present(fit.get("up_sigmas")) else fit.get("up_sigma")  # per layer, or one
+        gaussian = fit["upsample"] == "gaussian" and _present(sigma)
+        parts.append(f"{fit['upsample']} σ={_fmt(sigma)}" if gaussian else str(fit["upsample"]))
+    named = ("method", "model", "optimizer", "lam", "upsample", "up_sigma", "up_sigmas")
     parts += [f"{c}={_fmt(fit[c])}" for c in shown if c not in named and _present(fit.get(c))]
     return " ".join(parts) or "fit"
 

@@ -64,15 +64,21 @@ def load_spec_image(spec: FitSpec, storage_options: dict | None = None) -> torch
 def spec_row(spec: FitSpec) -> dict[str, Any]:
     """The flat description of what a spec runs, the first columns of its row in tables."""
     net, cfg = spec.network, spec.fit  # both empty of network/loop settings for a classical method
+    sigma = net.get("up_sigma")
+    per_layer = isinstance(sigma, (list, tuple))  # one σ per upsampling layer: rows hold flat scalars
     row: dict[str, Any] = {
         "key": spec.key, "sweep": spec.sweep, "experiment": spec.experiment, "image": spec.image_name,
         "dataset": spec.dataset, "task": spec.task, "seed": spec.seed, "crop": spec.crop,
         "downsample": spec.downsample, "grey": spec.grey, "method": spec.method,
         "model": net.get("name"), "width": net.get("width"), "depth": net.get("depth"),
-        "upsample": net.get("upsample"), "up_sigma": net.get("up_sigma"), "norm": net.get("norm"),
-        "lam": net.get("lam"), "iterations": cfg.get("iterations", cfg.get("tv_iterations")), "lr": cfg.get("lr"),
+        "upsample": net.get("upsample"), "up_sigma": None if per_layer else sigma, "norm": net.get("norm"),
+        "lam": net.get("lam"), "input": net.get("input"), "bound_head": net.get("bound_head"),
+        "detach_sigma": net.get("detach_sigma"),
+        "iterations": cfg.get("iterations", cfg.get("tv_iterations")), "lr": cfg.get("lr"),
         "optimizer": cfg.get("optimizer"), "tv_weight": cfg.get("tv_weight"),
     }
+    if per_layer:  # e.g. "0.1,0.1,0.1,0.5,0.5", coarsest first; up_sigma (a number column) stays null
+        row["up_sigmas"] = ",".join(f"{s:g}" for s in sigma)
     return row | {f"param_{k}": v for k, v in sorted(spec.task_params.items())}
 
 

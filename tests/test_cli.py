@@ -81,3 +81,23 @@ def test_grey_fits_the_luma_of_a_colour_image(tmp_path: Path) -> None:
     top, left = (512 - 32) // 2, (512 - 32) // 2
     luma = full[top:top + 32, left:left + 32] @ np.array([0.299, 0.587, 0.114])
     assert np.abs(clean - luma).max() <= 1.0  # ITU-R 601 luma, up to 8-bit rounding
+
+
+def test_the_authors_network_options(tmp_path: Path) -> None:
+    """--input, --bound-head, --detach-sigma and one σ per upsampling layer reach the network."""
+    args = ["--upsample", "gaussian", "--up-sigma", "0.1", "0.1", "0.5", "--input", "fourier", "--bound-head",
+            "--detach-sigma"]
+    assert dip(["fit", "skimage:camera", "--crop", "32", "--out", str(tmp_path), *TINY, *args]) == 0
+    network = json.loads((tmp_path / "summary.json").read_text())["network"]
+    assert network["up_sigma"] == [0.1, 0.1, 0.5]
+    assert (network["input"], network["bound_head"], network["detach_sigma"]) == ("fourier", True, True)
+
+
+def test_up_sigma_takes_one_value_or_one_per_layer(tmp_path: Path, capsys) -> None:
+    assert dip(["fit", "skimage:camera", "--crop", "32", "--out", str(tmp_path), *TINY, "--up-sigma", "0.3"]) == 0
+    network = json.loads((tmp_path / "summary.json").read_text())["network"]
+    assert (network["up_sigma"], network["upsample"], network["input"], network["bound_head"]) == (
+        0.3, "gaussian", "noise", False)
+    assert dip(["fit", "skimage:camera", "--out", str(tmp_path), *TINY, "--up-sigma", "0.1", "0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("dip: error:") and "gives 2 value(s) but decoder (depth 3) has 3 upsampling" in err[-1]

@@ -197,6 +197,47 @@ def test_zip_groups_vary_together(tmp_path: Path) -> None:
     assert pairs == {("bilinear", 0.5), ("gaussian", 0.5), ("gaussian", 1.0)}
 
 
+AUTHORS = """\
+  width: 8
+  lam: 2
+  upsample: gaussian
+  up_sigma: [0.1, 0.1, 0.1, 0.5, 0.5]
+  input: fourier
+  bound_head: true
+  detach_sigma: true"""
+
+
+def test_the_authors_network_options_validate_and_expand(tmp_path: Path) -> None:
+    """One fit: the per-layer σ list in `model` is one value, not an axis."""
+    spec = one_spec(write(tmp_path, width=AUTHORS, lam="  sn_method: [svd]"))
+    assert spec.network["up_sigma"] == [0.1, 0.1, 0.1, 0.5, 0.5]
+    assert (spec.network["input"], spec.network["bound_head"], spec.network["detach_sigma"]) == ("fourier", True, True)
+    cfg = spec.net_config()
+    assert cfg.up_sigma == (0.1, 0.1, 0.1, 0.5, 0.5) and cfg.lam == 2 and cfg.norm == "lipschitz"
+    assert fit_key(FitSpec.model_validate_json(spec.model_dump_json()).model_dump()) == spec.key
+    default = one_spec(write(tmp_path, file="d.yaml"))
+    assert (default.network["input"], default.network["bound_head"], default.network["detach_sigma"]) == (
+        "noise", False, False)
+    for field in ("input", "bound_head", "detach_sigma"):  # each enters the key
+        value = "fourier" if field == "input" else "true"
+        other = write(tmp_path, file=f"{field}.yaml", lam=f"  lam: [2]\n  {field}: [{value}]")
+        assert one_spec(other).key != default.key
+
+
+def test_per_layer_sigmas_in_a_grid_are_lists_of_lists(tmp_path: Path) -> None:
+    """A grid axis is always a list of values; a per-layer σ is one value, so a list inside it."""
+    path = write(tmp_path, lam="  upsample: [gaussian]\n  up_sigma: [[0.1, 0.1, 0.1, 0.5, 0.5], 0.5]")
+    specs = expand(load_manifest(path))
+    assert [s.network["up_sigma"] for s in specs] == [[0.1, 0.1, 0.1, 0.5, 0.5], 0.5]
+    flat = expand(load_manifest(write(tmp_path, file="f.yaml", lam="  up_sigma: [0.1, 0.5]")))
+    assert [s.network["up_sigma"] for s in flat] == [0.1, 0.5]  # a list of numbers: a sweep, as always
+
+
+def test_a_sigma_list_of_the_wrong_length_is_blamed_on_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, width="  width: 8\n  up_sigma: [0.1, 0.5]")
+    assert_blamed(path, "up_sigma", "model.up_sigma", "gives 2 value(s) but decoder (depth 5) has 5 upsampling layers")
+
+
 def test_zip_lists_of_unequal_length_are_an_error(tmp_path: Path) -> None:
     zipped = "zip:\n  - upsample: [bilinear, gaussian]\n    up_sigma: [0.5]"
     path = write(tmp_path, spare=zipped)
@@ -468,6 +509,8 @@ BAD_IMPULSE = {  # id: (lines to change, start of the line blamed, field path, w
     "crop": ({"impulse": "  - impulse: 64\n    crop: 32"}, "crop", "images[0].crop", "not to a 1-D signal"),
     "short": ({"impulse": "  - impulse: 4"}, "- impulse", "images[0].impulse", "greater than or equal to 8"),
     "stride": ({"params": "    params: {stride: 0}"}, "params", "tasks[0].params.stride", "greater than 0"),
+    "per-layer-sigma": ({"upsample": "  upsample: [gaussian]\n  up_sigma: [[0.1, 0.1, 0.1, 0.5, 0.5]]"}, "up_sigma",
+                        "grid.up_sigma[0]", "measures one upsampling layer: give one up_sigma"),
 }
 
 

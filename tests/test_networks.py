@@ -5,12 +5,15 @@ the Lipschitz bound reaching every convolution, and gradients reaching every par
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from dipmodel.layers import LipschitzConv, LipschitzNorm, spectral_norm_exact
+from dipmodel.layers import LipschitzConv, LipschitzNorm, Upsample, gaussian_kernel, spectral_norm_exact
 from dipmodel.networks import (
     NETWORK_NAMES,
     DIPNet,
@@ -147,8 +150,9 @@ def test_default_decoder_has_the_shi_et_al_layout() -> None:
 @pytest.mark.parametrize("name", CONV_NETS)
 @pytest.mark.parametrize("method", ["power", "gram", "svd"])
 def test_lambda_reaches_every_convolution(name: str, method: str) -> None:
+    """With bound_head=True every convolution, the output projection included, is bounded."""
     lam = 0.7
-    net = build(name, lam=lam, norm="lipschitz", sn_method=method, upsample="gaussian")
+    net = build(name, lam=lam, norm="lipschitz", sn_method=method, upsample="gaussian", bound_head=True)
     net.train()
     net(net.make_input(torch.Generator().manual_seed(0)))  # one training forward (a power step)
     convs = [m for m in net.modules() if isinstance(m, LipschitzConv)]
@@ -251,3 +255,172 @@ def test_config_is_a_plain_dataclass() -> None:
     """The pipeline stores ``asdict(cfg)`` beside every result and rebuilds from it."""
     cfg = config("decoder", lam=2.0)
     assert NetConfig(**dataclasses.asdict(cfg)) == cfg
+
+
+# --- the authors' released configuration (Shi et al.'s code) as options -------------------------------
+
+NOISE_NETS = [n for n in NETWORK_NAMES if n != "relunet"]
+
+
+def test_noise_input_is_unchanged() -> None:
+    """input="noise" (the default) is 0.1·U[0, 1) drawn from the generator, as before the option."""
+    net = build("decoder")
+    assert net.cfg.input == "noise"
+    expected = 0.1 * torch.rand((1, 32, 2, 2), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(net.make_input(torch.Generator().manual_seed(7)), expected)
+
+
+def test_fourier_input_is_sin_and_cos_of_uniform_phases() -> None:
+    """Their get_noise(32, 'fourier', ..., var=1): u ~ U[0, 1) on 16 channels, then
+    cat(sin 2πu, cos 2πu): channels 0-15 sin, 16-31 cos of the same u."""
+    net = build("decoder", input="fourier")
+    z = net.make_input(torch.Generator().manual_seed(3))
+    assert z.shape == (1, 32, 2, 2)
+    u = torch.rand((1, 16, 2, 2), generator=torch.Generator().manual_seed(3)).double().numpy()
+    np.testing.assert_allclose(z[:, :16].double().numpy(), np.sin(2 * np.pi * u), atol=1e-6)
+    np.testing.assert_allclose(z[:, 16:].double().numpy(), np.cos(2 * np.pi * u), atol=1e-6)
+    assert torch.equal(z, net.make_input(torch.Generator().manual_seed(3)))
+    assert not torch.equal(z, net.make_input(torch.Generator().manual_seed(4)))
+
+
+@pytest.mark.parametrize("name", NOISE_NETS)
+def test_fourier_input_reaches_every_noise_network(name: str) -> None:
+    noise, fourier = build(name), build(name, input="fourier")
+    z = fourier.make_input(torch.Generator().manual_seed(0))
+    assert z.shape == noise.make_input(torch.Generator().manual_seed(0)).shape
+    assert z.min() >= -1 and z.max() <= 1 and z.min() < 0  # not the [0, 0.1] noise
+    sin, cos = z.chunk(2, dim=1)
+    torch.testing.assert_close(sin.square() + cos.square(), torch.ones_like(sin))  # pairs on the unit circle
+    phase = torch.atan2(sin, cos).remainder(2 * math.pi) / (2 * math.pi)  # u back, in [0, 1)
+    assert phase.std() > 0.15  # spread over the circle (uniform: 0.29), not a constant
+    out = fourier(z)
+    assert out.shape == (1, *CASES[name][1]) and torch.isfinite(out).all()
+
+
+def test_fourier_input_phases_are_uniform() -> None:
+    """u = atan2(sin, cos)/2π recovers U[0, 1): mean 1/2, variance 1/12 (many draws)."""
+    cfg = NetConfig(name="convnet", width=4, depth=1, in_channels=64, input="fourier")
+    net = build_network(cfg, (3, 32, 32))
+    sin, cos = net.make_input(torch.Generator().manual_seed(0)).double().chunk(2, dim=1)
+    u = torch.atan2(sin, cos).remainder(2 * math.pi) / (2 * math.pi)  # 32·32·32 = 32768 phases
+    assert float(u.mean()) == pytest.approx(0.5, abs=0.01)
+    assert float(u.var()) == pytest.approx(1 / 12, abs=0.003)
+
+
+def test_fourier_input_is_refused_where_it_makes_no_sense() -> None:
+    with pytest.raises(ValueError, match="input='fourier' does not apply to relunet"):
+        config("relunet", input="fourier")
+    with pytest.raises(ValueError, match="even number of input channels.*in_channels=31"):
+        NetConfig(name="decoder", in_channels=31, input="fourier")
+    with pytest.raises(ValueError, match="even number of input channels.*width=9"):
+        NetConfig(name="deep_decoder", width=9, input="fourier")
+    with pytest.raises(ValueError, match="NetConfig.input must be one of noise, fourier"):
+        NetConfig(name="decoder", input="meshgrid")
+
+
+def bounded_layers(net: nn.Module) -> tuple[list[LipschitzConv], LipschitzConv]:
+    """The convolutions before the output projection, and the projection (the last conv run)."""
+    convs = [m for m in net.modules() if isinstance(m, LipschitzConv)]
+    return convs[:-1], convs[-1]
+
+
+@pytest.mark.parametrize("name", CONV_NETS)
+def test_head_is_unbounded_unless_bound_head(name: str) -> None:
+    """Their Decoder passes ln_lambda=0 to its 1×1 output conv: no SpectralNorm there."""
+    lam = 0.5
+    for bound_head in (False, True):
+        net = build(name, lam=lam, norm="lipschitz", bound_head=bound_head)
+        body, head = bounded_layers(net)
+        assert head.weight.shape[0] == CASES[name][1][0]  # it is the projection to the output channels
+        with torch.no_grad():
+            head.weight.mul_(10 * lam / float(spectral_norm_exact(head.weight)))  # σ(head) = 10λ
+        if bound_head:
+            assert float(spectral_norm_exact(head.effective_weight().detach())) == pytest.approx(lam, rel=1e-4)
+        else:
+            assert head.lam is None and torch.equal(head.effective_weight(), head.weight)
+        assert body and all(m.lam == lam for m in body)
+        for m in body:
+            assert float(spectral_norm_exact(m.effective_weight().detach())) <= lam * (1 + 1e-4)
+
+
+def test_decoder_bounds_12_of_its_13_convolutions() -> None:
+    """Their decoder: unetConv2 (2 convs) + 5 unetUp × unetConv2 (2 convs) bounded, 1×1 head not."""
+    for bound_head, bounded in ((False, 12), (True, 13)):
+        net = build_network(NetConfig(name="decoder", lam=2.0, norm="lipschitz", bound_head=bound_head), (3, 64, 64))
+        convs = [m for m in net.modules() if isinstance(m, LipschitzConv)]
+        assert len(convs) == 13
+        assert sum(m.lam is not None for m in convs) == bounded
+        assert (convs[-1].lam is None) == (not bound_head) and convs[-1].weight.shape[2:] == (1, 1)
+
+
+def applied_sigmas(net: DIPNet) -> list[tuple[float, int]]:
+    """(σ, input length) of each upsampling layer in the order the forward pass calls them."""
+    calls: list[tuple[float, int]] = []
+    hooks = [m.register_forward_hook(lambda m, x, _: calls.append((m.sigma, x[0].shape[-1])))
+             for m in net.modules() if isinstance(m, Upsample)]
+    net(net.make_input(torch.Generator().manual_seed(0)))
+    for hook in hooks:
+        hook.remove()
+    return calls
+
+
+@pytest.mark.parametrize("name", MULTI_SCALE)
+def test_per_layer_sigma_reaches_each_upsampling_layer_coarsest_first(name: str) -> None:
+    layers = {"dip_conv_1d": 2, "deep_decoder": 3}.get(name, config(name).depth)
+    sigmas = tuple(0.1 * (i + 1) for i in range(layers))
+    net = build(name, upsample="gaussian", up_sigma=list(sigmas))
+    assert net.cfg.up_sigma == sigmas  # a list is stored as a tuple
+    calls = applied_sigmas(net)
+    assert [s for s, _ in calls] == list(sigmas)
+    sizes = [n for _, n in calls]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)  # each one finer than the last
+    for m in (m for m in net.modules() if isinstance(m, Upsample)):
+        torch.testing.assert_close(m.kernel[0, 0], gaussian_kernel(m.sigma, dims=m.dims))
+
+
+def test_the_authors_decoder_sigmas() -> None:
+    """decoder.py: sigmas = [0.1, 0.1, 0.1, 0.5, 0.5], sigmas[i] for the i-th unetUp (coarsest first)."""
+    net = build_network(NetConfig(name="decoder", width=8, upsample="gaussian", up_sigma=(0.1, 0.1, 0.1, 0.5, 0.5)),
+                        (3, 64, 64))
+    assert [s for s, _ in applied_sigmas(net)] == [0.1, 0.1, 0.1, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("name", MULTI_SCALE)
+def test_one_sigma_is_every_layers_sigma(name: str) -> None:
+    calls = applied_sigmas(build(name, upsample="gaussian", up_sigma=0.3))
+    assert calls and all(s == 0.3 for s, _ in calls)
+
+
+def test_a_sigma_list_of_the_wrong_length_names_both_numbers() -> None:
+    with pytest.raises(ValueError, match=r"up_sigma gives 4 value\(s\) but decoder \(depth 5\) has 5 upsampling"):
+        NetConfig(name="decoder", up_sigma=[0.1, 0.1, 0.5, 0.5])
+    with pytest.raises(ValueError, match="up_sigma gives 2 value.* has 3 upsampling"):
+        NetConfig(name="deep_decoder", depth=4, up_sigma=(0.5, 0.5))
+    with pytest.raises(ValueError, match="convnet .* has 0 upsampling"):
+        NetConfig(name="convnet", up_sigma=[0.5])
+    with pytest.raises(ValueError, match="up_sigma must be finite and >= 0"):
+        NetConfig(name="decoder", up_sigma=[0.1, 0.1, -0.1, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("field", ["bound_head", "detach_sigma"])
+def test_flags_must_be_booleans(field: str) -> None:
+    with pytest.raises(ValueError, match=f"NetConfig.{field} must be true or false"):
+        NetConfig(name="decoder", **{field: "yes"})
+
+
+def test_detach_sigma_reaches_every_bounded_convolution() -> None:
+    net = build("encoder_decoder", lam=2.0, norm="lipschitz", detach_sigma=True, sn_method="svd")
+    convs = [m for m in net.modules() if isinstance(m, LipschitzConv)]
+    assert all(m.detach_sigma for m in convs)
+    assert not any(m.detach_sigma for m in build("encoder_decoder", lam=2.0).modules() if isinstance(m, LipschitzConv))
+
+
+def test_the_authors_options_survive_asdict_and_json() -> None:
+    """Records store asdict(cfg) as JSON; a per-layer σ comes back as a list and becomes a tuple again."""
+    cfg = NetConfig(name="decoder", lam=2.0, norm="lipschitz", upsample="gaussian", up_sigma=[0.1, 0.1, 0.1, 0.5, 0.5],
+                    input="fourier", bound_head=True, detach_sigma=True)
+    again = NetConfig(**json.loads(json.dumps(dataclasses.asdict(cfg))))
+    assert again == cfg and again.up_sigma == (0.1, 0.1, 0.1, 0.5, 0.5)
+    defaults = NetConfig(name="decoder")
+    assert (defaults.input, defaults.bound_head, defaults.detach_sigma) == ("noise", False, False)
+    assert defaults.up_sigma == 0.5

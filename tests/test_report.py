@@ -336,3 +336,23 @@ def test_superres_tables_compare_every_row_at_the_fixed_budget(setting: dict[str
         assert paper_row(setting, table) == expected
     [denoise] = tables_for("denoise", "cbsd68", "S6")
     assert denoise.budgets is None and paper_row(setting, denoise) == paper_row(setting)
+
+
+def test_per_layer_sigmas_are_a_text_column_and_name_their_rows(tmp_path: Path) -> None:
+    """Summary rows hold flat scalars: a σ per upsampling layer goes to `up_sigmas` (text), `up_sigma`
+    stays a number column (null there), and the report names each row by its σ."""
+    from pipeline.report import load_fits
+
+    run_manifest(tmp_path, "sigmas", {
+        "images": [{"sample": "camera", "crop": 16}], "tasks": [{"task": "denoise", "params": {"sigma": 25}}],
+        "model": {"name": "decoder", "width": 4, "depth": 2, "upsample": "gaussian", "input": "fourier"},
+        "grid": {"up_sigma": [[0.1, 0.5], 0.3]}, "fit": {"iterations": 3, "stop_window": 1},
+    })
+    store = Store(str(tmp_path / "sigmas"))
+    rows = {row["up_sigmas"] or row["up_sigma"]: row for row in store.collect(write=False).to_pylist()}
+    assert set(rows) == {"0.1,0.5", 0.3}
+    assert rows["0.1,0.5"]["up_sigma"] is None and rows[0.3]["up_sigmas"] is None
+    assert all(r["input"] == "fourier" and r["bound_head"] is False and r["detach_sigma"] is False
+               for r in rows.values())
+    names = set(load_fits(store)["setting"])
+    assert names == {"decoder gaussian σ=0.1,0.5", "decoder gaussian σ=0.3"}
