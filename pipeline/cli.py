@@ -64,8 +64,17 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", choices=["noise", "fourier"], default="noise",
                    help="network input: uniform noise in [0, 0.1] (the paper text) or sin/cos of random "
                         "phases (the released scripts)")
+    p.add_argument("--negative-slope", type=float, default=0.01, help="LeakyReLU slope (Ulyanov et al.'s DIP: 0.2)")
     p.add_argument("--iters", type=int, default=3000, help="iteration budget")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (Ulyanov et al.'s DIP: 0.01)")
+    p.add_argument("--no-backtrack", dest="backtrack", action="store_false",
+                   help="turn off the safeguard that restores the last good parameters after a collapse")
+    p.add_argument("--backtrack-drop", type=float, default=5.0,
+                   help="dB fall of the PSNR against the degraded image that counts as a collapse")
+    p.add_argument("--input-noise-std", type=float, default=0.0,
+                   help="add N(0, std^2) to the input every step (Ulyanov et al.'s DIP: 1/30)")
+    p.add_argument("--output-average", type=float, default=0.0,
+                   help="record the exponential average of outputs with this weight (Ulyanov et al.'s DIP: 0.99)")
     p.add_argument("--seed", type=int, default=0, help="seeds the network, its input and the degradation")
     p.add_argument("--crop", type=int, default=None, help="centre-crop to at most this many pixels a side")
     p.add_argument("--grey", action="store_true", help="fit the luma (Y of YCbCr) of a colour image")
@@ -99,9 +108,11 @@ def run_fit(args: argparse.Namespace) -> int:
     net_cfg = NetConfig(name=args.model, out_channels=image.shape[0], width=args.width, depth=args.depth,
                         upsample=upsample, up_sigma=sigmas[0] if len(sigmas) == 1 else tuple(sigmas),
                         norm="lipschitz" if args.lam is not None else "batch", lam=args.lam,
-                        input=args.input, bound_head=args.bound_head, detach_sigma=args.detach_sigma)
+                        input=args.input, bound_head=args.bound_head, detach_sigma=args.detach_sigma,
+                        negative_slope=args.negative_slope)
     fit_cfg = FitConfig(iterations=args.iters, lr=args.lr, seed=args.seed, metric_stride=args.metric_stride,
-                        halt_at_stop=args.halt_at_stop,
+                        halt_at_stop=args.halt_at_stop, backtrack=args.backtrack, backtrack_drop=args.backtrack_drop,
+                        input_noise_std=args.input_noise_std, output_average=args.output_average,
                         stop_window=max(100 // args.metric_stride, 1) * args.metric_stride)
     problem = prepare_problem(image, args.task, given, net_cfg, args.seed, args.crop, args.image)
     h, w = problem.clean.shape[-2:]
@@ -116,6 +127,7 @@ def run_fit(args: argparse.Namespace) -> int:
           f"oracle {s['best_psnr']:.2f} dB at {s['best_iteration']}; "
           + (f"auto-stop {s['stop_psnr']:.2f} dB at {s['stop_iteration']}; " if s["stop_iteration"] is not None
              else "auto-stop did not fire; ")
+          + f"backtracked {s['fallbacks']} time{'s' * (s['fallbacks'] != 1)}; "
           + f"{s['ms_per_iteration']:.1f} ms/iteration")
     print(f"results in {args.out}/ (final.png, metrics.csv, curves.png, summary.json)")
     return 0

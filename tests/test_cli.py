@@ -101,3 +101,16 @@ def test_up_sigma_takes_one_value_or_one_per_layer(tmp_path: Path, capsys) -> No
     assert dip(["fit", "skimage:camera", "--out", str(tmp_path), *TINY, "--up-sigma", "0.1", "0.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("dip: error:") and "gives 2 value(s) but decoder (depth 3) has 3 upsampling" in err[-1]
+
+
+def test_ulyanovs_options_and_the_safeguard_reach_the_fit(tmp_path: Path, capsys) -> None:
+    """--negative-slope, --input-noise-std, --output-average and --no-backtrack reach the configs,
+    and the summary line says how often the fit backtracked."""
+    args = ["--negative-slope", "0.2", "--lr", "0.01", "--input-noise-std", "0.0333", "--output-average", "0.99",
+            "--no-backtrack"]
+    assert dip(["fit", "skimage:camera", "--crop", "32", "--out", str(tmp_path), *TINY, *args]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["network"]["negative_slope"] == 0.2
+    fit = summary["fit"]
+    assert (fit["lr"], fit["input_noise_std"], fit["output_average"], fit["backtrack"]) == (0.01, 0.0333, 0.99, False)
+    assert "backtracked 0 times" in capsys.readouterr().out
