@@ -1,4 +1,4 @@
-"""The networks of SPEC §3, built from a `NetConfig`, each with the fixed input it is fitted from.
+"""The networks of both papers (Chakrabarty & Maji 2019 §2–3; Shi et al. 2022 §3–5), built from a `NetConfig`, each with the fixed input it is fitted from.
 
 Every network is a `DIPNet`: ``net(net.make_input(generator))`` is one output, batch 1.
 Images come out as (1, C, H, W) through a sigmoid, in [0, 1]; the 1-D networks return
@@ -55,7 +55,7 @@ from dipmodel.layers import (
     make_norm,
 )
 
-# every network, with the (width, depth) of SPEC §3 it gets when NetConfig leaves them at 0
+# every network, with the (width, depth) the papers train it at, which it gets when NetConfig leaves them at 0
 PAPER_SIZES: dict[str, tuple[int, int]] = {
     "encoder_decoder": (128, 5),
     "encoder_decoder_skip": (128, 5),
@@ -77,7 +77,7 @@ INPUT_KINDS = ("noise", "fourier")  # the paper text's uniform noise; the releas
 @dataclass
 class NetConfig:
     """Which network, and its sizes. ``width``/``depth`` left at 0 become the network's paper
-    sizes (`PAPER_SIZES`), so ``NetConfig(name=...)`` alone reproduces SPEC §3, and
+    sizes (`PAPER_SIZES`), so ``NetConfig(name=...)`` alone gives the papers' sizes, and
     ``asdict`` records the sizes actually used.
     """
 
@@ -281,7 +281,7 @@ class DIPNet(nn.Module):
 
 
 class Decoder(DIPNet):
-    """Shi et al.'s default Decoder (SPEC §3).
+    """Shi et al.'s default Decoder (Shi et al. 2022 §4).
 
     noise at H/2^depth → 2 convs → depth × (up ×2, 2 convs) → 1×1 conv to C → sigmoid.
     With λ set, the 2 + 2·depth 3×3 convs are bounded; the 1×1 head only with ``bound_head``.
@@ -314,7 +314,7 @@ class ConvNet(Decoder):
 
 
 class DeepDecoder(DIPNet):
-    """Heckel & Hand's (2019) under-parameterised Deep Decoder (SPEC §3).
+    """Heckel & Hand's (2019) under-parameterised Deep Decoder (Heckel & Hand 2019, as Shi et al. 2022 §5 compare it).
 
     noise (width channels) at H/2^(depth−1) → depth × (1×1 conv, up ×2 except in the last
     block, ReLU, channel normalisation) → 1×1 conv to C → sigmoid. Channel normalisation is

@@ -1,4 +1,4 @@
-"""The papers' published numbers (SPEC §7), as data, so that a report prints them beside ours.
+"""The papers' published numbers (Chakrabarty & Maji 2019; Shi et al. 2022 Tables 1–5), as data, so that a report prints them beside ours.
 
 Each `PaperTable` is one table of Shi et al. (2022) or Chakrabarty & Maji (2019) in the layout
 the paper prints it: rows are methods ("DIP", "Deep Decoder", "controlled", …), columns the
@@ -27,7 +27,7 @@ FIGURE_ITERATIONS: dict[str, tuple[int, ...]] = {
 class PaperTable:
     """One published table: rows → column value (of `param`) → PSNR (dB)."""
 
-    experiment: str  # our id for the experiment (SPEC §7), e.g. "S6"
+    experiment: str  # our id for the experiment (manifests/README.md lists them), e.g. "S6"
     source: str  # where it is printed, e.g. "Shi et al. (2022), Table 1"
     task: str  # our task name: denoise, jpeg, inpaint, superres
     dataset: str  # our data-set name, e.g. cbsd68

@@ -221,7 +221,7 @@ def test_out_shape_must_match_the_network_kind() -> None:
 
 @pytest.mark.parametrize("name", NETWORK_NAMES)
 def test_default_sizes_are_the_paper_sizes(name: str) -> None:
-    """SPEC §3: 128 channels / 5 scales for the image DIPs, DIP-Linear 5 layers, ReLUNet 10
+    """The papers' sizes: 128 channels / 5 scales for the image DIPs, DIP-Linear 5 layers, ReLUNet 10
     layers of 256, the 1-D networks 10 layers of 256; explicit sizes are kept.
     """
     paper = {"relunet": (256, 10), "dip_conv_1d": (256, 10), "dip_linear_1d": (256, 10), "deep_decoder": (64, 6)}

@@ -2,7 +2,7 @@
 
 Every manifest validates and expands into fits against the shared data sets ($DIP_DATA_ROOT,
 else ../shared/datasets beside the repository; data-set resolution is skipped only when that
-folder is absent). Each experiment of SPEC §7 that is a fit has a paper-scale and a smoke-scale
+folder is absent). Each experiment that is a fit has a paper-scale and a smoke-scale
 form; a smoke form has its paper form's grid shape (the same grid and zip axes with as many
 values, the same tasks with the same degradation values), asks for no GPU, and fits small crops;
 a paper form asks for one GPU per fit.
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "manifests" / "paper"
 DATA = Path(os.environ.get("DIP_DATA_ROOT") or REPO.parent / "shared" / "datasets")
 
-# SPEC §7 ids; C8 (the upsampling layers' frequency response) measures layers instead of fitting.
+# our experiment ids (C = Chakrabarty & Maji 2019, S = Shi et al. 2022); C8 (the upsampling layers' frequency response) measures layers instead of fitting.
 EXPERIMENTS = [f"C{i}" for i in range(1, 10)] + [f"S{i}" for i in range(1, 12)]
 MEASUREMENTS = {"C8"}  # no network is trained: one CPU does the paper form in seconds
 

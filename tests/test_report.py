@@ -262,7 +262,7 @@ def test_empty_storage_is_a_clear_error(tmp_path: Path) -> None:
         write_report(tmp_path / "empty", tmp_path / "out")
 
 
-# --- the papers' numbers, spot-checked against SPEC §7 as written there ---------------------------
+# --- the papers' numbers, spot-checked against the papers' tables as printed there ----------------
 
 
 @pytest.mark.parametrize(("task", "dataset", "experiment", "row", "column", "psnr"), [
