@@ -112,7 +112,7 @@ def gradient_adjoint(p: Tensor) -> Tensor:
 def operator_norm_squared(op: Operator, shape: tuple[int, ...], device: torch.device, steps: int = 30) -> float:
     """‖A‖², the Lipschitz constant of ∇½‖A(x) − y‖², by power iteration on AᵀA (seeded)."""
     v = torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(device)
-    _, pullback = torch.func.vjp(op.A, v)
+    pullback = torch.func.vjp(op.A, v)[1]
     norm = torch.tensor(1.0)
     for _ in range(steps):
         v = v / v.norm()
@@ -132,7 +132,7 @@ def tv_reconstruct(op: Operator, y: Tensor, out_shape: tuple[int, ...], weight: 
     """
     shape = (1, *out_shape)
     x = y.clone() if y.shape == shape else bicubic_upsample(y, out_shape[-1] // y.shape[-1])
-    _, pullback = torch.func.vjp(op.A, torch.zeros(shape, device=y.device))
+    pullback = torch.func.vjp(op.A, torch.zeros(shape, device=y.device))[1]
     half_lipschitz = operator_norm_squared(op, shape, y.device) / 2
     tau = sigma = 0.95 * (math.sqrt(half_lipschitz**2 + 32) - half_lipschitz) / 16  # root of 8τ² + Lτ/2 = 1
     p = torch.zeros_like(gradient(x))

@@ -43,6 +43,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -155,7 +156,7 @@ class FitResult:
     posterior_psnr: float | None = None
     fallback_iterations: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     seconds: float = 0.0
-    config: dict = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float | int | None]:
         """The scalar outcome of the fit, one row of a results table."""
@@ -273,7 +274,7 @@ class Backtrack:
     Everything is ``torch.where`` on device tensors, so a check never waits for the device.
     """
 
-    def __init__(self, params: list[Tensor], drop: float, device: torch.device) -> None:
+    def __init__(self, params: Sequence[Tensor], drop: float, device: torch.device) -> None:
         self.params, self.drop = params, drop
         self.saved = [p.detach().clone() for p in params]
         self.last = torch.tensor(-math.inf, device=device)
@@ -301,7 +302,7 @@ def seeded_generator(device: torch.device, seed: int) -> torch.Generator | None:
     return None if device.type == "meta" else torch.Generator(device=device).manual_seed(seed)
 
 
-def langevin_noise(params: list[Tensor], std: float, generator: torch.Generator | None) -> None:
+def langevin_noise(params: Sequence[Tensor], std: float, generator: torch.Generator | None) -> None:
     """Add 𝒩(0, std²) to every weight in place: the Langevin half of an SGLD step."""
     with torch.no_grad():
         for p in params:
@@ -399,7 +400,9 @@ class FitLoop:
         z = net.make_input(torch.Generator().manual_seed(cfg.seed))
         net, z = net.to(device), z.to(device)
         if cfg.channels_last and z.dim() == 4:
-            net, z = net.to(memory_format=torch.channels_last), z.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format at run time; torch's stubs leave it out of the overloads
+            net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            z = z.to(memory_format=torch.channels_last)
         self.net, self.z = net, z
         self.optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.power_layers = [m for m in net.modules() if isinstance(m, LipschitzConv) and m.uses_power_iteration]
@@ -472,11 +475,11 @@ class FitLoop:
             self.snapshot_iters.append(t)
         if t < T:
             self.optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             self.optimiser.step()
             if self.sgld:
                 langevin_noise(self.weights, self.noise_std, self.noise_gen)
-            if fall is not None:
+            if fall is not None and self.guard is not None:
                 self.guard.restore(fall)
 
     def check_losses(self, lo: int, upto: int) -> bool:
@@ -529,7 +532,7 @@ class _Running:
 
     def __init__(self, job: FitJob, device: torch.device, own_stream: bool) -> None:
         self.cfg = job.cfg
-        self.stream = torch.cuda.Stream(device) if own_stream else None
+        self.stream = torch.cuda.Stream(device) if own_stream else None  # type: ignore[no-untyped-call]
         if self.stream is not None:  # see the caller's work on the inputs
             self.stream.wait_stream(torch.cuda.current_stream(device))
         # The loop's tensors are made on its own stream too: the caching allocator may hand a
@@ -538,7 +541,7 @@ class _Running:
             self.loop = FitLoop(job.net_cfg, job.op, job.y, job.clean, job.cfg, job.extra_metrics,
                                 job.net_metrics, device)
 
-    def on_stream(self) -> contextlib.AbstractContextManager:
+    def on_stream(self) -> contextlib.AbstractContextManager[object]:
         return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
 
     def advance(self, t: int) -> bool:
@@ -547,7 +550,7 @@ class _Running:
         with precision_flags(cfg.precision, loop.device), self.on_stream():
             try:
                 loop.iteration(t)
-            except torch.linalg.LinAlgError:  # NaN weights break the exact σ before a sync sees the loss
+            except torch.linalg.LinAlgError:  # type: ignore[attr-defined]  # public, but not re-exported in stubs  # NaN weights break the exact σ before a sync sees the loss
                 loop.check_losses(0, t + 1)
                 raise
             at_sync = (t + 1) % cfg.sync_every == 0

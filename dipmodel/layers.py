@@ -71,7 +71,7 @@ def _check_dims(dims: int) -> None:
 SN_METHODS = ("gram", "svd", "power")
 
 
-def fp32_region(device_type: str) -> contextlib.AbstractContextManager:
+def fp32_region(device_type: str) -> contextlib.AbstractContextManager[object]:
     """Autocast off: σ and the power step stay fp32 whatever the precision of the convolutions."""
     if torch.amp.is_autocast_available(device_type):
         return torch.autocast(device_type, enabled=False)
