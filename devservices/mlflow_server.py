@@ -12,7 +12,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from devservices.loopback import wait_until
+from devservices.loopback import free_port, wait_until
 
 
 class MlflowServer:
