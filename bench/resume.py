@@ -16,13 +16,12 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 
+from devservices.loopback import AWS_TEST_ENV
+from devservices.s3_server import S3Server
 from pipeline.storage import Store
 
 DONE, MISSING, FAILED = 10_000, 10, 5
@@ -70,33 +69,19 @@ def measure(store: Store, keys: list[str]) -> dict[str, float]:
 
 @contextlib.contextmanager
 def s3_store() -> Iterator[Store]:
-    """A store on a moto S3 server in its own process on 127.0.0.1 (so it does not share our GIL).
+    """A store on moto's S3 server in its own process on 127.0.0.1 (so it does not share our GIL).
 
-    Fake credentials and a region come from the environment, and instance-metadata lookups
-    are off, so nothing leaves the machine.
+    Fake credentials and a region (AWS_TEST_ENV) and no instance-metadata lookups: nothing leaves
+    the machine.
     """
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_EC2_METADATA_DISABLED="true")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.environ.update(AWS_TEST_ENV)
+    server = S3Server(own_process=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto server did not start on port {port}")
-            time.sleep(0.2)
-        store = Store("s3://bench/results", {"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}})
+        store = Store("s3://bench/results", server.options())
         store.fs.mkdir("bench")
         yield store
     finally:
-        server.terminate()
-        server.wait()
+        server.stop()
 
 
 def main() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -10,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.cluster import AWS_TEST_ENV, MlflowServer, free_port
+from devservices.loopback import AWS_TEST_ENV, free_port
+from devservices.mlflow_server import MlflowServer
+from devservices.s3_server import S3Server
 
 # Tests read the shared test images through the data root, never copies of them (CI sets it too).
 os.environ.setdefault("DIP_DATA_ROOT", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
@@ -33,7 +34,7 @@ def unused_port() -> int:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` (SQLite backend, artifacts proxied to a local folder; see
-    bench.cluster.MlflowServer) for the session; yields its URI."""
+    devservices.mlflow_server) for the session; yields its URI."""
     server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
     try:
         server.start(timeout=120)
@@ -47,23 +48,19 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
-    """moto's S3 server on 127.0.0.1, as s3fs's own tests use it; yields its endpoint URL.
+    """moto's S3 server on 127.0.0.1 (devservices.s3_server), as s3fs's own tests use it; yields its
+    endpoint URL.
 
     One server for the session (tests keep apart by using their own bucket); the fake AWS
     environment holds while it runs.
     """
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no log line per request
     with pytest.MonkeyPatch.context() as env:
         for name, value in AWS_TEST_ENV.items():
             env.setenv(name, value)
         env.delenv("AWS_PROFILE", raising=False)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
+        server = S3Server()
         try:
-            host, port = server.get_host_and_port()
-            yield f"http://{host}:{port}"
+            yield server.endpoint
         finally:
             server.stop()
 
@@ -84,7 +81,8 @@ def s3_store_uri(s3_server: str) -> tuple[str, dict]:
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
-    """One local 2-CPU Ray cluster for the session, on loopback only (see PLATFORM-NOTES)."""
+    """One local 2-CPU Ray cluster for the session, on loopback only when Ray is first imported here
+    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, as pipeline.sweep.loopback_unless_cluster sets it)."""
     import ray
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"

@@ -1,6 +1,6 @@
 """Sweeps submitted through the Jobs API to a multi-node Ray cluster on loopback, with faults.
 
-The cluster (bench/cluster.py): a head with the Jobs API and two worker nodes with 2 `fakegpu`
+The cluster (devservices.ray_cluster): a head with the Jobs API and two worker nodes with 2 `fakegpu`
 each, token authentication on; S3 is moto with versioned buckets (one version per done marker =
 no fit completed twice); MLflow is a server of this module's own, so killing it harms no other
 test. Nothing here calls ray.init in the pytest process: the session Ray of tests/conftest.py
@@ -24,16 +24,11 @@ from typing import Any
 
 import pytest
 
-from bench.cluster import (
-    LocalCluster,
-    MlflowServer,
-    S3Server,
-    cluster_environment,
-    completeness,
-    wait_for_job,
-    wait_until,
-    write_manifest,
-)
+from devservices.loopback import cluster_environment, wait_until
+from devservices.mlflow_server import MlflowServer
+from devservices.ray_cluster import LocalCluster, wait_for_job
+from devservices.s3_server import S3Server
+from devservices.sweep_checks import completeness, write_manifest
 from pipeline import jobs, sweep
 from pipeline.cli import main as dip
 from pipeline.cli import read_manifest
@@ -123,7 +118,7 @@ def test_the_jobs_api_refuses_requests_without_the_token(services) -> None:
 def test_jobs_run_on_the_cluster_they_were_sent_to(services) -> None:
     """Each job's driver is started by a new supervisor process; with two Ray clusters on the
     machine, a supervisor that guesses picks the wrong one about half of the time (it did, before
-    bench.cluster wrote the address where `ray start` does), so 8 jobs fail with odds 255/256."""
+    devservices.ray_cluster wrote the address where `ray start` does), so 8 jobs fail with odds 255/256."""
     import ray
 
     cluster, _, _ = services

@@ -27,7 +27,8 @@ from pipeline.manifest import FitSpec, ManifestError, load_manifest
 from pipeline.storage import Store
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted(p for folder in ("dipmodel", "pipeline", "bench") for p in (ROOT / folder).rglob("*.py"))
+SOURCES = sorted(p for folder in ("dipmodel", "pipeline", "bench", "devservices")
+                 for p in (ROOT / folder).rglob("*.py"))
 
 
 # --- no pickle, no unsafe YAML ----------------------------------------------------------------------
@@ -260,6 +261,31 @@ for table in ("tcp", "tcp6"):
             found.append([table, f[1].split(":")[0], open(f"/proc/{inodes[f[9]]}/comm").read().strip()])
 print(json.dumps({"processes": len(tree), "listening": found}))
 """
+
+
+HOST_NAMES = {"ip_address", "host", "dashboard_host"}  # keywords and dict keys that choose where a server binds
+HOST_FLAGS = {"--host", "-H"}  # command-line flags that do (mlflow server, moto.server)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_servers_started_here_bind_loopback(path: Path) -> None:
+    """Wherever the code names a server's host (moto, mlflow, Ray's dashboard; as a keyword, a dict key
+    or a command-line flag), the host is 127.0.0.1: the services of the tests and benchmarks stay
+    on the machine."""
+    tree = ast.parse(path.read_text())
+    named: list[tuple[str, ast.expr]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg in HOST_NAMES:
+            named.append((node.arg, node.value))
+        elif isinstance(node, ast.Dict):
+            named += [(k.value, v) for k, v in zip(node.keys, node.values)
+                      if isinstance(k, ast.Constant) and k.value in HOST_NAMES]
+        elif isinstance(node, ast.List):
+            named += [(f.value, v) for f, v in zip(node.elts, node.elts[1:])
+                      if isinstance(f, ast.Constant) and f.value in HOST_FLAGS]
+    for name, value in named:
+        host = value.value if isinstance(value, ast.Constant) else ast.unparse(value)
+        assert host == "127.0.0.1", f"{path.name}:{value.lineno}: {name} = {host!r}, not 127.0.0.1"
 
 
 def test_a_local_ray_listens_on_loopback_only(tmp_path: Path) -> None:
