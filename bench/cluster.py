@@ -393,7 +393,7 @@ def completeness(s3: S3Server, bucket: str, keys: set[str]) -> Completeness:
 
 def load_run(fits: int, workers: int, gpus_per_worker: int, tmp: Path) -> None:
     from pipeline import jobs, sweep
-    from pipeline.cli import read_manifest
+    from pipeline.sources import read_manifest
 
     os.environ.update(cluster_environment())
     s3 = S3Server()
