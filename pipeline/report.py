@@ -831,8 +831,9 @@ def write_report(
     manifest = read_manifest(source) if is_manifest(source) else None
     store = open_store(manifest or source)
     fits = load_fits(store)
-    name = manifest.name if manifest else next(iter(fits["sweep"].dropna()), None)
-    experiment = manifest.experiment if manifest and manifest.experiment else next(iter(fits["experiment"].dropna()), None)
+    stored = {column: next(iter(fits[column].dropna()), None) for column in ("sweep", "experiment")}
+    name = manifest.name if manifest else stored["sweep"]
+    experiment = manifest.experiment if manifest and manifest.experiment else stored["experiment"]
     out = Output(Path(out_dir))
     for folder in ("tables", "figures"):
         (out.root / folder).mkdir(parents=True, exist_ok=True)
