@@ -9,6 +9,7 @@ validate, only to name and type once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -79,20 +80,21 @@ class Summary:
     outcome: dict[str, float | int | None]  # OUTCOME_COLUMNS and converged_k* present for this fit
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.spec) ^ set(SPEC_COLUMNS)) + sorted(
-            f"param_{p}" for p in self.params if p not in PARAM_TYPES) + sorted(
-            name for name in self.outcome if name not in OUTCOME_COLUMNS and column_type(name) == pa.string())
+        """Refuse a column the schema does not type, so no fit writes one that would be read as text."""
+        unknown = sorted(set(self.spec) ^ set(SPEC_COLUMNS))
+        unknown += [f"param_{p}" for p in self.params if p not in PARAM_TYPES]
+        unknown += [name for name in self.outcome if name not in OUTCOME_COLUMNS and column_type(name) == pa.string()]
         if unknown:
             raise ValueError(f"summary of fit {self.spec.get('key')}: columns {unknown} missing from or unknown to "
                              "pipeline.record's schema; add them there")
 
     @classmethod
-    def of(cls, spec: FitSpec, outcome: dict[str, float | int | None]) -> Summary:
+    def of(cls, spec: FitSpec, outcome: Mapping[str, float | int | None]) -> Summary:
         """The record of a spec and its outcome; a per-layer σ goes to ``up_sigmas`` as text
         ("0.1,0.1,0.5", coarsest first), leaving the number column ``up_sigma`` null."""
         net, cfg = spec.network, spec.fit  # both empty of network/loop settings for a classical method
         sigma = net.get("up_sigma")
-        per_layer = isinstance(sigma, (list, tuple))
+        per_layer = sigma if isinstance(sigma, (list, tuple)) else None
         kind: Kind = "response" if spec.task == RESPONSE_TASK else "signal" if spec.signal is not None else "image"
         columns = {
             "key": spec.key, "sweep": spec.sweep, "experiment": spec.experiment, "image": spec.image_name,
@@ -100,13 +102,13 @@ class Summary:
             "downsample": spec.downsample, "grey": spec.grey, "method": spec.method,
             "model": net.get("name"), "width": net.get("width"), "depth": net.get("depth"),
             "upsample": net.get("upsample"), "up_sigma": None if per_layer else sigma,
-            "up_sigmas": ",".join(f"{s:g}" for s in sigma) if per_layer else None, "norm": net.get("norm"),
+            "up_sigmas": None if per_layer is None else ",".join(f"{s:g}" for s in per_layer), "norm": net.get("norm"),
             "lam": net.get("lam"), "input": net.get("input"), "bound_head": net.get("bound_head"),
             "detach_sigma": net.get("detach_sigma"),
             "iterations": cfg.get("iterations", cfg.get("tv_iterations")), "lr": cfg.get("lr"),
             "optimizer": cfg.get("optimizer"), "tv_weight": cfg.get("tv_weight"),
         }
-        return cls(columns, dict(sorted(spec.task_params.items())), outcome)
+        return cls(columns, dict(sorted(spec.task_params.items())), dict(outcome))
 
     def row(self) -> dict[str, Any]:
         """The flat row of a done marker and of the summary table: spec, param_*, outcome columns."""
@@ -118,23 +120,23 @@ def summary_table(rows: list[dict[str, Any]]) -> pa.Table:
     rows' keys in order of appearance, null where a row lacks one. A value that does not fit its
     column's type is an error naming the column and the fit."""
     names = list(dict.fromkeys(name for row in rows for name in row))
-    columns = {}
+    columns: dict[str, pa.Array] = {}
     for name in names:
-        kind = column_type(name)
+        dtype = column_type(name)
         values = [row.get(name) for row in rows]
-        if kind == pa.string():  # text columns, and columns no record defines, hold text
+        if dtype == pa.string():  # text columns, and columns no record defines, hold text
             values = [None if v is None else str(v) for v in values]
         try:
-            columns[name] = pa.array(values, type=kind)
+            columns[name] = pa.array(values, type=dtype)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-            bad = next((row.get("key") for row in rows if _misfits(row.get(name), kind)), "?")
-            raise ValueError(f"summary column {name!r} of fit {bad}: not {kind}: {err}") from None
+            bad = next((row.get("key") for row in rows if _misfits(row.get(name), dtype)), "?")
+            raise ValueError(f"summary column {name!r} of fit {bad}: not {dtype}: {err}") from None
     return pa.table(columns)
 
 
-def _misfits(value: Any, kind: pa.DataType) -> bool:
+def _misfits(value: Any, dtype: pa.DataType) -> bool:
     try:
-        pa.array([value], type=kind)
+        pa.array([value], type=dtype)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return True
     return False
@@ -150,7 +152,7 @@ def with_schema(summaries: pa.Table) -> pa.Table:
 
 
 def flatten_for_mlflow(row: dict[str, Any], metric_names: set[str] | frozenset[str] = frozenset()
-                       ) -> tuple[dict[str, Any], dict[str, float | int]]:
+                       ) -> tuple[dict[str, Any], dict[str, float | int | None]]:
     """A summary row as MLflow params (what ran: the spec and param_* columns that are set, the
     method "dip" for a network fit, so that runs filter by it) and metrics (outcome numbers;
     names that the per-iteration metrics also use are left to them). The key is the run's tag."""
