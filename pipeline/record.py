@@ -159,6 +159,7 @@ def flatten_for_mlflow(row: dict[str, Any], metric_names: set[str] | frozenset[s
     described = {k: v for k, v in upgrade(row).items() if k in SPEC_COLUMNS or k.startswith("param_")}
     params = {k: v for k, v in described.items() if k != "key" and v is not None}
     params["method"] = params.get("method", "dip")
-    numbers: dict[str, float | int | None] = {k: v for k, v in row.items() if k not in described and k not in metric_names
-               and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numbers: dict[str, float | int | None] = {
+        k: v for k, v in row.items()
+        if k not in described and k not in metric_names and isinstance(v, (int, float)) and not isinstance(v, bool)}
     return params, numbers
