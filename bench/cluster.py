@@ -27,7 +27,7 @@ from devservices.sweep_checks import completeness, write_manifest
 def load_run(fits: int, workers: int, gpus_per_worker: int, tmp: Path) -> None:
     """Start the services, submit one sweep of ``fits`` one-iteration fits and print rates and losses."""
     from pipeline import jobs, sweep
-    from pipeline.cli import read_manifest
+    from pipeline.sources import read_manifest
 
     os.environ.update(cluster_environment())
     s3 = S3Server()

@@ -11,10 +11,6 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # imported lazily at run time, so `dip --help` starts fast
-    from pipeline.manifest import Manifest
 
 TASK_OPTIONS = {  # task -> the CLI options that parameterise its degradation
     "clean": [],
@@ -171,6 +167,7 @@ def add_submit_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_submit(args: argparse.Namespace) -> int:
     from pipeline.jobs import submit
+    from pipeline.sources import read_manifest
 
     sub = submit(read_manifest(args.manifest), args.manifest, args.address, args.working_dir)
     if sub.new:
@@ -183,20 +180,10 @@ def run_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_manifest(location: str) -> Manifest:
-    """A manifest from a local file or from a URI on object storage (read with fsspec)."""
-    from pipeline.manifest import load_manifest, parse_manifest
-    from pipeline.storage import read_text
-
-    if "://" in location and not location.startswith("file://"):
-        return parse_manifest(read_text(location), location)
-    return load_manifest(location.removeprefix("file://"))
-
-
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="tables and figures of a sweep, from stored results",
                        description="Write the papers' tables (Markdown, CSV) and figures (PNG) of a sweep.")
-    p.add_argument("source", help="a manifest (YAML) or a storage URI/path of a sweep")
+    p.add_argument("source", help="a manifest (.yaml/.yml, a path or URI such as s3://…) or a storage URI/path")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<sweep name>)")
 
 
@@ -211,6 +198,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_manifest(args: argparse.Namespace) -> int:
     from pipeline.manifest import json_schema
+    from pipeline.sources import read_manifest
     from pipeline.sweep import expand_specs
 
     if args.action == "schema":
@@ -224,6 +212,7 @@ def run_manifest(args: argparse.Namespace) -> int:
 
 def run_sweep_command(args: argparse.Namespace) -> int:
     from pipeline import sweep
+    from pipeline.sources import read_manifest
 
     manifest = read_manifest(args.manifest)
     if args.action == "plan":

@@ -27,7 +27,9 @@ from dipmodel import metrics as M
 from pipeline import plots
 from pipeline.images import decode
 from pipeline.paper import FIGURE_ITERATIONS, PaperTable, paper_row, tables_for
+from pipeline.record import upgrade, with_schema
 from pipeline.single import SE_CONVERGED
+from pipeline.sources import is_manifest, open_store, read_manifest
 from pipeline.storage import Store
 
 # What may distinguish the rows of a table, most telling first; a column is used only where it
@@ -35,9 +37,6 @@ from pipeline.storage import Store
 SETTING_COLUMNS = ("method", "model", "optimizer", "lam", "upsample", "up_sigma", "up_sigmas", "width", "depth",
                    "norm", "input", "bound_head", "detach_sigma", "lr", "iterations", "tv_weight", "crop",
                    "downsample", "grey")
-NUMERIC_COLUMNS = ("seed", "width", "depth", "up_sigma", "lam", "lr", "iterations", "iterations_run", "crop",
-                   "downsample", "final_psnr", "best_psnr", "best_iteration", "stop_psnr", "stop_iteration",
-                   "posterior_psnr", "tv_weight", "fallbacks")
 # The three ways to pick one output of a fit, as summary columns; autostop_psnr is derived in `load_fits`.
 METRICS = {
     "best_psnr": ("oracle", "oracle PSNR: the best on the trajectory (needs the clean image, as the papers' DIP rows)"),
@@ -51,23 +50,9 @@ PARAM_SYMBOLS = {"sigma": "σ=", "quality": "q=", "ratio": "r=", "p": "p=", "fac
 DEFAULT_MAX_GROUPS = 12
 GRID_COLUMNS = 5  # default number of iterations in output grids and spectra
 LINESTYLES = ("-", "--", ":", "-.")
-SIGNAL_PREFIX = "signal:"  # image names of 1-D inputs (SignalSpec.name)
 
 
 # --- reading the sweep --------------------------------------------------------------------------
-
-
-def open_source(source: str | Path) -> tuple[Store, str | None, str | None]:
-    """The store of a manifest (YAML path) or a storage URI/path, with the manifest's name and experiment."""
-    path = Path(source)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        # imported here: reading a storage URI needs no manifest machinery
-        from pipeline.manifest import load_manifest
-        from pipeline.sweep import open_store
-
-        manifest = load_manifest(path)
-        return open_store(manifest), manifest.name, manifest.experiment
-    return Store(str(source)), None, None
 
 
 def _present(value: Any) -> bool:
@@ -141,16 +126,11 @@ def load_fits(store: Store) -> pd.DataFrame:
     the output the automatic rule hands back, which is the final one when the rule never
     fired (NaN for 1-D fits, which have no blur/sharpness signal to stop on).
     """
-    table = store.collect(write=False)
+    table = store.collect(write=False, upgrade=upgrade)
     if table.num_rows == 0:
         raise ValueError(f"no finished fits in storage {store.uri} ({len(store.failed())} failed): nothing to report")
-    fits = table.to_pandas()
-    for column in (*SETTING_COLUMNS, *NUMERIC_COLUMNS, "dataset", "experiment", "sweep"):
-        if column not in fits:  # older markers, or fits of a kind without it
-            fits[column] = None
-    for column in NUMERIC_COLUMNS:
-        fits[column] = pd.to_numeric(fits[column], errors="coerce")
-    fits["one_d"] = fits["image"].astype(str).str.startswith(SIGNAL_PREFIX)
+    fits = with_schema(table).to_pandas()  # every column, typed, whatever kinds of fits (or older markers) it holds
+    fits["one_d"] = fits["kind"] == "signal"
     fired = fits["stop_iteration"].notna()
     fits["autostop_psnr"] = fits["stop_psnr"].where(fired, fits["final_psnr"]).mask(fits["one_d"])
     fits["image_set"] = fits["dataset"].where(fits["dataset"].map(_present),
@@ -778,7 +758,6 @@ def write_figures(fits: pd.DataFrame, store: Store, experiment: str | None, want
 
 # --- C8: the upsampling layers' frequency response ---------------------------------------------
 
-RESPONSE_TASK = "upsampling_response"  # measurements of a layer (pipeline.worker.measure_response), not fits
 RESPONSE_LINES = {"measured": ("-", "measured"), "exact": (":", "exact filter"), "paper": ("--", "C&M form")}
 
 
@@ -831,7 +810,7 @@ def _summary_lines(store: Store, fits: pd.DataFrame, name: str | None, experimen
              f"Storage `{store.uri}`.", "", f"- fits done: {len(fits)} ({counts})", f"- fits failed: {len(failed)}"]
     reasons = Counter(record.get("reason", "?") for record in failed)
     lines += [f"  - {count} × {reason}" for reason, count in reasons.most_common(5)]
-    no_clean = int((fits["best_psnr"].isna() & (fits["task"] != RESPONSE_TASK)).sum())
+    no_clean = int((fits["best_psnr"].isna() & (fits["kind"] != "response")).sum())
     if no_clean:
         lines.append(f"- {no_clean} done fit(s) have no clean reference: they are left out of the PSNR tables and "
                      "of the stopping analysis, and their figures show PSNR against the degraded target")
@@ -842,21 +821,23 @@ def write_report(
     source: str | Path, out_dir: str | Path, iterations: Sequence[int] | None = None,
     max_groups: int = DEFAULT_MAX_GROUPS,
 ) -> Path:
-    """Write the report of a sweep (a manifest path or a storage URI/path) into `out_dir`.
+    """Write the report of a sweep (a manifest path or URI, or a storage path or URI) into `out_dir`.
 
     `iterations`: where grids of outputs and power spectra look (nearest snapshots); default
     the paper's choice for the experiment (C3, C9), else a few spread over the trajectory.
     `max_groups` caps the figure groups. Returns the path of ``index.md``; raises ValueError
     when the storage holds no finished fit.
     """
-    store, name, experiment = open_source(source)
+    manifest = read_manifest(source) if is_manifest(source) else None
+    store = open_store(manifest or source)
     fits = load_fits(store)
-    name = name or next(iter(fits["sweep"].dropna()), None)
-    experiment = experiment or next(iter(fits["experiment"].dropna()), None)
+    stored = {column: next(iter(fits[column].dropna()), None) for column in ("sweep", "experiment")}
+    name = manifest.name if manifest else stored["sweep"]
+    experiment = manifest.experiment if manifest and manifest.experiment else stored["experiment"]
     out = Output(Path(out_dir))
     for folder in ("tables", "figures"):
         (out.root / folder).mkdir(parents=True, exist_ok=True)
-    measured = fits["task"] == RESPONSE_TASK
+    measured = fits["kind"] == "response"
     if measured.any():
         write_responses(fits[measured], store, out)
     if not measured.all():

@@ -43,6 +43,8 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.exceptions import HTTPClientError
 from fsspec.implementations.local import LocalFileSystem
 
+from pipeline.record import summary_table
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -136,20 +138,6 @@ def _one_line(text: str) -> str:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _column(values: list[Any]) -> pa.Array:
-    """One table column; a column whose values disagree in type (e.g. str and int) becomes text."""
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
-
-
-def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Rows of flat scalars as a table whose columns are the union of the rows' keys (None where absent)."""
-    columns = list(dict.fromkeys(name for row in rows for name in row))
-    return pa.table({name: _column([row.get(name) for row in rows]) for name in columns})
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -272,15 +260,19 @@ class Store:
         """Whether the fit's marker exists; retried, since write_fit and the workers start with it."""
         return with_retries(lambda: self.fs.exists(self._done(key)))
 
-    def collect(self, out: str | None = None, write: bool = True) -> pa.Table:
+    def collect(self, out: str | None = None, write: bool = True,
+                upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> pa.Table:
         """All done summaries as one table, one row per fit sorted by key.
 
-        Columns are the union of the summaries' keys (null where a fit lacks one). Unless
+        Columns are the union of the summaries' keys (null where a fit lacks one), typed by the
+        summary record's schema (`pipeline.record.summary_table`); `upgrade` (e.g. `pipeline.record.upgrade`)
+        first adds to each marker's row what markers of older versions lack. Unless
         `write` is False, the table is also written as Parquet to `out` (a path or URI; default
         ``<root>/summary.parquet``).
         """
         rows = self._read_markers([self._done(key) for key in sorted(self.done_keys())])
-        table = rows_to_table(sorted(rows, key=lambda row: row["key"]))
+        rows = [upgrade(row) for row in rows] if upgrade else rows
+        table = summary_table(sorted(rows, key=lambda row: row["key"]))
         if write:
             if out is None:
                 fs, path = self.fs, self._path("summary.parquet")

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.manifest import FitSpec, Manifest, expand
+from pipeline.record import flatten_for_mlflow, upgrade
+from pipeline.sources import open_store
 from pipeline.storage import Store, data_lister
 from pipeline.tracking import Tracker, TrackingError, default_tracking_uri
 
@@ -37,10 +39,6 @@ class Plan:
     def todo(self, retry_failed: bool = False) -> list[FitSpec]:
         skip = self.done if retry_failed else self.done | set(self.failed)
         return [s for s in self.specs if s.key not in skip]
-
-
-def open_store(manifest: Manifest) -> Store:
-    return Store(manifest.storage, manifest.storage_options)
 
 
 def expand_specs(manifest: Manifest) -> list[FitSpec]:
@@ -260,17 +258,9 @@ class MlflowLog:
 
 def log_stored_fit(tracker: Tracker, parent: str, store: Store, key: str) -> None:
     """Log one stored fit to MLflow from storage (the only path, live or backfill)."""
-    summary = store.summary(key)
-    spec = store.read_spec(key)
-    params = {"image": spec["image_name"], "task": spec["task"], "seed": spec["seed"], "crop": spec["crop"],
-              "method": spec.get("method") or "dip"}
-    params |= {f"task.{k}": v for k, v in spec["task_params"].items()}
-    params |= {f"net.{k}": v for k, v in spec["network"].items()}
-    params |= {f"fit.{k}": v for k, v in spec["fit"].items()}
     table = store.read_metrics(key)
     metrics = {name: table.column(name).to_numpy() for name in table.column_names}
-    numbers = {k: v for k, v in summary.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in metrics}
+    params, numbers = flatten_for_mlflow(store.summary(key), set(metrics))
     images = {name: store.read_image(key, name) for name in ("final", "best", "autostop", "posterior", "degraded")
               if store.has_image(key, name)}
     tracker.log_fit(parent, key, params, numbers, metrics, images, store.uri)
@@ -494,5 +484,5 @@ def status(manifest: Manifest) -> dict[str, Any]:
 def collect(manifest: Manifest, out: str | None = None) -> str:
     """All done fits' summaries as one Parquet file (default ``<storage>/summary.parquet``)."""
     store = open_store(manifest)
-    store.collect(out)
+    store.collect(out, upgrade=upgrade)
     return out or f"{store.uri.rstrip('/')}/summary.parquet"

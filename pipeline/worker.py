@@ -25,6 +25,7 @@ from dipmodel.metrics import to_grey
 from dipmodel.networks import NetConfig
 from pipeline.images import ImageError, decode, read_bytes, read_limited
 from pipeline.manifest import FitSpec
+from pipeline.record import Summary
 from pipeline.single import (
     Problem,
     amplitude_metrics,
@@ -61,33 +62,10 @@ def load_spec_image(spec: FitSpec, storage_options: dict | None = None) -> torch
     return to_grey(image[None])[0] if spec.grey and image.shape[0] == 3 else image
 
 
-def spec_row(spec: FitSpec) -> dict[str, Any]:
-    """The flat description of what a spec runs, the first columns of its row in tables."""
-    net, cfg = spec.network, spec.fit  # both empty of network/loop settings for a classical method
-    sigma = net.get("up_sigma")
-    per_layer = isinstance(sigma, (list, tuple))  # one σ per upsampling layer: rows hold flat scalars
-    row: dict[str, Any] = {
-        "key": spec.key, "sweep": spec.sweep, "experiment": spec.experiment, "image": spec.image_name,
-        "dataset": spec.dataset, "task": spec.task, "seed": spec.seed, "crop": spec.crop,
-        "downsample": spec.downsample, "grey": spec.grey, "method": spec.method,
-        "model": net.get("name"), "width": net.get("width"), "depth": net.get("depth"),
-        "upsample": net.get("upsample"), "up_sigma": None if per_layer else sigma, "norm": net.get("norm"),
-        "lam": net.get("lam"), "input": net.get("input"), "bound_head": net.get("bound_head"),
-        "detach_sigma": net.get("detach_sigma"),
-        "iterations": cfg.get("iterations", cfg.get("tv_iterations")), "lr": cfg.get("lr"),
-        "optimizer": cfg.get("optimizer"), "tv_weight": cfg.get("tv_weight"),
-    }
-    if per_layer:  # e.g. "0.1,0.1,0.1,0.5,0.5", coarsest first; up_sigma (a number column) stays null
-        row["up_sigmas"] = ",".join(f"{s:g}" for s in sigma)
-    return row | {f"param_{k}": v for k, v in sorted(spec.task_params.items())}
-
-
-def summary_row(spec: FitSpec, result: FitResult) -> dict[str, Any]:
-    """The flat row that describes a finished fit in tables: what was run, and how it went."""
-    row = spec_row(spec)
-    if spec.signal is not None:
-        row |= convergence_iterations(result.metrics, len(spec.signal.freqs))
-    return row | result.summary()
+def fit_summary(spec: FitSpec, result: FitResult) -> Summary:
+    """The record of a finished fit: what was run, and how it went (1-D fits: when each frequency converged)."""
+    outcome = convergence_iterations(result.metrics, len(spec.signal.freqs)) if spec.signal is not None else {}
+    return Summary.of(spec, outcome | result.summary())
 
 
 def measure_response(spec: FitSpec) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -98,13 +76,14 @@ def measure_response(spec: FitSpec) -> tuple[dict[str, Any], dict[str, np.ndarra
     k, measured = measured_response(net["upsample"], stride, net["up_sigma"], spec.impulse or 64)
     table = {"frequency": k, "measured": measured, "exact": exact_response(net["upsample"], stride, k, net["up_sigma"])}
     paper = paper_response(net["upsample"], stride, k)
-    row = spec_row(spec) | {"max_error_exact": float((measured - table["exact"]).abs().max())}
+    outcome = {"max_error_exact": float((measured - table["exact"]).abs().max())}
     if paper is not None:
         table["paper"] = paper
-        row["max_rel_error_paper"] = float((measured / paper - 1).abs().max())
+        outcome["max_rel_error_paper"] = float((measured / paper - 1).abs().max())
     # Storage and MLflow index rows by "iteration": here the frequency index j, k = j / (length·stride).
     index = np.arange(1, len(k) + 1, dtype=np.int64)
-    return row, {"iteration": index} | {name: column.numpy() for name, column in table.items()}
+    columns = {"iteration": index} | {name: column.numpy() for name, column in table.items()}
+    return Summary.of(spec, outcome).row(), columns
 
 
 @dataclass
@@ -151,7 +130,7 @@ def prepare(spec: FitSpec, device: str, storage_options: dict | None) -> Prepare
 def store_result(prepared: Prepared, result: FitResult, store: Store) -> dict:
     """Write a finished fit (summary, metrics, trajectory, images) and return its record."""
     spec = prepared.spec
-    summary = summary_row(spec, result)
+    summary = fit_summary(spec, result).row()
     trajectory = {"snapshot_iterations": result.snapshot_iterations}
     if result.snapshots is not None:
         trajectory["snapshots"] = result.snapshots

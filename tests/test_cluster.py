@@ -31,8 +31,8 @@ from devservices.s3_server import S3Server
 from devservices.sweep_checks import completeness, write_manifest
 from pipeline import jobs, sweep
 from pipeline.cli import main as dip
-from pipeline.cli import read_manifest
 from pipeline.manifest import Manifest
+from pipeline.sources import read_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 # Waits are bounds on hangs, not on speed: with both cores busy elsewhere a job takes minutes to
