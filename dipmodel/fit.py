@@ -57,15 +57,6 @@ ExtraMetric = Callable[[Tensor], Tensor]
 NetMetric = Callable[[nn.Module], Tensor]
 PRECISIONS = ("fp32", "tf32", "bf16")
 OPTIMIZERS = ("adam", "sgld")
-# FitConfig fields added after the first fit keys were stored: (default, changes the result?).
-# pipeline.manifest leaves them out of a key at their default, and always leaves out those
-# that only change how fast a fit runs, so existing keys stay valid.
-SPEED_FIELDS: dict[str, tuple[object, bool]] = {
-    "precision": ("fp32", True),
-    "sn_refresh_every": (20, True),
-    "channels_last": (False, False),
-    "compile": (False, False),
-}
 
 
 class FitDivergedError(RuntimeError):

@@ -185,12 +185,13 @@ def run_submit(args: argparse.Namespace) -> int:
 
 def read_manifest(location: str) -> Manifest:
     """A manifest from a local file or from a URI on object storage (read with fsspec)."""
+    from pipeline.locations import is_remote, local_path
     from pipeline.manifest import load_manifest, parse_manifest
     from pipeline.storage import read_text
 
-    if "://" in location and not location.startswith("file://"):
+    if is_remote(location):
         return parse_manifest(read_text(location), location)
-    return load_manifest(location.removeprefix("file://"))
+    return load_manifest(local_path(location))
 
 
 def add_report_parser(sub: argparse._SubParsersAction) -> None:

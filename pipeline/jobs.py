@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.locations import is_remote, local_path
 from pipeline.manifest import Manifest
 
 MANIFEST_NAME = "manifest.yaml"  # the manifest's name inside an uploaded working directory
@@ -41,11 +42,6 @@ class Submission:
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:300] or type(err).__name__
-
-
-def is_remote(location: str) -> bool:
-    """Whether a manifest location is an fsspec URI that the cluster reads itself (s3://, gs://, …)."""
-    return "://" in location and not location.startswith("file://")
 
 
 def base_job_id(manifest: Manifest) -> str:
@@ -77,14 +73,14 @@ def submit(manifest: Manifest, location: str, address: str, working_dir: str | N
     if is_remote(location):
         target = location
     elif working_dir is not None:
-        root, path = Path(working_dir).resolve(), Path(location.removeprefix("file://")).resolve()
+        root, path = Path(working_dir).resolve(), Path(local_path(location)).resolve()
         if not path.is_relative_to(root):
             raise ValueError(f"{location} is not inside the working directory {working_dir}")
         runtime_env["working_dir"] = str(root)
         target, program = path.relative_to(root).as_posix(), "python -m pipeline.cli"
     else:
         upload = tempfile.TemporaryDirectory(prefix="dip-submit-")
-        shutil.copyfile(location.removeprefix("file://"), Path(upload.name) / MANIFEST_NAME)
+        shutil.copyfile(local_path(location), Path(upload.name) / MANIFEST_NAME)
         runtime_env["working_dir"] = upload.name
         target = MANIFEST_NAME
     try:

@@ -27,7 +27,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import re
 import time
 import uuid
@@ -42,6 +41,8 @@ import pyarrow.parquet as pq
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.exceptions import HTTPClientError
 from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.locations import as_uri, climbs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,11 +101,9 @@ def _normalise_uri(uri: str) -> str:
 
     '..' components are refused: a store writes under its own prefix and nowhere else.
     """
-    if ".." in uri.split("://", 1)[-1].split("/"):
+    if climbs(uri):
         raise ValueError(f"storage URI {uri!r} may not contain '..' components")
-    if "://" not in uri:
-        uri = "file://" + os.path.abspath(os.path.expanduser(uri))
-    return uri.rstrip("/")
+    return as_uri(uri)
 
 
 def write_whole(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.locations import is_remote
 from pipeline.manifest import FitSpec, Manifest, expand
 from pipeline.storage import Store, data_lister
 from pipeline.tracking import Tracker, TrackingError, default_tracking_uri
@@ -45,8 +46,7 @@ def open_store(manifest: Manifest) -> Store:
 
 def expand_specs(manifest: Manifest) -> list[FitSpec]:
     """The manifest's fits; data sets on a remote data root are listed through fsspec."""
-    root = manifest.data_root or ""
-    remote = "://" in root and not root.startswith("file://")
+    remote = is_remote(manifest.data_root or "")
     return expand(manifest, data_lister(manifest.storage_options) if remote else None)
 
 
