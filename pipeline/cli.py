@@ -1,7 +1,8 @@
 """The `dip` command: parses arguments and calls one pipeline function per command.
 
-User errors (bad option values, unreadable images, invalid manifests) are printed as one line
-``dip: error: …`` with exit code 2, never as a traceback.
+Expected errors (`pipeline.messages.DipError`: bad option values, unreadable images, invalid
+manifests, unreachable storage or services) are printed as one line ``dip: error: …`` with exit
+code 2; ``--debug`` adds their traceback. Anything else is a bug and raises with its traceback.
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from pipeline.messages import DipError
 
 if TYPE_CHECKING:  # imported lazily at run time, so `dip --help` starts fast
     from pipeline.manifest import Manifest
@@ -30,8 +34,8 @@ TASK_DEFAULTS = {"denoise": {"sigma": 25.0}, "lowfreq_noise": {"sigma": 25.0}, "
 MODELS = ["decoder", "convnet", "encoder_decoder", "encoder_decoder_skip", "dip_linear", "relunet"]
 
 
-class UserError(Exception):
-    """An error to show as one line with exit code 2."""
+class UserError(DipError, ValueError):
+    """A command-line option the fit cannot take; shown as one line with exit code 2."""
 
 
 def add_fit_parser(sub: argparse._SubParsersAction) -> None:
@@ -104,17 +108,23 @@ def run_fit(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     if args.grey and image.shape[0] == 3:
         image = to_grey(image[None])[0]
-    sigmas = args.up_sigma or [0.5]
-    net_cfg = NetConfig(name=args.model, out_channels=image.shape[0], width=args.width, depth=args.depth,
-                        upsample=upsample, up_sigma=sigmas[0] if len(sigmas) == 1 else tuple(sigmas),
-                        norm="lipschitz" if args.lam is not None else "batch", lam=args.lam,
-                        input=args.input, bound_head=args.bound_head, detach_sigma=args.detach_sigma,
-                        negative_slope=args.negative_slope)
-    fit_cfg = FitConfig(iterations=args.iters, lr=args.lr, seed=args.seed, metric_stride=args.metric_stride,
-                        halt_at_stop=args.halt_at_stop, backtrack=args.backtrack, backtrack_drop=args.backtrack_drop,
-                        input_noise_std=args.input_noise_std, output_average=args.output_average,
-                        stop_window=max(100 // args.metric_stride, 1) * args.metric_stride)
-    problem = prepare_problem(image, args.task, given, net_cfg, args.seed, args.crop, args.image)
+    try:  # the configurations' own checks name the option's field
+        sigmas = args.up_sigma or [0.5]
+        net_cfg = NetConfig(name=args.model, out_channels=image.shape[0], width=args.width, depth=args.depth,
+                            upsample=upsample, up_sigma=sigmas[0] if len(sigmas) == 1 else tuple(sigmas),
+                            norm="lipschitz" if args.lam is not None else "batch", lam=args.lam,
+                            input=args.input, bound_head=args.bound_head, detach_sigma=args.detach_sigma,
+                            negative_slope=args.negative_slope)
+        fit_cfg = FitConfig(iterations=args.iters, lr=args.lr, seed=args.seed, metric_stride=args.metric_stride,
+                            halt_at_stop=args.halt_at_stop, backtrack=args.backtrack,
+                            backtrack_drop=args.backtrack_drop,
+                            input_noise_std=args.input_noise_std, output_average=args.output_average,
+                            stop_window=max(100 // args.metric_stride, 1) * args.metric_stride)
+        problem = prepare_problem(image, args.task, given, net_cfg, args.seed, args.crop, args.image)
+    except DipError:
+        raise
+    except ValueError as err:
+        raise UserError(str(err)) from err
     h, w = problem.clean.shape[-2:]
     if (h, w) != tuple(image.shape[-2:]):
         print(f"cropped {args.image} from {image.shape[2]}x{image.shape[1]} to {w}x{h} "
@@ -257,6 +267,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dip", description="Deep-image-prior spectral-bias studies.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
     sub = parser.add_subparsers(dest="command", required=True)
     add_fit_parser(sub)
     add_manifest_parser(sub)
@@ -271,10 +282,7 @@ COMMANDS = {"fit": run_fit, "manifest": run_manifest, "sweep": run_sweep_command
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.images import ImageError
-    from pipeline.jobs import SubmitError
-    from pipeline.storage import StorageError
-    from pipeline.tracking import TrackingError
+    from dipmodel.fit import FitDivergedError
 
     args = build_parser().parse_args(argv)
     try:
@@ -282,10 +290,14 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always", UserWarning)
             warnings.showwarning = lambda message, *_, **__: print(f"dip: warning: {message}", file=sys.stderr)
             return COMMANDS[args.command](args)
-    except (UserError, ImageError, ValueError, StorageError, TrackingError, SubmitError) as err:
+    except DipError as err:
+        if args.debug:
+            traceback.print_exc()
         print(f"dip: error: {err}", file=sys.stderr)
         return 2
-    except RuntimeError as err:  # a fit that diverged (NaN loss) names its iteration
+    except FitDivergedError as err:  # the loss became NaN: the message names the iteration
+        if args.debug:
+            traceback.print_exc()
         print(f"dip: fit failed: {err}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # output piped into head & co.

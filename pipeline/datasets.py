@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
 
 from pipeline.locations import is_remote, local_path
+from pipeline.messages import DipError
 
 CHECKSUMS = Path(__file__).with_name("datasets.json")
 _CHUNK = 1 << 20
@@ -50,7 +51,7 @@ class DatasetProblem(NamedTuple):
     message: str  # "<data set>/<file>: <what is wrong> under <root> ..."
 
 
-class DatasetError(ValueError):
+class DatasetError(DipError, ValueError):
     """A known data set that is incomplete or altered under a data root; one line per file."""
 
     def __init__(self, problems: list[DatasetProblem]) -> None:

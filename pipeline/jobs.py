@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pipeline.locations import is_remote, local_path
 from pipeline.manifest import Manifest
+from pipeline.messages import DipError, one_line
 
 MANIFEST_NAME = "manifest.yaml"  # the manifest's name inside an uploaded working directory
 # A head whose job agent is not registered yet answers HTTP 500 "No available agent to submit
@@ -29,7 +30,7 @@ MANIFEST_NAME = "manifest.yaml"  # the manifest's name inside an uploaded workin
 AGENT_WAIT_S = 60.0
 
 
-class SubmitError(RuntimeError):
+class SubmitError(DipError, RuntimeError):
     """The cluster could not be reached or refused the job; the message is one line."""
 
 
@@ -38,10 +39,6 @@ class Submission:
     job_id: str
     status: str  # the job's status as the Jobs API reports it
     new: bool  # False when the same sweep was already running and nothing was submitted
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:300] or type(err).__name__
 
 
 def base_job_id(manifest: Manifest) -> str:
@@ -87,7 +84,7 @@ def submit(manifest: Manifest, location: str, address: str, working_dir: str | N
         try:
             client = JobSubmissionClient(address)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise SubmitError(f"cannot reach the Ray Jobs API at {address}: {_one_line(err)}") from None
+            raise SubmitError(f"cannot reach the Ray Jobs API at {address}: {one_line(err)}") from None
         base = base_job_id(manifest)
         previous = {job.submission_id: job.status for job in client.list_jobs() if job.submission_id
                     and (job.submission_id == base or job.submission_id.startswith(base + "-"))}
@@ -103,7 +100,7 @@ def submit(manifest: Manifest, location: str, address: str, working_dir: str | N
                 break
             except RuntimeError as err:
                 if "try again later" not in str(err) or time.monotonic() > deadline:
-                    raise SubmitError(f"{address} refused job {job_id}: {_one_line(err)}") from None
+                    raise SubmitError(f"{address} refused job {job_id}: {one_line(err)}") from None
                 time.sleep(2)
     finally:
         if upload is not None:

@@ -207,7 +207,7 @@ class MlflowLog:
         if not manifest.mlflow.enabled:
             return
         try:
-            self.tracker = Tracker(manifest.mlflow.tracking_uri or default_tracking_uri(),
+            self.tracker = Tracker(manifest.mlflow.tracking_uri,
                                    manifest.mlflow.experiment or manifest.name)
             self.parent = self.tracker.sweep_run(manifest.name, {"storage": manifest.storage})
         except TrackingError as err:
@@ -463,7 +463,7 @@ def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool
 def sync_mlflow(manifest: Manifest) -> tuple[int, int]:
     """Log every stored fit that MLflow lacks; returns (newly logged, already there)."""
     store = open_store(manifest)
-    tracker = Tracker(manifest.mlflow.tracking_uri or default_tracking_uri(),
+    tracker = Tracker(manifest.mlflow.tracking_uri,
                       manifest.mlflow.experiment or manifest.name)
     parent = tracker.sweep_run(manifest.name, {"storage": manifest.storage})
     have = tracker.logged_keys(parent)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main as dip
+from pipeline.messages import one_line
 
 TINY = ["--width", "4", "--depth", "3", "--iters", "6", "--lam", "2"]
 
@@ -114,3 +115,16 @@ def test_ulyanovs_options_and_the_safeguard_reach_the_fit(tmp_path: Path, capsys
     fit = summary["fit"]
     assert (fit["lr"], fit["input_noise_std"], fit["output_average"], fit["backtrack"]) == (0.01, 0.0333, 0.99, False)
     assert "backtracked 0 times" in capsys.readouterr().out
+
+
+def test_debug_shows_the_traceback_of_an_expected_error(tmp_path: Path, capsys) -> None:
+    assert dip(["--debug", "fit", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("dip: error: cannot read image")
+
+
+@pytest.mark.parametrize("message, expected", [
+    ("first\nsecond", "first"), ("\n  spaced   out \n", "spaced out"), (KeyError(), "KeyError"), ("x" * 400, "x" * 299 + "…"),
+])
+def test_one_line(message: str | BaseException, expected: str) -> None:
+    assert one_line(message) == expected

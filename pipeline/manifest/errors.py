@@ -14,11 +14,13 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from pipeline.messages import DipError
+
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]  # where in the manifest, what is wrong
 
 
-class ManifestError(ValueError):
+class ManifestError(DipError, ValueError):
     """An invalid manifest; the message has one ``FILE[:LINE]: field.path: message`` per problem."""
 
     def __init__(self, problems: list[str]) -> None:

@@ -58,7 +58,8 @@ def fit_key(spec_content: dict[str, Any]) -> str:
     and fit configurations, seed), those of ``OPTIONAL_KEY_FIELDS`` (downsample, a classical
     method) that are set, and ``KEY_VERSION``; the fit configuration as `key_fit_fields`
     sees it (fields added since version 1 only where they differ from their defaults). Extra
-    entries in `spec_content` (e.g. a whole FitSpec dump, with its experiment id) are ignored. Deliberately excluded: the sweep name, storage, MLflow,
+    entries in `spec_content` (e.g. a whole FitSpec dump, with its experiment id) are ignored.
+    Deliberately excluded: the sweep name, storage, MLflow,
     resources and the data root (image_name is relative to it), so renaming a sweep, moving
     its data or its results, or changing the cluster reuses the fits already done. JSON is
     written with sorted keys and no spaces, and integral floats as integers (2 == 2.0).

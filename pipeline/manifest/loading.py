@@ -61,7 +61,8 @@ def _parse(text: str, label: str) -> tuple[Any, yaml.Node | None]:
         loader = yaml.SafeLoader(text)  # checks the characters first
     except yaml.reader.ReaderError as err:  # a character YAML does not allow (control characters)
         line = text.count("\n", 0, err.position) + 1
-        raise ManifestError([f"{label}:{line}: not YAML text: character #x{err.character:04x} is not allowed"]) from None
+        message = f"{label}:{line}: not YAML text: character #x{err.character:04x} is not allowed"
+        raise ManifestError([message]) from None
     try:
         node = loader.get_single_node()
         _check_expanded_size(node, label)

@@ -280,7 +280,9 @@ class MlflowSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tracking_uri: str | None = Field(None, description="None: the embedded sqlite:///<cwd>/mlflow.db")
+    tracking_uri: str | None = Field(
+        None, description="None: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db (tracking.default_tracking_uri)"
+    )
     experiment: str | None = Field(None, description="default: the manifest name")
     enabled: bool = True
 
@@ -474,9 +476,9 @@ class Manifest(BaseModel):
             return list(dict.fromkeys(problems))
         for setting in self._points():
             method, method_loc = setting.get("method", ("dip", ()))
-            problems += [(method_loc, f"method {method} restores {', '.join(METHOD_TASKS[method])} only; "
-                                      f"tasks[{j}] is {task.task}")
-                         for j, task in enumerate(self.tasks) if method != "dip" and task.task not in METHOD_TASKS[method]]
+            restores = METHOD_TASKS.get(method, ())
+            problems += [(method_loc, f"method {method} restores {', '.join(restores)} only; tasks[{j}] is {task.task}")
+                         for j, task in enumerate(self.tasks) if method != "dip" and task.task not in restores]
             name, loc = setting["name"]
             if signals and name not in ONE_D:
                 needs = f"the signal of images[{signals[0]}] needs a 1-D network ({', '.join(ONE_D)})"
