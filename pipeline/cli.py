@@ -112,7 +112,7 @@ def run_fit(args: argparse.Namespace) -> int:
         sigmas = args.up_sigma or [0.5]
         net_cfg = NetConfig(name=args.model, out_channels=image.shape[0], width=args.width, depth=args.depth,
                             upsample=upsample, up_sigma=sigmas[0] if len(sigmas) == 1 else tuple(sigmas),
-                            norm="lipschitz" if args.lam is not None else "batch", lam=args.lam,
+                            lam=args.lam,
                             input=args.input, bound_head=args.bound_head, detach_sigma=args.detach_sigma,
                             negative_slope=args.negative_slope)
         fit_cfg = FitConfig(iterations=args.iters, lr=args.lr, seed=args.seed, metric_stride=args.metric_stride,

@@ -21,7 +21,7 @@ from PIL import Image
 
 from dipmodel import metrics as M
 from dipmodel.fit import ExtraMetric, FitConfig, FitResult, fit
-from dipmodel.networks import NetConfig, build_network, side_multiple
+from dipmodel.networks import NetConfig
 from dipmodel.operators import Operator, build_operator
 from pipeline import plots
 from pipeline.images import ImageError, center_crop, encode_png
@@ -89,13 +89,13 @@ def prepare_problem(
             raise ValueError(f"{label}: a 1-D signal takes task clean only, not {task}")
         clean = image[None]
     else:
-        multiple = side_multiple(net_cfg) if net_cfg is not None else multiple
+        multiple = net_cfg.side_multiple() if net_cfg is not None else multiple
         if task == "superres":  # the low-resolution observation must have whole pixels too
             multiple = math.lcm(multiple, int(task_params.get("factor", 4)))
         clean = center_crop(image, multiple, crop, label)[None]
-    try:  # a 1-wide copy of the network checks the cropped size against every constraint
+    try:
         if net_cfg is not None:
-            build_network(NetConfig(**(asdict(net_cfg) | {"width": 1, "lam": None})), tuple(clean.shape[1:]))
+            net_cfg.check_out_shape(tuple(clean.shape[1:]))
     except ValueError as err:
         raise ImageError(f"{label}: too small for the network at size "
                          f"{'x'.join(map(str, clean.shape[:1:-1]))} ({err})") from None

@@ -89,9 +89,7 @@ def settings(
 
 def resolve(setting: Setting) -> Configuration:
     """The method, NetConfig and FitConfig (seed 0) of one grid point, and any problems."""
-    net = {f: v for f, (v, _) in setting.items() if f in NET_TYPES}
-    if "norm" not in net:  # a Lipschitz conv needs Lipschitz normalisation: BN undoes the bound
-        net["norm"] = "batch" if net.get("lam") is None else "lipschitz"
+    net = {f: v for f, (v, _) in setting.items() if f in NET_TYPES}  # NetConfig derives norm from lam
     fit = {f: v for f, (v, _) in setting.items() if f in FIT_CONFIG_TYPES} | {"seed": 0}
     origins = {f: loc for f, (_, loc) in setting.items()}
     method = setting.get("method", ("dip", ()))[0]

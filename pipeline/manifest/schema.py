@@ -32,7 +32,7 @@ from pydantic_core import PydanticCustomError
 
 from dipmodel.classical import METHOD_TASKS, ClassicalConfig
 from dipmodel.fit import FitConfig
-from dipmodel.networks import ONE_D, NetConfig, side_multiple
+from dipmodel.networks import ONE_D, NetConfig
 from pipeline import datasets
 from pipeline.images import SAMPLE_PREFIX
 from pipeline.locations import location_problem
@@ -501,7 +501,7 @@ class Manifest(BaseModel):
     def side_multiple(self) -> int:
         """What every network of the manifest needs image sides to be multiples of: classical
         methods crop to it too, so they restore exactly the pixels the networks do."""
-        return math.lcm(*(side_multiple(NET_ADAPTER.validate_python(c.network)) for c in self._configurations))
+        return math.lcm(*(NET_ADAPTER.validate_python(c.network).side_multiple() for c in self._configurations))
 
     def error(self, problems: list[Problem]) -> ManifestError:
         """A ManifestError for problems found after validation, with lines when loaded from YAML."""
