@@ -59,6 +59,15 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 OPTIMIZERS = ("adam", "sgld")
 
 
+STOP_WINDOW = 100  # Shi et al. 2022's n in Eq. 8, in iterations
+
+
+def default_stop_window(metric_stride: int) -> int:
+    """Eq. 8's window as near n = 100 iterations as whole logged rows allow: the automatic stop
+    compares means over rows, so the window is a multiple of the stride, at least one stride."""
+    return max(STOP_WINDOW // metric_stride, 1) * metric_stride
+
+
 class FitDivergedError(RuntimeError):
     """The loss became NaN or infinite; the message names the iteration."""
 
@@ -76,7 +85,7 @@ class FitConfig:
     snapshot_dtype: str = "float16"
     auto_stop: bool = True  # evaluate Shi's rule (Eq. 8) along the way
     halt_at_stop: bool = False  # end the fit when the rule fires (else just record it)
-    stop_window: int = 100  # n in Eq. 8, in iterations
+    stop_window: int | None = None  # n in Eq. 8, in iterations; None: `default_stop_window`
     stop_eps: float = 0.01  # ε in Eq. 8
     sync_every: int = 200  # iterations between host syncs (NaN check, halting)
     spectral: bool = True  # FBC and blur/sharpness; off for 1-D signals
@@ -94,6 +103,8 @@ class FitConfig:
     output_average: float = 0.0  # Ulyanov's exponential average of outputs (0.99); 0: off
 
     def __post_init__(self) -> None:
+        if self.stop_window is None and self.metric_stride >= 1:  # a bad stride is reported below, first
+            object.__setattr__(self, "stop_window", default_stop_window(self.metric_stride))
         for name in ("iterations", "metric_stride", "stop_window", "sync_every", "backtrack_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FitConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -237,8 +248,7 @@ class DeviceRecord:
             self.best_iter = torch.where(better, t, self.best_iter)
             self.best_out = torch.where(better, out, self.best_out)
         if self.cfg.auto_stop and "ratio" in self.names and j >= 2 * self.window:
-            r = self.rows[j - 2 * self.window : j, self.names.index("ratio")]
-            delta = (r[self.window :].mean() - r[: self.window].mean()).abs()
+            delta = M.autostop_delta(self.rows[:, self.names.index("ratio")], j, self.window)
             fire = (delta < self.cfg.stop_eps) & ~self.stopped
             self.stop_iter = torch.where(fire, t, self.stop_iter)
             self.stop_out = torch.where(fire, out, self.stop_out)

@@ -13,26 +13,14 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
+from dipmodel.networks import NETWORK_NAMES
+from dipmodel.operators import TASK_PARAMS, TaskParam, needed_params
 from pipeline.messages import DipError
 
-if TYPE_CHECKING:  # imported lazily at run time, so `dip --help` starts fast
+if TYPE_CHECKING:  # imported lazily at run time (pydantic, fsspec): only the commands that read manifests need them
     from pipeline.manifest import Manifest
-
-TASK_OPTIONS = {  # task -> the CLI options that parameterise its degradation
-    "clean": [],
-    "enhance": [],
-    "denoise": ["sigma"],
-    "lowfreq_noise": ["sigma", "cutoff"],
-    "jpeg": ["quality"],
-    "inpaint": ["kind", "ratio", "p"],
-    "superres": ["factor"],
-}
-TASK_DEFAULTS = {"denoise": {"sigma": 25.0}, "lowfreq_noise": {"sigma": 25.0}, "jpeg": {"quality": 10},
-                 "inpaint": {"kind": "center"}, "superres": {"factor": 4}}
-MODELS = ["decoder", "convnet", "encoder_decoder", "encoder_decoder_skip", "dip_linear", "relunet"]
-
 
 class UserError(DipError, ValueError):
     """A command-line option the fit cannot take; shown as one line with exit code 2."""
@@ -42,15 +30,11 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="fit one image and write the restored image, metrics and curves",
                        description="Fit a deep image prior to one degraded image.")
     p.add_argument("image", help="PNG/JPEG/BMP path, or a bundled sample such as skimage:astronaut")
-    p.add_argument("--task", choices=list(TASK_OPTIONS), default="denoise")
-    p.add_argument("--sigma", type=float, help="noise std on the 0-255 scale (denoise, lowfreq_noise); default 25")
-    p.add_argument("--cutoff", type=float, help="low-pass cutoff as a fraction of Nyquist (lowfreq_noise)")
-    p.add_argument("--quality", type=int, help="JPEG quality 1-95 (jpeg); default 10")
-    p.add_argument("--kind", choices=["center", "bernoulli"], help="inpainting mask kind; default center")
-    p.add_argument("--ratio", type=float, help="hole-to-image area ratio (inpaint center); default 0.25")
-    p.add_argument("--p", type=float, help="fraction of pixels dropped (inpaint bernoulli); default 0.5")
-    p.add_argument("--factor", type=int, help="super-resolution factor (superres); default 4")
-    p.add_argument("--model", choices=MODELS, default="decoder")
+    p.add_argument("--task", choices=list(TASK_PARAMS), default="denoise")
+    for param, tasks in task_options().items():  # one option per degradation parameter
+        kind = {"choices": get_args(param.type)} if get_origin(param.type) is Literal else {"type": param.type}
+        p.add_argument(f"--{param.name}", **kind, help=f"{param.help} ({', '.join(tasks)}); default {param.default}")
+    p.add_argument("--model", choices=NETWORK_NAMES, default="decoder")
     p.add_argument("--width", type=int, default=128, help="channels (or units) per layer")
     p.add_argument("--depth", type=int, default=5, help="scales / upsampling steps / layers")
     p.add_argument("--upsample", choices=["bilinear", "nearest", "gaussian", "bed_of_nails"], default=None,
@@ -88,6 +72,26 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/fit"), help="output folder")
 
 
+def task_options() -> dict[TaskParam, list[str]]:
+    """Every degradation parameter, once, with the tasks that take it."""
+    options: dict[TaskParam, list[str]] = {}
+    for task, params in TASK_PARAMS.items():
+        for param in params:
+            options.setdefault(param, []).append(task)
+    return options
+
+
+def task_params(task: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The degradation parameters of `task`: those given as options, the rest at their defaults."""
+    names = [p.name for p in TASK_PARAMS[task]]
+    given = {p.name: getattr(args, p.name) for p in task_options() if getattr(args, p.name) is not None}
+    if extra := sorted(set(given) - set(names)):
+        raise UserError(f"--{extra[0]} does not apply to --task {task} "
+                        f"(it takes: {', '.join('--' + n for n in names) or 'no options'})")
+    params = {p.name: p.default for p in TASK_PARAMS[task]} | given
+    return {name: params[name] for name in needed_params(task, params)} | given
+
+
 def run_fit(args: argparse.Namespace) -> int:
     from dipmodel.fit import FitConfig
     from dipmodel.metrics import to_grey
@@ -95,15 +99,7 @@ def run_fit(args: argparse.Namespace) -> int:
     from pipeline.images import load_image
     from pipeline.single import fit_to_folder, prepare_problem
 
-    given = {k: getattr(args, k) for k in ("sigma", "cutoff", "quality", "kind", "ratio", "p", "factor")
-             if getattr(args, k) is not None}
-    extra = sorted(set(given) - set(TASK_OPTIONS[args.task]))
-    if extra:
-        raise UserError(f"--{extra[0]} does not apply to --task {args.task} "
-                        f"(it takes: {', '.join('--' + o for o in TASK_OPTIONS[args.task]) or 'no options'})")
-    given = TASK_DEFAULTS.get(args.task, {}) | given
-    if given.get("kind") == "center":
-        given.setdefault("ratio", 0.25)
+    given = task_params(args.task, args)
     upsample = args.upsample or ("gaussian" if args.up_sigma is not None else "bilinear")
     image = load_image(args.image)
     if args.grey and image.shape[0] == 3:
@@ -118,8 +114,7 @@ def run_fit(args: argparse.Namespace) -> int:
         fit_cfg = FitConfig(iterations=args.iters, lr=args.lr, seed=args.seed, metric_stride=args.metric_stride,
                             halt_at_stop=args.halt_at_stop, backtrack=args.backtrack,
                             backtrack_drop=args.backtrack_drop,
-                            input_noise_std=args.input_noise_std, output_average=args.output_average,
-                            stop_window=max(100 // args.metric_stride, 1) * args.metric_stride)
+                            input_noise_std=args.input_noise_std, output_average=args.output_average)
         problem = prepare_problem(image, args.task, given, net_cfg, args.seed, args.crop, args.image)
     except DipError:
         raise

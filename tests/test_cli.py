@@ -128,3 +128,13 @@ def test_debug_shows_the_traceback_of_an_expected_error(tmp_path: Path, capsys) 
 ])
 def test_one_line(message: str | BaseException, expected: str) -> None:
     assert one_line(message) == expected
+
+
+def test_every_network_and_task_parameter_is_an_option() -> None:
+    from dipmodel.networks import NETWORK_NAMES
+    from pipeline.cli import build_parser
+
+    for name in NETWORK_NAMES:
+        assert build_parser().parse_args(["fit", "x.png", "--model", name]).model == name
+    args = build_parser().parse_args(["fit", "x.png", "--task", "inpaint", "--kind", "bernoulli", "--cutoff", "0.2"])
+    assert (args.kind, args.cutoff) == ("bernoulli", 0.2)

@@ -33,6 +33,7 @@ from pydantic_core import PydanticCustomError
 from dipmodel.classical import METHOD_TASKS, ClassicalConfig
 from dipmodel.fit import FitConfig
 from dipmodel.networks import ONE_D, NetConfig
+from dipmodel.operators import TASK_PARAMS, needed_params
 from pipeline import datasets
 from pipeline.images import SAMPLE_PREFIX
 from pipeline.locations import location_problem
@@ -59,19 +60,11 @@ from pipeline.manifest.keys import canonical
 
 _PATH_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
-Task = Literal["clean", "enhance", "denoise", "lowfreq_noise", "jpeg", "inpaint", "superres", "upsampling_response"]
-_TASK_PARAMS: dict[str, dict[str, Any]] = {  # task -> parameter -> type (see dipmodel.operators)
-    "clean": {},
-    "enhance": {},
-    "denoise": {"sigma": float},
-    "lowfreq_noise": {"sigma": float, "cutoff": float},
-    "jpeg": {"quality": int},
-    "inpaint": {"kind": Literal["center", "bernoulli"], "ratio": float, "p": float},
-    "superres": {"factor": int},
-    # C&M App. E (C8): no fit; the model's upsampling layer is measured against its closed form
-    "upsampling_response": {"stride": PositiveInt},
-}
-_INPAINT_AMOUNT = {"center": "ratio", "bernoulli": "p"}  # the parameter each mask kind takes
+# The operators' parameters (dipmodel.operators.TASK_PARAMS), and C&M App. E (C8)'s measurement:
+# no fit; the model's upsampling layer is measured on an impulse against its closed form.
+_TASK_PARAMS: dict[str, dict[str, Any]] = {t: {p.name: p.type for p in ps} for t, ps in TASK_PARAMS.items()} | {
+    "upsampling_response": {"stride": PositiveInt}}
+Task = Literal[tuple(_TASK_PARAMS)]  # type: ignore[valid-type]
 _PARAM_ADAPTERS = {t: {p: TypeAdapter(typ) for p, typ in ps.items()} for t, ps in _TASK_PARAMS.items()}
 _SCALAR_SCHEMA: dict[str, Any] = {"type": ["string", "number", "boolean", "null"]}
 _SCALAR_OR_LIST_SCHEMA: dict[str, Any] = {"anyOf": [_SCALAR_SCHEMA, {"type": "array", "items": _SCALAR_SCHEMA}]}
@@ -266,9 +259,7 @@ class TaskSpec(BaseModel):
     def _combination_problems(self) -> Iterator[str]:
         """Every parameter must be given (no hidden operator defaults enter a key)."""
         for combo in self.combinations():
-            needed = set(_TASK_PARAMS[self.task])
-            if self.task == "inpaint":
-                needed = {"kind", _INPAINT_AMOUNT.get(combo.get("kind", ""), "ratio")}
+            needed = set(needed_params(self.task, combo) if self.task in TASK_PARAMS else _TASK_PARAMS[self.task])
             if missing := sorted(needed - set(combo)):
                 yield f"task {self.task} needs parameter(s) {', '.join(missing)}"
             if extra := sorted(set(combo) - needed):
