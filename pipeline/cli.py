@@ -159,6 +159,16 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
         if name == "run":
             q.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
             q.add_argument("--retry-failed", action="store_true", help="also rerun fits recorded as failed")
+            q.add_argument("--local", action="store_true",
+                           help="run the fits one after another in this process: no Ray, no MLflow (a machine "
+                                "with PyTorch only); done fits are skipped, so calling again goes on")
+            q.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                           help="--local: only fits whose spec field equals VALUE (numbers as numbers), or "
+                                "contains TEXT with FIELD~TEXT; repeat to require several (fields: dip sweep plan)")
+            q.add_argument("--store", help="--local: results folder or URI instead of the manifest's storage")
+            q.add_argument("--device", default="cpu", help="--local: cpu, cuda, cuda:1, …")
+            q.add_argument("--budget-s", type=float, default=float("inf"),
+                           help="--local: start no new fit after this many seconds")
         if name == "collect":
             q.add_argument("--out", help="output URI (default: <storage>/summary.parquet)")
 
@@ -216,8 +226,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_manifest(args: argparse.Namespace) -> int:
+    from pipeline.local import expand_specs
     from pipeline.manifest import json_schema
-    from pipeline.sweep import expand_specs
 
     if args.action == "schema":
         print(json.dumps(json_schema(), indent=2))
@@ -228,10 +238,28 @@ def run_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_local(args: argparse.Namespace, manifest: Manifest) -> int:
+    """`dip sweep run --local`: without importing Ray or MLflow (pipeline.sweep does)."""
+    from pipeline import local
+    from pipeline.locations import location_problem
+
+    if args.store and (problem := location_problem(args.store)):
+        raise UserError(f"--store: {problem}")
+    manifest.storage = args.store or manifest.storage
+    outcome = local.run_local(manifest, local.expand_specs(manifest), args.where, args.device, args.budget_s)
+    print(f"sweep {manifest.name}: {outcome.done} of {outcome.selected} selected fits done, "
+          f"{outcome.failed} failed, {outcome.left} left → {manifest.storage}")
+    return 1 if outcome.failed else 0
+
+
 def run_sweep_command(args: argparse.Namespace) -> int:
+    manifest = read_manifest(args.manifest)
+    if args.action == "run" and args.local:
+        return run_local(args, manifest)
+    if args.action == "run" and (args.where or args.store or args.device != "cpu" or args.budget_s != float("inf")):
+        raise UserError("--where, --store, --device and --budget-s apply to --local runs only")
     from pipeline import sweep
 
-    manifest = read_manifest(args.manifest)
     if args.action == "plan":
         plan = sweep.make_plan(manifest)
         todo = plan.todo()

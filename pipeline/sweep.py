@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.locations import is_remote
-from pipeline.manifest import FitSpec, Manifest, expand
-from pipeline.storage import Store, data_lister
+from pipeline.local import expand_specs
+from pipeline.manifest import FitSpec, Manifest
+from pipeline.storage import Store
 from pipeline.tracking import Tracker, TrackingError, default_tracking_uri
 
 
@@ -42,12 +42,6 @@ class Plan:
 
 def open_store(manifest: Manifest) -> Store:
     return Store(manifest.storage, manifest.storage_options)
-
-
-def expand_specs(manifest: Manifest) -> list[FitSpec]:
-    """The manifest's fits; data sets on a remote data root are listed through fsspec."""
-    remote = is_remote(manifest.data_root or "")
-    return expand(manifest, data_lister(manifest.storage_options) if remote else None)
 
 
 def make_plan(manifest: Manifest, store: Store | None = None, specs: list[FitSpec] | None = None) -> Plan:

@@ -138,3 +138,30 @@ def test_every_network_and_task_parameter_is_an_option() -> None:
         assert build_parser().parse_args(["fit", "x.png", "--model", name]).model == name
     args = build_parser().parse_args(["fit", "x.png", "--task", "inpaint", "--kind", "bernoulli", "--cutoff", "0.2"])
     assert (args.kind, args.cutoff) == ("bernoulli", 0.2)
+
+
+LOCAL_SWEEP = """\
+name: local
+images: [{sample: camera, crop: 32}]
+tasks: [{task: denoise, params: {sigma: 25}}]
+model: {name: decoder, width: 4, depth: 3, lam: 2}
+fit: {iterations: 6}
+seeds: [0, 1]
+"""
+
+
+def test_a_local_sweep_runs_the_chosen_fits_in_process_and_resumes(tmp_path: Path, capsys) -> None:
+    from pipeline.manifest import expand, load_manifest
+    from pipeline.storage import Store
+
+    path = tmp_path / "local.yaml"
+    path.write_text(LOCAL_SWEEP)
+    store = tmp_path / "store"
+    run = ["sweep", "run", str(path), "--local", "--store", str(store), "--where", "seed=1"]
+    assert dip(run) == 0
+    [chosen] = [s.key for s in expand(load_manifest(path)) if s.seed == 1]
+    assert Store(str(store)).done_keys() == {chosen}
+    assert dip(run) == 0  # a second call finds it done
+    assert "already done" in capsys.readouterr().out
+    assert dip([*run[:-1], "nofield=1"]) == 2
+    assert "no field 'nofield'" in capsys.readouterr().err
