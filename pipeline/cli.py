@@ -92,49 +92,70 @@ def task_params(task: str, args: argparse.Namespace) -> dict[str, Any]:
     return {name: params[name] for name in needed_params(task, params)} | given
 
 
-def run_fit(args: argparse.Namespace) -> int:
-    from dipmodel.fit import FitConfig
-    from dipmodel.metrics import to_grey
-    from dipmodel.networks import NetConfig
-    from pipeline.images import load_image
-    from pipeline.single import fit_to_folder, prepare_problem
+def fit_manifest(args: argparse.Namespace) -> dict[str, Any]:
+    """`dip fit`'s options as a one-image manifest, so its fit has a sweep's spec, checks and key."""
+    from pipeline.images import SAMPLE_PREFIX
 
-    given = task_params(args.task, args)
-    upsample = args.upsample or ("gaussian" if args.up_sigma is not None else "bilinear")
-    image = load_image(args.image)
-    if args.grey and image.shape[0] == 3:
-        image = to_grey(image[None])[0]
-    try:  # the configurations' own checks name the option's field
-        sigmas = args.up_sigma or [0.5]
-        net_cfg = NetConfig(name=args.model, out_channels=image.shape[0], width=args.width, depth=args.depth,
-                            upsample=upsample, up_sigma=sigmas[0] if len(sigmas) == 1 else tuple(sigmas),
-                            lam=args.lam,
-                            input=args.input, bound_head=args.bound_head, detach_sigma=args.detach_sigma,
-                            negative_slope=args.negative_slope)
-        fit_cfg = FitConfig(iterations=args.iters, lr=args.lr, seed=args.seed, metric_stride=args.metric_stride,
-                            halt_at_stop=args.halt_at_stop, backtrack=args.backtrack,
-                            backtrack_drop=args.backtrack_drop,
-                            input_noise_std=args.input_noise_std, output_average=args.output_average)
-        problem = prepare_problem(image, args.task, given, net_cfg, args.seed, args.crop, args.image)
-    except DipError:
-        raise
-    except ValueError as err:
-        raise UserError(str(err)) from err
-    h, w = problem.clean.shape[-2:]
-    if (h, w) != tuple(image.shape[-2:]):
-        print(f"cropped {args.image} from {image.shape[2]}x{image.shape[1]} to {w}x{h} "
-              f"(network needs multiples of its scale factor)", file=sys.stderr)
-    title = f"{args.image} · {args.task} {given} · {args.model} λ={args.lam} up={upsample}"
+    sample = args.image.removeprefix(SAMPLE_PREFIX) if args.image.startswith(SAMPLE_PREFIX) else None
+    sigmas = args.up_sigma or [0.5]
+    model = {"name": args.model, "width": args.width, "depth": args.depth, "lam": args.lam,
+             "upsample": args.upsample or ("gaussian" if args.up_sigma is not None else "bilinear"),
+             "up_sigma": sigmas[0] if len(sigmas) == 1 else sigmas, "input": args.input,
+             "bound_head": args.bound_head, "detach_sigma": args.detach_sigma, "negative_slope": args.negative_slope}
+    fit = {"iterations": args.iters, "lr": args.lr, "metric_stride": args.metric_stride,
+           "halt_at_stop": args.halt_at_stop, "backtrack": args.backtrack, "backtrack_drop": args.backtrack_drop,
+           "input_noise_std": args.input_noise_std, "output_average": args.output_average}
+    image = {"sample": sample} if sample else {"uris": [args.image]}
+    return {"name": "fit", "images": [image | {"crop": args.crop, "grey": args.grey or None}],
+            "tasks": [{"task": args.task, "params": task_params(args.task, args)}], "model": model, "fit": fit,
+            "seeds": [args.seed], "storage": str(args.out), "mlflow": {"enabled": False}}
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    """One fit through the sweep's own code: a one-image manifest, its FitSpec run by the worker into
+    a store at --out, then the stored result shown there as images, metrics.csv and curves.png."""
+    from PIL import Image
+    from pydantic import ValidationError
+
+    from dipmodel.fit import FitDivergedError
+    from pipeline.images import load_image
+    from pipeline.manifest import Manifest, expand
+    from pipeline.manifest.errors import loc_path, pydantic_message
+    from pipeline.single import write_fit_folder
+    from pipeline.storage import Store
+    from pipeline.worker import execute_fit
+
+    try:
+        manifest = Manifest.model_validate(fit_manifest(args))
+    except ValidationError as err:
+        raise UserError("; ".join(f"{loc_path(tuple(e['loc']))}: {pydantic_message(e)}"
+                                  for e in err.errors())) from None
+    [spec] = expand(manifest)
+    store = Store(manifest.storage or "")
+    store.write_sweep(manifest.model_dump(mode="json"))
+    upsample = spec.network["upsample"]
+    title = f"{args.image} · {args.task} {spec.task_params} · {args.model} λ={args.lam} up={upsample}"
     print(f"fitting {title} for {args.iters} iterations on {args.device} …", file=sys.stderr)
-    result = fit_to_folder(problem, net_cfg, fit_cfg, args.out, title, args.device)
-    s = result.summary()
+    record = execute_fit(spec, store, args.device)
+    if record["status"] == "failed":
+        if args.debug:
+            print(record["traceback"], file=sys.stderr)
+        if record["reason"].startswith(f"{FitDivergedError.__name__}:"):
+            raise FitDivergedError(record["reason"].split(": ", 1)[1])
+        raise UserError(record["reason"].split(": ", 1)[1])
+    s = write_fit_folder(store, spec.key, args.out, title)
+    original = load_image(args.image)
+    w, h = Image.open(args.out / "final.png").size
+    if (h, w) != tuple(original.shape[-2:]):
+        print(f"cropped {args.image} from {original.shape[2]}x{original.shape[1]} to {w}x{h} "
+              f"(network needs multiples of its scale factor)", file=sys.stderr)
     print(f"final PSNR {s['final_psnr']:.2f} dB at iteration {s['iterations_run']}; "
           f"oracle {s['best_psnr']:.2f} dB at {s['best_iteration']}; "
           + (f"auto-stop {s['stop_psnr']:.2f} dB at {s['stop_iteration']}; " if s["stop_iteration"] is not None
              else "auto-stop did not fire; ")
           + f"backtracked {s['fallbacks']} time{'s' * (s['fallbacks'] != 1)}; "
           + f"{s['ms_per_iteration']:.1f} ms/iteration")
-    print(f"results in {args.out}/ (final.png, metrics.csv, curves.png, summary.json)")
+    print(f"results in {args.out}/ (final.png, metrics.csv, curves.png, summary.json; fit {spec.key} in its store)")
     return 0
 
 

@@ -165,3 +165,17 @@ def test_a_local_sweep_runs_the_chosen_fits_in_process_and_resumes(tmp_path: Pat
     assert "already done" in capsys.readouterr().out
     assert dip([*run[:-1], "nofield=1"]) == 2
     assert "no field 'nofield'" in capsys.readouterr().err
+
+
+def test_dip_fit_stores_the_fit_under_the_key_a_sweep_gives_it(tmp_path: Path) -> None:
+    """dip fit runs a one-image sweep: the same spec, the same key, the same store layout."""
+    from pipeline.manifest import expand, load_manifest
+    from pipeline.storage import Store
+
+    out = tmp_path / "out"
+    assert dip(["fit", "skimage:camera", "--crop", "32", "--out", str(out), *TINY]) == 0
+    path = tmp_path / "same.yaml"
+    path.write_text(LOCAL_SWEEP.replace("seeds: [0, 1]", "seeds: [0]"))
+    [spec] = expand(load_manifest(path))
+    assert json.loads((out / "summary.json").read_text())["key"] == spec.key
+    assert Store(str(out)).done_keys() == {spec.key}
