@@ -85,7 +85,7 @@ class FitConfig:
     snapshot_dtype: str = "float16"
     auto_stop: bool = True  # evaluate Shi's rule (Eq. 8) along the way
     halt_at_stop: bool = False  # end the fit when the rule fires (else just record it)
-    stop_window: int | None = None  # n in Eq. 8, in iterations; None: `default_stop_window`
+    stop_window: int | None = None  # n in Eq. 8, in iterations; None: `default_stop_window` of the stride
     stop_eps: float = 0.01  # ε in Eq. 8
     sync_every: int = 200  # iterations between host syncs (NaN check, halting)
     spectral: bool = True  # FBC and blur/sharpness; off for 1-D signals
@@ -114,6 +114,7 @@ class FitConfig:
             raise ValueError(f"FitConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.snapshot_stride < 0:
             raise ValueError(f"FitConfig.snapshot_stride must be >= 0, got {self.snapshot_stride}")
+        assert self.stop_window is not None  # set above, or metric_stride < 1 raised
         if self.auto_stop and self.stop_window % self.metric_stride:
             raise ValueError(
                 f"FitConfig.stop_window ({self.stop_window}) must be a multiple of "
@@ -222,6 +223,7 @@ class DeviceRecord:
     def __init__(self, cfg: FitConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self.n_rows = cfg.iterations // cfg.metric_stride + 2
+        assert cfg.stop_window is not None  # FitConfig.__post_init__ sets it
         self.window = cfg.stop_window // cfg.metric_stride  # n of Eq. 8, in logged rows
         self.rows: Tensor | None = None  # allocated at the first row, when the columns are known
         self.names: list[str] = []

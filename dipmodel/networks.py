@@ -35,7 +35,7 @@ Conventions:
   is a plain MLP and takes no normalisation either (``lam`` does apply to it).
 - ``lam`` is None (no bound) or positive: 0, a negative value or NaN raise ValueError when the
   config is made, so a manifest that sets one fails validation instead of every fit.
-- ``norm`` left unset follows ``lam``: Lipschitz normalisation with a bound (batch norm's
+- ``norm`` "auto" (the default) follows ``lam``: Lipschitz normalisation with a bound (batch norm's
   division by the batch std would undo it; Shi et al. 2022, Eq. 5), batch norm without one.
 - The config knows the output shapes its network can produce (`NetConfig.side_multiple`,
   `NetConfig.check_out_shape`), so callers crop and check without building a network.
@@ -92,7 +92,7 @@ class NetConfig:
     depth: int = 0  # 0: the paper depth
     upsample: str = "bilinear"
     up_sigma: float | tuple[float, ...] = 0.5  # one σ for all Gaussian upsamplings, or one per layer
-    norm: str | None = None  # None: "lipschitz" when lam is set, else "batch"
+    norm: str = "auto"  # "auto": "lipschitz" when lam is set, else "batch"
     lam: float | None = None
     sn_method: str = "gram"  # how σ(W) is found: gram (exact, fast), svd (slow), power
     skip_channels: int = 4
@@ -107,7 +107,7 @@ class NetConfig:
         width, depth = PAPER_SIZES[self.name]
         self.width = self.width or width
         self.depth = self.depth or depth
-        if self.norm is None:
+        if self.norm == "auto":
             self.norm = "batch" if self.lam is None else "lipschitz"
         for field in ("in_channels", "out_channels", "width", "depth", "skip_channels"):
             if getattr(self, field) < 1:

@@ -179,9 +179,9 @@ def test_lambda_must_be_positive(lam: float) -> None:
     assert NetConfig(name="decoder", lam=0.5).lam == 0.5
 
 
-@pytest.mark.parametrize("lam, norm, expected", [(None, None, "batch"), (2.0, None, "lipschitz"),
+@pytest.mark.parametrize("lam, norm, expected", [(None, "auto", "batch"), (2.0, "auto", "lipschitz"),
                                                  (2.0, "batch", "batch"), (None, "lipschitz", "lipschitz")])
-def test_norm_follows_lambda_unless_given(lam: float | None, norm: str | None, expected: str) -> None:
+def test_norm_follows_lambda_unless_given(lam: float | None, norm: str, expected: str) -> None:
     """Batch norm divides by the batch std and so undoes a Lipschitz bound: with lam, Lipschitz normalisation."""
     assert NetConfig(name="decoder", lam=lam, norm=norm).norm == expected
 

@@ -64,7 +64,7 @@ _PATH_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # no fit; the model's upsampling layer is measured on an impulse against its closed form.
 _TASK_PARAMS: dict[str, dict[str, Any]] = {t: {p.name: p.type for p in ps} for t, ps in TASK_PARAMS.items()} | {
     "upsampling_response": {"stride": PositiveInt}}
-Task = Literal[tuple(_TASK_PARAMS)]  # type: ignore[valid-type]
+Task = Literal[tuple(_TASK_PARAMS)]  # type: ignore[valid-type]  # built from the task table
 _PARAM_ADAPTERS = {t: {p: TypeAdapter(typ) for p, typ in ps.items()} for t, ps in _TASK_PARAMS.items()}
 _SCALAR_SCHEMA: dict[str, Any] = {"type": ["string", "number", "boolean", "null"]}
 _SCALAR_OR_LIST_SCHEMA: dict[str, Any] = {"anyOf": [_SCALAR_SCHEMA, {"type": "array", "items": _SCALAR_SCHEMA}]}
@@ -220,7 +220,7 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: Task
+    task: Task  # type: ignore[valid-type]
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="degradation parameters; a list is a sweep axis, e.g. sigma: [15, 25]",
