@@ -17,14 +17,10 @@ from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from dipmodel.networks import NETWORK_NAMES
 from dipmodel.operators import TASK_PARAMS, TaskParam, needed_params
-from pipeline.messages import DipError
+from pipeline.messages import DipError, UserError
 
 if TYPE_CHECKING:  # imported lazily at run time (pydantic, fsspec): only the commands that read manifests need them
     from pipeline.manifest import Manifest
-
-class UserError(DipError, ValueError):
-    """A command-line option the fit cannot take; shown as one line with exit code 2."""
-
 
 def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="fit one image and write the restored image, metrics and curves",

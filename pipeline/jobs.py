@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipeline.locations import is_remote, local_path
 from pipeline.manifest import Manifest
-from pipeline.messages import DipError, one_line
+from pipeline.messages import DipError, UserError, one_line
 
 MANIFEST_NAME = "manifest.yaml"  # the manifest's name inside an uploaded working directory
 # A head whose job agent is not registered yet answers HTTP 500 "No available agent to submit
@@ -50,7 +50,7 @@ def base_job_id(manifest: Manifest) -> str:
 def check_submittable(manifest: Manifest) -> None:
     """A sweep run by a job must store its results where every node and the user can reach them."""
     if not manifest.written("storage"):
-        raise ValueError(f"{manifest.name}: set storage (e.g. s3://bucket/results/{manifest.name}); the default "
+        raise UserError(f"{manifest.name}: set storage (e.g. s3://bucket/results/{manifest.name}); the default "
                          f"results/ folder would be inside the job's temporary working directory")
 
 
@@ -72,7 +72,7 @@ def submit(manifest: Manifest, location: str, address: str, working_dir: str | N
     elif working_dir is not None:
         root, path = Path(working_dir).resolve(), Path(local_path(location)).resolve()
         if not path.is_relative_to(root):
-            raise ValueError(f"{location} is not inside the working directory {working_dir}")
+            raise UserError(f"{location} is not inside the working directory {working_dir}")
         runtime_env["working_dir"] = str(root)
         target, program = path.relative_to(root).as_posix(), "python -m pipeline.cli"
     else:

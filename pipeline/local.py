@@ -68,6 +68,8 @@ def outcome(record: dict[str, Any]) -> str:
 
 @dataclass
 class LocalOutcome:
+    """How a local run ended: fits selected, done and failed now, and left for a later call."""
+
     selected: int
     done: int
     failed: int

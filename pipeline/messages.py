@@ -9,6 +9,10 @@ class DipError(Exception):
     """An expected error whose message alone tells the user what to fix; `dip` prints it as one line."""
 
 
+class UserError(DipError, ValueError):
+    """A request that cannot be carried out as given (an option, a location, an empty store)."""
+
+
 def one_line(message: str | BaseException, limit: int = 300) -> str:
     """The first non-blank line of a message, spaces collapsed, at most `limit` characters:
     third-party errors (botocore, MLflow, Ray) can span many lines. An exception with no message

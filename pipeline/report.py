@@ -26,6 +26,7 @@ import torch
 from dipmodel import metrics as M
 from pipeline import plots
 from pipeline.images import decode
+from pipeline.messages import UserError
 from pipeline.paper import FIGURE_ITERATIONS, PaperTable, paper_row, tables_for
 from pipeline.single import SE_CONVERGED
 from pipeline.storage import Store
@@ -143,7 +144,7 @@ def load_fits(store: Store) -> pd.DataFrame:
     """
     table = store.collect(write=False)
     if table.num_rows == 0:
-        raise ValueError(f"no finished fits in storage {store.uri} ({len(store.failed())} failed): nothing to report")
+        raise UserError(f"no finished fits in storage {store.uri} ({len(store.failed())} failed): nothing to report")
     fits = table.to_pandas()
     for column in (*SETTING_COLUMNS, *NUMERIC_COLUMNS, "dataset", "experiment", "sweep"):
         if column not in fits:  # older markers, or fits of a kind without it

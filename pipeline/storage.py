@@ -43,7 +43,7 @@ from botocore.exceptions import HTTPClientError
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.locations import as_uri, climbs
-from pipeline.messages import DipError, one_line
+from pipeline.messages import DipError, UserError, one_line
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -103,7 +103,7 @@ def _normalise_uri(uri: str) -> str:
     '..' components are refused: a store writes under its own prefix and nowhere else.
     """
     if climbs(uri):
-        raise ValueError(f"storage URI {uri!r} may not contain '..' components")
+        raise UserError(f"storage URI {uri!r} may not contain '..' components")
     return as_uri(uri)
 
 
