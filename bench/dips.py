@@ -39,8 +39,7 @@ def dips(iterations: int, lam: float | None = 2.0, eps: float = 1e-8, betas: tup
     """Iterations whose PSNR against the target fell by more than DIP_THRESHOLD, and the final PSNR."""
     clean = torch.from_numpy(data.camera()[224:288, 224:288].copy()).float()[None, None] / 255
     op = build_operator("denoise", (1, 64, 64), seed=0, sigma=15)
-    net = NetConfig(name="decoder", out_channels=1, width=32, depth=5, lam=lam,
-                    norm="lipschitz" if lam else "batch")
+    net = NetConfig(name="decoder", out_channels=1, width=32, depth=5, lam=lam)
     cfg = FitConfig(iterations=iterations, lr=lr, betas=betas, auto_stop=False, backtrack=False, spectral=False)
     loop = FitLoop(net, op, op.degrade(clean), clean, cfg)
     trained = [p for m in loop.net.modules() for p in m.parameters(recurse=False)

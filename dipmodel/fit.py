@@ -58,15 +58,15 @@ ExtraMetric = Callable[[Tensor], Tensor]
 NetMetric = Callable[[nn.Module], Tensor]
 PRECISIONS = ("fp32", "tf32", "bf16")
 OPTIMIZERS = ("adam", "sgld")
-# FitConfig fields added after the first fit keys were stored: (default, changes the result?).
-# pipeline.manifest leaves them out of a key at their default, and always leaves out those
-# that only change how fast a fit runs, so existing keys stay valid.
-SPEED_FIELDS: dict[str, tuple[object, bool]] = {
-    "precision": ("fp32", True),
-    "sn_refresh_every": (20, True),
-    "channels_last": (False, False),
-    "compile": (False, False),
-}
+
+
+STOP_WINDOW = 100  # Shi et al. 2022's n in Eq. 8, in iterations
+
+
+def default_stop_window(metric_stride: int) -> int:
+    """Eq. 8's window as near n = 100 iterations as whole logged rows allow: the automatic stop
+    compares means over rows, so the window is a multiple of the stride, at least one stride."""
+    return max(STOP_WINDOW // metric_stride, 1) * metric_stride
 
 
 class FitDivergedError(RuntimeError):
@@ -86,7 +86,7 @@ class FitConfig:
     snapshot_dtype: str = "float16"
     auto_stop: bool = True  # evaluate Shi's rule (Eq. 8) along the way
     halt_at_stop: bool = False  # end the fit when the rule fires (else just record it)
-    stop_window: int = 100  # n in Eq. 8, in iterations
+    stop_window: int | None = None  # n in Eq. 8, in iterations; None: `default_stop_window` of the stride
     stop_eps: float = 0.01  # ε in Eq. 8
     sync_every: int = 200  # iterations between host syncs (NaN check, halting)
     spectral: bool = True  # FBC and blur/sharpness; off for 1-D signals
@@ -104,6 +104,8 @@ class FitConfig:
     output_average: float = 0.0  # Ulyanov's exponential average of outputs (0.99); 0: off
 
     def __post_init__(self) -> None:
+        if self.stop_window is None and self.metric_stride >= 1:  # a bad stride is reported below, first
+            object.__setattr__(self, "stop_window", default_stop_window(self.metric_stride))
         for name in ("iterations", "metric_stride", "stop_window", "sync_every", "backtrack_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FitConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -113,6 +115,7 @@ class FitConfig:
             raise ValueError(f"FitConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.snapshot_stride < 0:
             raise ValueError(f"FitConfig.snapshot_stride must be >= 0, got {self.snapshot_stride}")
+        assert self.stop_window is not None  # set above, or metric_stride < 1 raised
         if self.auto_stop and self.stop_window % self.metric_stride:
             raise ValueError(
                 f"FitConfig.stop_window ({self.stop_window}) must be a multiple of "
@@ -221,6 +224,7 @@ class DeviceRecord:
     def __init__(self, cfg: FitConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self.n_rows = cfg.iterations // cfg.metric_stride + 2
+        assert cfg.stop_window is not None  # FitConfig.__post_init__ sets it
         self.window = cfg.stop_window // cfg.metric_stride  # n of Eq. 8, in logged rows
         self.rows: Tensor | None = None  # allocated at the first row, when the columns are known
         self.names: list[str] = []
@@ -247,8 +251,7 @@ class DeviceRecord:
             self.best_iter = torch.where(better, t, self.best_iter)
             self.best_out = torch.where(better, out, self.best_out)
         if self.cfg.auto_stop and "ratio" in self.names and j >= 2 * self.window:
-            r = self.rows[j - 2 * self.window : j, self.names.index("ratio")]
-            delta = (r[self.window :].mean() - r[: self.window].mean()).abs()
+            delta = M.autostop_delta(self.rows[:, self.names.index("ratio")], j, self.window)
             fire = (delta < self.cfg.stop_eps) & ~self.stopped
             self.stop_iter = torch.where(fire, t, self.stop_iter)
             self.stop_out = torch.where(fire, out, self.stop_out)

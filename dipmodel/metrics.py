@@ -235,8 +235,8 @@ def autostop_delta(ratios: Tensor, t: int, n: int) -> Tensor:
 
     `ratios` holds r(0), r(1), … (at least t values); defined for t ≥ 2n. Windows are
     inclusive index ranges. Ours: two adjacent windows of n values each just before t, the
-    older r[t−2n..t−n−1], the newer r[t−n..t−1] (`DeviceRecord.add` in dipmodel/fit.py uses the
-    same windows over logged rows). The authors' denoising script (code/denoising.py) differs:
+    older r[t−2n..t−n−1], the newer r[t−n..t−1] (`DeviceRecord.add` in dipmodel/fit.py calls this
+    over logged rows). The authors' denoising script (code/denoising.py) differs:
     at iteration i > 2n it compares the mean of r[i−2n..i−n−1] (n values) with the mean of
     r[i−n+1..i−1] (n − 1 values), leaving out r[i−n] (and r[i], as we do). We keep the two
     equal windows of Eq. 8.

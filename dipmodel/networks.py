@@ -35,6 +35,10 @@ Conventions:
   is a plain MLP and takes no normalisation either (``lam`` does apply to it).
 - ``lam`` is None (no bound) or positive: 0, a negative value or NaN raise ValueError when the
   config is made, so a manifest that sets one fails validation instead of every fit.
+- ``norm`` "auto" (the default) follows ``lam``: Lipschitz normalisation with a bound (batch norm's
+  division by the batch std would undo it; Shi et al. 2022, Eq. 5), batch norm without one.
+- The config knows the output shapes its network can produce (`NetConfig.side_multiple`,
+  `NetConfig.check_out_shape`), so callers crop and check without building a network.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ class NetConfig:
     depth: int = 0  # 0: the paper depth
     upsample: str = "bilinear"
     up_sigma: float | tuple[float, ...] = 0.5  # one σ for all Gaussian upsamplings, or one per layer
-    norm: str = "batch"
+    norm: str = "auto"  # "auto": "lipschitz" when lam is set, else "batch"
     lam: float | None = None
     sn_method: str = "gram"  # how σ(W) is found: gram (exact, fast), svd (slow), power
     skip_channels: int = 4
@@ -103,6 +107,8 @@ class NetConfig:
         width, depth = PAPER_SIZES[self.name]
         self.width = self.width or width
         self.depth = self.depth or depth
+        if self.norm == "auto":
+            self.norm = "batch" if self.lam is None else "lipschitz"
         for field in ("in_channels", "out_channels", "width", "depth", "skip_channels"):
             if getattr(self, field) < 1:
                 raise ValueError(f"NetConfig.{field} must be >= 1, got {getattr(self, field)}")
@@ -148,6 +154,39 @@ class NetConfig:
                 raise ValueError(f"NetConfig.up_sigma gives {len(self.up_sigma)} value(s) but {self.name} "
                                  f"(depth {self.depth}) has {layers} upsampling layers: give one σ per layer "
                                  "or a single σ")
+
+    def side_multiple(self) -> int:
+        """What output sides must be multiples of: 2 per down/upsampling scale (callers crop to it)."""
+        if self.name in ("decoder", "encoder_decoder", "encoder_decoder_skip"):
+            return 2**self.depth
+        if self.name == "dip_conv_1d":
+            return 2 ** (self.depth // 2)
+        if self.name == "deep_decoder":
+            return 2 ** (self.depth - 1)
+        return 1
+
+    def min_side(self) -> int:
+        """The smallest output side: 3-wide reflection-padded convs need a coarsest side of 2 pixels;
+        the Deep Decoder's 1x1 convs need one; the fully connected networks and ReLUNet any."""
+        if self.name == "deep_decoder":
+            return self.side_multiple()
+        if self.name in (*FULLY_CONNECTED, "relunet"):
+            return 1
+        return 2 * self.side_multiple()
+
+    def check_out_shape(self, out_shape: tuple[int, ...]) -> None:
+        """Raise a ValueError naming what is wrong when the network cannot produce `out_shape`:
+        (C, H, W) for images, (C, L) for signals, C = out_channels, sides the multiple and minimum."""
+        rank = 2 if self.name in ONE_D else 3
+        if len(out_shape) != rank:
+            kind = "(C, L)" if rank == 2 else "(C, H, W)"
+            raise ValueError(f"{self.name} outputs {kind}, got out_shape {out_shape}")
+        if out_shape[0] != self.out_channels:
+            raise ValueError(f"out_shape has {out_shape[0]} channels but out_channels={self.out_channels}")
+        multiple, minimum = self.side_multiple(), self.min_side()
+        if any(s % multiple or s < minimum for s in out_shape[1:]):
+            raise ValueError(f"{self.name} needs sides that are multiples of {multiple} and at least {minimum}, "
+                             f"got {'x'.join(map(str, out_shape[1:]))}")
 
     def layer_sigmas(self) -> tuple[float, ...]:
         """The σ of each upsampling layer, in forward order (coarsest first)."""
@@ -217,35 +256,6 @@ def noise_input(cfg: NetConfig, shape: tuple[int, ...], generator: torch.Generat
     return uniform_noise(shape, generator)
 
 
-def side_multiple(cfg: NetConfig) -> int:
-    """What output sides must be multiples of: 2 per down/upsampling scale (callers crop to it)."""
-    if cfg.name in ("decoder", "encoder_decoder", "encoder_decoder_skip"):
-        return 2**cfg.depth
-    if cfg.name == "dip_conv_1d":
-        return 2 ** (cfg.depth // 2)
-    if cfg.name == "deep_decoder":
-        return 2 ** (cfg.depth - 1)
-    return 1
-
-
-def check_sides(name: str, sides: tuple[int, ...], multiple: int, minimum: int) -> None:
-    """Raise a ValueError naming the multiple when the network cannot produce these sides."""
-    if any(s % multiple or s < minimum for s in sides):
-        raise ValueError(
-            f"{name} needs sides that are multiples of {multiple} and at least {minimum}, "
-            f"got {'x'.join(map(str, sides))}"
-        )
-
-
-def check_rank(cfg: NetConfig, out_shape: tuple[int, ...]) -> None:
-    rank = 2 if cfg.name in ONE_D else 3
-    if len(out_shape) != rank:
-        kind = "(C, L)" if rank == 2 else "(C, H, W)"
-        raise ValueError(f"{cfg.name} outputs {kind}, got out_shape {out_shape}")
-    if out_shape[0] != cfg.out_channels:
-        raise ValueError(f"out_shape has {out_shape[0]} channels but out_channels={cfg.out_channels}")
-
-
 def mlp(cfg: NetConfig, out_features: int) -> nn.Sequential:
     """depth × (linear width → width, LeakyReLU), then linear to out_features; He initialised."""
     layers: list[nn.Module] = []
@@ -289,8 +299,7 @@ class Decoder(DIPNet):
 
     def __init__(self, cfg: NetConfig, out_shape: tuple[int, ...], upsampling: bool = True) -> None:
         super().__init__(cfg, out_shape)
-        self.multiple = side_multiple(cfg) if upsampling else 1
-        check_sides(cfg.name, self.out_shape[1:], self.multiple, 2 * self.multiple)
+        self.multiple = cfg.side_multiple()  # 1 for the ConvNet, which does not upsample
         w = cfg.width
         layers: list[nn.Module] = [conv_block(cfg, cfg.in_channels, w), conv_block(cfg, w, w)]
         sigmas = cfg.layer_sigmas()
@@ -326,8 +335,7 @@ class DeepDecoder(DIPNet):
 
     def __init__(self, cfg: NetConfig, out_shape: tuple[int, ...]) -> None:
         super().__init__(cfg, out_shape)
-        self.multiple = side_multiple(cfg)
-        check_sides(cfg.name, self.out_shape[1:], self.multiple, self.multiple)
+        self.multiple = cfg.side_multiple()
         w = cfg.width
         layers: list[nn.Module] = []
         sigmas = cfg.layer_sigmas()
@@ -372,8 +380,7 @@ class EncoderDecoder(DIPNet):
 
     def __init__(self, cfg: NetConfig, out_shape: tuple[int, ...], skip: bool) -> None:
         super().__init__(cfg, out_shape)
-        self.multiple = side_multiple(cfg)
-        check_sides(cfg.name, self.out_shape[1:], self.multiple, 2 * self.multiple)
+        self.multiple = cfg.side_multiple()
         net: nn.Module = nn.Identity()
         sigmas = cfg.layer_sigmas()  # forward order: the coarsest scale's upsampling runs first
         for level in reversed(range(cfg.depth)):  # build from the coarsest scale outwards
@@ -443,8 +450,7 @@ class DIPConv1D(DIPNet):
     def __init__(self, cfg: NetConfig, out_shape: tuple[int, ...]) -> None:
         super().__init__(cfg, out_shape)
         half = cfg.depth // 2
-        self.multiple = side_multiple(cfg)
-        check_sides(cfg.name, self.out_shape[1:], self.multiple, 2 * self.multiple)
+        self.multiple = cfg.side_multiple()
         w = cfg.width
         layers: list[nn.Module] = []
         for i in range(half):
@@ -476,7 +482,7 @@ def build_network(cfg: NetConfig, out_shape: tuple[int, ...]) -> DIPNet:
     }
     if cfg.name not in builders:
         raise ValueError(f"unknown network {cfg.name!r}; valid names: {', '.join(NETWORK_NAMES)}")
-    check_rank(cfg, out_shape)
+    cfg.check_out_shape(tuple(out_shape))
     return builders[cfg.name]()
 
 

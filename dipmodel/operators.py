@@ -21,7 +21,8 @@ import inspect
 import io
 import math
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -316,6 +317,43 @@ _TASKS: dict[str, Callable[..., Operator]] = {
     "inpaint": InpaintOperator,
     "superres": SuperResOperator,
 }
+
+
+@dataclass(frozen=True)
+class TaskParam:
+    """One degradation parameter as people set it: a manifest requires every one (no hidden
+    default enters a fit key); `dip fit` offers it as ``--NAME`` and falls back on `default`."""
+
+    name: str
+    type: Any  # what a manifest accepts: float, int or a Literal of the allowed values
+    default: Any  # the value `dip fit` uses when the option is not given; None: none
+    help: str
+
+
+_SIGMA = TaskParam("sigma", float, 25.0, "noise std on the 0-255 scale")
+# The parameters of every task, in the order they are listed; the operators' keyword arguments.
+TASK_PARAMS: dict[str, tuple[TaskParam, ...]] = {
+    "clean": (),
+    "enhance": (),
+    "denoise": (_SIGMA,),
+    "lowfreq_noise": (_SIGMA, TaskParam("cutoff", float, 0.1, "low-pass cutoff as a fraction of Nyquist")),
+    "jpeg": (TaskParam("quality", int, 10, "JPEG quality 1-95"),),
+    "inpaint": (
+        TaskParam("kind", Literal["center", "bernoulli"], "center", "inpainting mask kind"),
+        TaskParam("ratio", float, 0.25, "hole-to-image area ratio (kind center)"),
+        TaskParam("p", float, 0.5, "fraction of pixels dropped (kind bernoulli)"),
+    ),
+    "superres": (TaskParam("factor", int, 4, "super-resolution factor"),),
+}
+INPAINT_AMOUNT = {"center": "ratio", "bernoulli": "p"}  # the parameter each inpainting mask kind takes
+
+
+def needed_params(task: str, given: dict[str, Any]) -> list[str]:
+    """The parameters a task takes with these settings: all of its own, except that an inpainting
+    mask takes the amount of its kind only (a centre hole's ratio, a Bernoulli mask's p)."""
+    if task == "inpaint":
+        return ["kind", INPAINT_AMOUNT.get(given.get("kind", ""), "ratio")]
+    return [p.name for p in TASK_PARAMS[task]]
 
 
 def build_operator(

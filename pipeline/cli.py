@@ -1,7 +1,8 @@
 """The `dip` command: parses arguments and calls one pipeline function per command.
 
-User errors (bad option values, unreadable images, invalid manifests) are printed as one line
-``dip: error: …`` with exit code 2, never as a traceback.
+Expected errors (`pipeline.messages.DipError`: bad option values, unreadable images, invalid
+manifests, unreachable storage or services) are printed as one line ``dip: error: …`` with exit
+code 2; ``--debug`` adds their traceback. Anything else is a bug and raises with its traceback.
 """
 
 from __future__ import annotations
@@ -9,40 +10,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
-TASK_OPTIONS = {  # task -> the CLI options that parameterise its degradation
-    "clean": [],
-    "enhance": [],
-    "denoise": ["sigma"],
-    "lowfreq_noise": ["sigma", "cutoff"],
-    "jpeg": ["quality"],
-    "inpaint": ["kind", "ratio", "p"],
-    "superres": ["factor"],
-}
-TASK_DEFAULTS = {"denoise": {"sigma": 25.0}, "lowfreq_noise": {"sigma": 25.0}, "jpeg": {"quality": 10},
-                 "inpaint": {"kind": "center"}, "superres": {"factor": 4}}
-MODELS = ["decoder", "convnet", "encoder_decoder", "encoder_decoder_skip", "dip_linear", "relunet"]
+from dipmodel.networks import NETWORK_NAMES
+from dipmodel.operators import TASK_PARAMS, TaskParam, needed_params
+from pipeline.messages import DipError, UserError
 
-
-class UserError(Exception):
-    """An error to show as one line with exit code 2."""
-
+if TYPE_CHECKING:  # imported lazily at run time (pydantic, fsspec): only the commands that read manifests need them
+    from pipeline.manifest import Manifest
 
 def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="fit one image and write the restored image, metrics and curves",
                        description="Fit a deep image prior to one degraded image.")
     p.add_argument("image", help="PNG/JPEG/BMP path, or a bundled sample such as skimage:astronaut")
-    p.add_argument("--task", choices=list(TASK_OPTIONS), default="denoise")
-    p.add_argument("--sigma", type=float, help="noise std on the 0-255 scale (denoise, lowfreq_noise); default 25")
-    p.add_argument("--cutoff", type=float, help="low-pass cutoff as a fraction of Nyquist (lowfreq_noise)")
-    p.add_argument("--quality", type=int, help="JPEG quality 1-95 (jpeg); default 10")
-    p.add_argument("--kind", choices=["center", "bernoulli"], help="inpainting mask kind; default center")
-    p.add_argument("--ratio", type=float, help="hole-to-image area ratio (inpaint center); default 0.25")
-    p.add_argument("--p", type=float, help="fraction of pixels dropped (inpaint bernoulli); default 0.5")
-    p.add_argument("--factor", type=int, help="super-resolution factor (superres); default 4")
-    p.add_argument("--model", choices=MODELS, default="decoder")
+    p.add_argument("--task", choices=list(TASK_PARAMS), default="denoise")
+    for param, tasks in task_options().items():  # one option per degradation parameter
+        kind = {"choices": get_args(param.type)} if get_origin(param.type) is Literal else {"type": param.type}
+        p.add_argument(f"--{param.name}", **kind, help=f"{param.help} ({', '.join(tasks)}); default {param.default}")
+    p.add_argument("--model", choices=NETWORK_NAMES, default="decoder")
     p.add_argument("--width", type=int, default=128, help="channels (or units) per layer")
     p.add_argument("--depth", type=int, default=5, help="scales / upsampling steps / layers")
     p.add_argument("--upsample", choices=["bilinear", "nearest", "gaussian", "bed_of_nails"], default=None,
@@ -80,52 +68,90 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/fit"), help="output folder")
 
 
-def run_fit(args: argparse.Namespace) -> int:
-    from dipmodel.fit import FitConfig
-    from dipmodel.metrics import to_grey
-    from dipmodel.networks import NetConfig
-    from pipeline.images import load_image
-    from pipeline.single import fit_to_folder, prepare_problem
+def task_options() -> dict[TaskParam, list[str]]:
+    """Every degradation parameter, once, with the tasks that take it."""
+    options: dict[TaskParam, list[str]] = {}
+    for task, params in TASK_PARAMS.items():
+        for param in params:
+            options.setdefault(param, []).append(task)
+    return options
 
-    given = {k: getattr(args, k) for k in ("sigma", "cutoff", "quality", "kind", "ratio", "p", "factor")
-             if getattr(args, k) is not None}
-    extra = sorted(set(given) - set(TASK_OPTIONS[args.task]))
-    if extra:
-        raise UserError(f"--{extra[0]} does not apply to --task {args.task} "
-                        f"(it takes: {', '.join('--' + o for o in TASK_OPTIONS[args.task]) or 'no options'})")
-    given = TASK_DEFAULTS.get(args.task, {}) | given
-    if given.get("kind") == "center":
-        given.setdefault("ratio", 0.25)
-    upsample = args.upsample or ("gaussian" if args.up_sigma is not None else "bilinear")
-    image = load_image(args.image)
-    if args.grey and image.shape[0] == 3:
-        image = to_grey(image[None])[0]
+
+def task_params(task: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The degradation parameters of `task`: those given as options, the rest at their defaults."""
+    names = [p.name for p in TASK_PARAMS[task]]
+    given = {p.name: getattr(args, p.name) for p in task_options() if getattr(args, p.name) is not None}
+    if extra := sorted(set(given) - set(names)):
+        raise UserError(f"--{extra[0]} does not apply to --task {task} "
+                        f"(it takes: {', '.join('--' + n for n in names) or 'no options'})")
+    params = {p.name: p.default for p in TASK_PARAMS[task]} | given
+    return {name: params[name] for name in needed_params(task, params)} | given
+
+
+def fit_manifest(args: argparse.Namespace) -> dict[str, Any]:
+    """`dip fit`'s options as a one-image manifest, so its fit has a sweep's spec, checks and key."""
+    from pipeline.images import SAMPLE_PREFIX
+
+    sample = args.image.removeprefix(SAMPLE_PREFIX) if args.image.startswith(SAMPLE_PREFIX) else None
     sigmas = args.up_sigma or [0.5]
-    net_cfg = NetConfig(name=args.model, out_channels=image.shape[0], width=args.width, depth=args.depth,
-                        upsample=upsample, up_sigma=sigmas[0] if len(sigmas) == 1 else tuple(sigmas),
-                        norm="lipschitz" if args.lam is not None else "batch", lam=args.lam,
-                        input=args.input, bound_head=args.bound_head, detach_sigma=args.detach_sigma,
-                        negative_slope=args.negative_slope)
-    fit_cfg = FitConfig(iterations=args.iters, lr=args.lr, seed=args.seed, metric_stride=args.metric_stride,
-                        halt_at_stop=args.halt_at_stop, backtrack=args.backtrack, backtrack_drop=args.backtrack_drop,
-                        input_noise_std=args.input_noise_std, output_average=args.output_average,
-                        stop_window=max(100 // args.metric_stride, 1) * args.metric_stride)
-    problem = prepare_problem(image, args.task, given, net_cfg, args.seed, args.crop, args.image)
-    h, w = problem.clean.shape[-2:]
-    if (h, w) != tuple(image.shape[-2:]):
-        print(f"cropped {args.image} from {image.shape[2]}x{image.shape[1]} to {w}x{h} "
-              f"(network needs multiples of its scale factor)", file=sys.stderr)
-    title = f"{args.image} · {args.task} {given} · {args.model} λ={args.lam} up={upsample}"
+    model = {"name": args.model, "width": args.width, "depth": args.depth, "lam": args.lam,
+             "upsample": args.upsample or ("gaussian" if args.up_sigma is not None else "bilinear"),
+             "up_sigma": sigmas[0] if len(sigmas) == 1 else sigmas, "input": args.input,
+             "bound_head": args.bound_head, "detach_sigma": args.detach_sigma, "negative_slope": args.negative_slope}
+    fit = {"iterations": args.iters, "lr": args.lr, "metric_stride": args.metric_stride,
+           "halt_at_stop": args.halt_at_stop, "backtrack": args.backtrack, "backtrack_drop": args.backtrack_drop,
+           "input_noise_std": args.input_noise_std, "output_average": args.output_average}
+    image = {"sample": sample} if sample else {"uris": [args.image]}
+    return {"name": "fit", "images": [image | {"crop": args.crop, "grey": args.grey or None}],
+            "tasks": [{"task": args.task, "params": task_params(args.task, args)}], "model": model, "fit": fit,
+            "seeds": [args.seed], "storage": str(args.out), "mlflow": {"enabled": False}}
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    """One fit through the sweep's own code: a one-image manifest, its FitSpec run by the worker into
+    a store at --out, then the stored result shown there as images, metrics.csv and curves.png."""
+    from PIL import Image
+    from pydantic import ValidationError
+
+    from dipmodel.fit import FitDivergedError
+    from pipeline.images import load_image
+    from pipeline.manifest import Manifest, expand
+    from pipeline.manifest.errors import loc_path, pydantic_message
+    from pipeline.single import write_fit_folder
+    from pipeline.storage import Store
+    from pipeline.worker import execute_fit
+
+    try:
+        manifest = Manifest.model_validate(fit_manifest(args))
+    except ValidationError as err:
+        raise UserError("; ".join(f"{loc_path(tuple(e['loc']))}: {pydantic_message(e)}"
+                                  for e in err.errors())) from None
+    [spec] = expand(manifest)
+    store = Store(manifest.storage or "")
+    store.write_sweep(manifest.model_dump(mode="json"))
+    upsample = spec.network["upsample"]
+    title = f"{args.image} · {args.task} {spec.task_params} · {args.model} λ={args.lam} up={upsample}"
     print(f"fitting {title} for {args.iters} iterations on {args.device} …", file=sys.stderr)
-    result = fit_to_folder(problem, net_cfg, fit_cfg, args.out, title, args.device)
-    s = result.summary()
+    record = execute_fit(spec, store, args.device)
+    if record["status"] == "failed":
+        if args.debug:
+            print(record["traceback"], file=sys.stderr)
+        if record["reason"].startswith(f"{FitDivergedError.__name__}:"):
+            raise FitDivergedError(record["reason"].split(": ", 1)[1])
+        raise UserError(record["reason"].split(": ", 1)[1])
+    s = write_fit_folder(store, spec.key, args.out, title)
+    original = load_image(args.image)
+    w, h = Image.open(args.out / "final.png").size
+    if (h, w) != tuple(original.shape[-2:]):
+        print(f"cropped {args.image} from {original.shape[2]}x{original.shape[1]} to {w}x{h} "
+              f"(network needs multiples of its scale factor)", file=sys.stderr)
     print(f"final PSNR {s['final_psnr']:.2f} dB at iteration {s['iterations_run']}; "
           f"oracle {s['best_psnr']:.2f} dB at {s['best_iteration']}; "
           + (f"auto-stop {s['stop_psnr']:.2f} dB at {s['stop_iteration']}; " if s["stop_iteration"] is not None
              else "auto-stop did not fire; ")
           + f"backtracked {s['fallbacks']} time{'s' * (s['fallbacks'] != 1)}; "
           + f"{s['ms_per_iteration']:.1f} ms/iteration")
-    print(f"results in {args.out}/ (final.png, metrics.csv, curves.png, summary.json)")
+    print(f"results in {args.out}/ (final.png, metrics.csv, curves.png, summary.json; fit {spec.key} in its store)")
     return 0
 
 
@@ -150,6 +176,16 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
         if name == "run":
             q.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
             q.add_argument("--retry-failed", action="store_true", help="also rerun fits recorded as failed")
+            q.add_argument("--local", action="store_true",
+                           help="run the fits one after another in this process: no Ray, no MLflow (a machine "
+                                "with PyTorch only); done fits are skipped, so calling again goes on")
+            q.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                           help="--local: only fits whose spec field equals VALUE (numbers as numbers), or "
+                                "contains TEXT with FIELD~TEXT; repeat to require several (fields: dip sweep plan)")
+            q.add_argument("--store", help="--local: results folder or URI instead of the manifest's storage")
+            q.add_argument("--device", default="cpu", help="--local: cpu, cuda, cuda:1, …")
+            q.add_argument("--budget-s", type=float, default=float("inf"),
+                           help="--local: start no new fit after this many seconds")
         if name == "collect":
             q.add_argument("--out", help="output URI (default: <storage>/summary.parquet)")
 
@@ -197,9 +233,9 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_manifest(args: argparse.Namespace) -> int:
+    from pipeline.local import expand_specs
     from pipeline.manifest import json_schema
     from pipeline.sources import read_manifest
-    from pipeline.sweep import expand_specs
 
     if args.action == "schema":
         print(json.dumps(json_schema(), indent=2))
@@ -210,11 +246,30 @@ def run_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_local(args: argparse.Namespace, manifest: Manifest) -> int:
+    """`dip sweep run --local`: without importing Ray or MLflow (pipeline.sweep does)."""
+    from pipeline import local
+    from pipeline.locations import location_problem
+
+    if args.store and (problem := location_problem(args.store)):
+        raise UserError(f"--store: {problem}")
+    manifest.storage = args.store or manifest.storage
+    outcome = local.run_local(manifest, local.expand_specs(manifest), args.where, args.device, args.budget_s)
+    print(f"sweep {manifest.name}: {outcome.done} of {outcome.selected} selected fits done, "
+          f"{outcome.failed} failed, {outcome.left} left → {manifest.storage}")
+    return 1 if outcome.failed else 0
+
+
 def run_sweep_command(args: argparse.Namespace) -> int:
-    from pipeline import sweep
     from pipeline.sources import read_manifest
 
     manifest = read_manifest(args.manifest)
+    if args.action == "run" and args.local:
+        return run_local(args, manifest)
+    if args.action == "run" and (args.where or args.store or args.device != "cpu" or args.budget_s != float("inf")):
+        raise UserError("--where, --store, --device and --budget-s apply to --local runs only")
+    from pipeline import sweep
+
     if args.action == "plan":
         plan = sweep.make_plan(manifest)
         todo = plan.todo()
@@ -245,6 +300,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dip", description="Deep-image-prior spectral-bias studies.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
     sub = parser.add_subparsers(dest="command", required=True)
     add_fit_parser(sub)
     add_manifest_parser(sub)
@@ -259,10 +315,7 @@ COMMANDS = {"fit": run_fit, "manifest": run_manifest, "sweep": run_sweep_command
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.images import ImageError
-    from pipeline.jobs import SubmitError
-    from pipeline.storage import StorageError
-    from pipeline.tracking import TrackingError
+    from dipmodel.fit import FitDivergedError
 
     args = build_parser().parse_args(argv)
     try:
@@ -270,10 +323,14 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always", UserWarning)
             warnings.showwarning = lambda message, *_, **__: print(f"dip: warning: {message}", file=sys.stderr)
             return COMMANDS[args.command](args)
-    except (UserError, ImageError, ValueError, StorageError, TrackingError, SubmitError) as err:
+    except DipError as err:
+        if args.debug:
+            traceback.print_exc()
         print(f"dip: error: {err}", file=sys.stderr)
         return 2
-    except RuntimeError as err:  # a fit that diverged (NaN loss) names its iteration
+    except FitDivergedError as err:  # the loss became NaN: the message names the iteration
+        if args.debug:
+            traceback.print_exc()
         print(f"dip: fit failed: {err}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # output piped into head & co.

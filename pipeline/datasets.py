@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
 
+from pipeline.locations import is_remote, local_path
+from pipeline.messages import DipError
+
 CHECKSUMS = Path(__file__).with_name("datasets.json")
 _CHUNK = 1 << 20
 _SUMS_LINE = re.compile(r"^([0-9a-f]{64}) [ *](?:\./)?([^/]+)/(.+)$")
@@ -48,7 +51,7 @@ class DatasetProblem(NamedTuple):
     message: str  # "<data set>/<file>: <what is wrong> under <root> ..."
 
 
-class DatasetError(ValueError):
+class DatasetError(DipError, ValueError):
     """A known data set that is incomplete or altered under a data root; one line per file."""
 
     def __init__(self, problems: list[DatasetProblem]) -> None:
@@ -110,9 +113,7 @@ def registry() -> dict[str, Dataset]:
 
 def local_root(data_root: str) -> Path | None:
     """The local folder of a data root (a plain path or file://), or None for a remote URI."""
-    if data_root.startswith("file://"):
-        return Path(data_root.removeprefix("file://"))
-    return None if "://" in data_root else Path(data_root).expanduser()
+    return None if is_remote(data_root) else Path(local_path(data_root)).expanduser()
 
 
 def _opener(data_root: str, storage_options: dict[str, Any] | None) -> Callable[[str], IO[bytes]]:

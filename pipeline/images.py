@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.messages import DipError
+
 # Refuse images above this many pixels before decoding them (decompression-bomb guard):
 # 64 Mpx is larger than any image of the papers' data sets by two orders of magnitude.
 MAX_PIXELS = 64_000_000
@@ -24,7 +26,7 @@ MAX_FILE_BYTES = 512 * 2**20
 SAMPLE_PREFIX = "skimage:"
 
 
-class ImageError(ValueError):
+class ImageError(DipError, ValueError):
     """An image that cannot be used, with a message that names it."""
 
 

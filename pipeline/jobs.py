@@ -20,7 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.locations import is_remote, local_path
 from pipeline.manifest import Manifest
+from pipeline.messages import DipError, UserError, one_line
 
 MANIFEST_NAME = "manifest.yaml"  # the manifest's name inside an uploaded working directory
 # A head whose job agent is not registered yet answers HTTP 500 "No available agent to submit
@@ -28,7 +30,7 @@ MANIFEST_NAME = "manifest.yaml"  # the manifest's name inside an uploaded workin
 AGENT_WAIT_S = 60.0
 
 
-class SubmitError(RuntimeError):
+class SubmitError(DipError, RuntimeError):
     """The cluster could not be reached or refused the job; the message is one line."""
 
 
@@ -37,15 +39,6 @@ class Submission:
     job_id: str
     status: str  # the job's status as the Jobs API reports it
     new: bool  # False when the same sweep was already running and nothing was submitted
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:300] or type(err).__name__
-
-
-def is_remote(location: str) -> bool:
-    """Whether a manifest location is an fsspec URI that the cluster reads itself (s3://, gs://, …)."""
-    return "://" in location and not location.startswith("file://")
 
 
 def base_job_id(manifest: Manifest) -> str:
@@ -57,7 +50,7 @@ def base_job_id(manifest: Manifest) -> str:
 def check_submittable(manifest: Manifest) -> None:
     """A sweep run by a job must store its results where every node and the user can reach them."""
     if not manifest.written("storage"):
-        raise ValueError(f"{manifest.name}: set storage (e.g. s3://bucket/results/{manifest.name}); the default "
+        raise UserError(f"{manifest.name}: set storage (e.g. s3://bucket/results/{manifest.name}); the default "
                          f"results/ folder would be inside the job's temporary working directory")
 
 
@@ -77,21 +70,21 @@ def submit(manifest: Manifest, location: str, address: str, working_dir: str | N
     if is_remote(location):
         target = location
     elif working_dir is not None:
-        root, path = Path(working_dir).resolve(), Path(location.removeprefix("file://")).resolve()
+        root, path = Path(working_dir).resolve(), Path(local_path(location)).resolve()
         if not path.is_relative_to(root):
-            raise ValueError(f"{location} is not inside the working directory {working_dir}")
+            raise UserError(f"{location} is not inside the working directory {working_dir}")
         runtime_env["working_dir"] = str(root)
         target, program = path.relative_to(root).as_posix(), "python -m pipeline.cli"
     else:
         upload = tempfile.TemporaryDirectory(prefix="dip-submit-")
-        shutil.copyfile(location.removeprefix("file://"), Path(upload.name) / MANIFEST_NAME)
+        shutil.copyfile(local_path(location), Path(upload.name) / MANIFEST_NAME)
         runtime_env["working_dir"] = upload.name
         target = MANIFEST_NAME
     try:
         try:
             client = JobSubmissionClient(address)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise SubmitError(f"cannot reach the Ray Jobs API at {address}: {_one_line(err)}") from None
+            raise SubmitError(f"cannot reach the Ray Jobs API at {address}: {one_line(err)}") from None
         base = base_job_id(manifest)
         previous = {job.submission_id: job.status for job in client.list_jobs() if job.submission_id
                     and (job.submission_id == base or job.submission_id.startswith(base + "-"))}
@@ -107,7 +100,7 @@ def submit(manifest: Manifest, location: str, address: str, working_dir: str | N
                 break
             except RuntimeError as err:
                 if "try again later" not in str(err) or time.monotonic() > deadline:
-                    raise SubmitError(f"{address} refused job {job_id}: {_one_line(err)}") from None
+                    raise SubmitError(f"{address} refused job {job_id}: {one_line(err)}") from None
                 time.sleep(2)
     finally:
         if upload is not None:

@@ -26,6 +26,7 @@ import torch
 from dipmodel import metrics as M
 from pipeline import plots
 from pipeline.images import decode
+from pipeline.messages import UserError
 from pipeline.paper import FIGURE_ITERATIONS, PaperTable, paper_row, tables_for
 from pipeline.record import upgrade, with_schema
 from pipeline.single import SE_CONVERGED
@@ -128,7 +129,7 @@ def load_fits(store: Store) -> pd.DataFrame:
     """
     table = store.collect(write=False, upgrade=upgrade)
     if table.num_rows == 0:
-        raise ValueError(f"no finished fits in storage {store.uri} ({len(store.failed())} failed): nothing to report")
+        raise UserError(f"no finished fits in storage {store.uri} ({len(store.failed())} failed): nothing to report")
     fits = with_schema(table).to_pandas()  # every column, typed, whatever kinds of fits (or older markers) it holds
     fits["one_d"] = fits["kind"] == "signal"
     fired = fits["stop_iteration"].notna()

@@ -1,7 +1,7 @@
-"""One fit from an image on disk to a folder of results: what `dip fit` does.
+"""One fit's problem and its friendly results: what the sweep workers and `dip fit` share.
 
-``prepare_problem`` is the shared first half (image → crop → operator → observation), used
-by the command line and by the sweep workers alike, so both degrade an image the same way.
+``prepare_problem`` is the shared first half (image → crop → operator → observation);
+`write_fit_folder` is how `dip fit` shows a stored fit (images, metrics.csv, curves).
 The preprocessing that defines an input (``downsample``, 1-D ``sine_signal``) and the 1-D
 amplitude metrics of C&M §3.1 live here for the same reason.
 """
@@ -12,19 +12,21 @@ import csv
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from dipmodel import metrics as M
-from dipmodel.fit import ExtraMetric, FitConfig, FitResult, fit
-from dipmodel.networks import NetConfig, build_network, side_multiple
+from dipmodel.fit import ExtraMetric, FitResult
+from dipmodel.networks import NetConfig
 from dipmodel.operators import Operator, build_operator
 from pipeline import plots
 from pipeline.images import ImageError, center_crop, encode_png
+from pipeline.storage import Store
 
 SE_CONVERGED = 0.01  # C&M's delta: frequency k has converged once SE(k) <= delta
 
@@ -89,13 +91,13 @@ def prepare_problem(
             raise ValueError(f"{label}: a 1-D signal takes task clean only, not {task}")
         clean = image[None]
     else:
-        multiple = side_multiple(net_cfg) if net_cfg is not None else multiple
+        multiple = net_cfg.side_multiple() if net_cfg is not None else multiple
         if task == "superres":  # the low-resolution observation must have whole pixels too
             multiple = math.lcm(multiple, int(task_params.get("factor", 4)))
         clean = center_crop(image, multiple, crop, label)[None]
-    try:  # a 1-wide copy of the network checks the cropped size against every constraint
+    try:
         if net_cfg is not None:
-            build_network(NetConfig(**(asdict(net_cfg) | {"width": 1, "lam": None})), tuple(clean.shape[1:]))
+            net_cfg.check_out_shape(tuple(clean.shape[1:]))
     except ValueError as err:
         raise ImageError(f"{label}: too small for the network at size "
                          f"{'x'.join(map(str, clean.shape[:1:-1]))} ({err})") from None
@@ -119,26 +121,22 @@ def result_images(problem: Problem, result: FitResult) -> dict[str, bytes]:
     return {name: encode_png(img) for name, img in images.items() if img is not None}
 
 
-def write_metrics_csv(result: FitResult, path: Path) -> None:
-    columns = list(result.metrics)
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(columns)
-        for i in range(len(result.metrics["iteration"])):
-            writer.writerow([result.metrics[c][i].item() for c in columns])
-
-
-def fit_to_folder(
-    problem: Problem, net_cfg: NetConfig, fit_cfg: FitConfig, out_dir: Path, title: str, device: str = "cpu"
-) -> FitResult:
-    """Run the fit and write images, metrics (CSV), a summary (JSON) and the curves figure."""
+def write_fit_folder(store: Store, key: str, out_dir: Path, title: str) -> dict[str, Any]:
+    """The friendly view of one stored fit: its images, metrics.csv, summary.json and the curves
+    figure in `out_dir`, read back from the store (`dip fit` runs the sweep's worker into it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = fit(net_cfg, problem.op, problem.y, problem.clean, fit_cfg, device=device)
-    for name, png in result_images(problem, result).items():
-        (out_dir / f"{name}.png").write_bytes(png)
-    write_metrics_csv(result, out_dir / "metrics.csv")
-    summary = result.summary() | {"title": title, "network": asdict(net_cfg), "fit": result.config,
-                                  "operator": {"task": problem.op.name, **problem.op.params}}
+    for name in ("clean", "degraded", "final", "best", "autostop", "posterior"):
+        if store.has_image(key, name):
+            (out_dir / f"{name}.png").write_bytes(store.read_image(key, name))
+    table = store.read_metrics(key)
+    metrics = {name: column.to_numpy() for name, column in zip(table.column_names, table.columns)}
+    with (out_dir / "metrics.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(metrics)
+        writer.writerows(zip(*(column.tolist() for column in metrics.values())))
+    spec = store.read_spec(key)
+    summary = store.summary(key) | {"title": title, "key": key, "network": spec["network"], "fit": spec["fit"],
+                                    "operator": {"task": spec["task"], **spec["task_params"]}}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    plots.fit_curves(result.metrics, out_dir / "curves.png", title, result.best_iteration, result.stop_iteration)
-    return result
+    plots.fit_curves(metrics, out_dir / "curves.png", title, summary["best_iteration"], summary["stop_iteration"])
+    return summary

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+from pipeline.locations import is_remote, local_path
 from pipeline.manifest import Manifest, load_manifest, parse_manifest
 from pipeline.storage import Store, read_text
 
@@ -24,9 +25,9 @@ def is_manifest(source: str | Path) -> bool:
 def read_manifest(uri: str | Path) -> Manifest:
     """A manifest from a local file or from a URI on object storage (read with fsspec)."""
     location = str(uri)
-    if "://" in location and not location.startswith("file://"):
+    if is_remote(location):
         return parse_manifest(read_text(location), location)
-    return load_manifest(location.removeprefix("file://"))
+    return load_manifest(local_path(location))
 
 
 def open_store(source: str | Path | Manifest) -> Store:

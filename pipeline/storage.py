@@ -27,7 +27,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import re
 import time
 import uuid
@@ -43,6 +42,8 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.exceptions import HTTPClientError
 from fsspec.implementations.local import LocalFileSystem
 
+from pipeline.locations import as_uri, climbs
+from pipeline.messages import DipError, UserError, one_line
 from pipeline.record import summary_table
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SCALAR = (str, int, float, bool, type(None), np.generic)
 
 
-class StorageError(RuntimeError):
+class StorageError(DipError, RuntimeError):
     """Storage cannot be used (unreachable, unwritable); the message is one line for users."""
 
 
@@ -102,11 +103,9 @@ def _normalise_uri(uri: str) -> str:
 
     '..' components are refused: a store writes under its own prefix and nowhere else.
     """
-    if ".." in uri.split("://", 1)[-1].split("/"):
-        raise ValueError(f"storage URI {uri!r} may not contain '..' components")
-    if "://" not in uri:
-        uri = "file://" + os.path.abspath(os.path.expanduser(uri))
-    return uri.rstrip("/")
+    if climbs(uri):
+        raise UserError(f"storage URI {uri!r} may not contain '..' components")
+    return as_uri(uri)
 
 
 def write_whole(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
@@ -130,10 +129,6 @@ def _json_default(value: Any) -> Any:
 
 def _to_json(obj: Any) -> bytes:
     return json.dumps(obj, indent=1, default=_json_default).encode()
-
-
-def _one_line(text: str) -> str:
-    return (text.strip().splitlines() or [""])[0]
 
 
 def _now() -> datetime:
@@ -236,7 +231,7 @@ class Store:
                 raise OSError("the probe read back differs from what was written")
             self.fs.rm_file(probe)
         except Exception as err:  # any cause becomes one line naming the URI
-            raise StorageError(f"storage {self.uri} is not usable: {type(err).__name__}: {_one_line(str(err))}") from err
+            raise StorageError(f"storage {self.uri} is not usable: {type(err).__name__}: {one_line(err)}") from err
 
     def write_sweep(self, manifest: dict[str, Any]) -> None:
         """Store the resolved manifest; never replace a different one (it describes fits already stored)."""
@@ -320,7 +315,7 @@ class Store:
             return
         record = {
             "key": key,
-            "reason": _one_line(reason),
+            "reason": one_line(reason, limit=500),
             "error_type": error_type,
             "attempts": attempts,
             "time": _now().isoformat(timespec="seconds"),
@@ -356,7 +351,7 @@ def read_text(uri: str, storage_options: dict[str, Any] | None = None) -> str:
     except UnicodeDecodeError as err:
         raise StorageError(f"{uri}: not UTF-8 text (byte {err.start})") from None
     except Exception as err:  # any cause (missing, refused, unreachable) becomes one line naming the URI
-        raise StorageError(f"cannot read {uri}: {type(err).__name__}: {_one_line(str(err))}") from err
+        raise StorageError(f"cannot read {uri}: {type(err).__name__}: {one_line(err)}") from err
 
 
 def data_lister(storage_options: dict[str, Any] | None = None) -> Callable[[str, str], list[str]]:

@@ -21,10 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.manifest import FitSpec, Manifest, expand
+from pipeline.local import expand_specs
+from pipeline.manifest import FitSpec, Manifest
 from pipeline.record import flatten_for_mlflow, upgrade
 from pipeline.sources import open_store
-from pipeline.storage import Store, data_lister
+from pipeline.storage import Store
 from pipeline.tracking import Tracker, TrackingError, default_tracking_uri
 
 
@@ -41,11 +42,6 @@ class Plan:
         return [s for s in self.specs if s.key not in skip]
 
 
-def expand_specs(manifest: Manifest) -> list[FitSpec]:
-    """The manifest's fits; data sets on a remote data root are listed through fsspec."""
-    root = manifest.data_root or ""
-    remote = "://" in root and not root.startswith("file://")
-    return expand(manifest, data_lister(manifest.storage_options) if remote else None)
 
 
 def make_plan(manifest: Manifest, store: Store | None = None, specs: list[FitSpec] | None = None) -> Plan:
@@ -205,7 +201,7 @@ class MlflowLog:
         if not manifest.mlflow.enabled:
             return
         try:
-            self.tracker = Tracker(manifest.mlflow.tracking_uri or default_tracking_uri(),
+            self.tracker = Tracker(manifest.mlflow.tracking_uri,
                                    manifest.mlflow.experiment or manifest.name)
             self.parent = self.tracker.sweep_run(manifest.name, {"storage": manifest.storage})
         except TrackingError as err:
@@ -453,7 +449,7 @@ def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool
 def sync_mlflow(manifest: Manifest) -> tuple[int, int]:
     """Log every stored fit that MLflow lacks; returns (newly logged, already there)."""
     store = open_store(manifest)
-    tracker = Tracker(manifest.mlflow.tracking_uri or default_tracking_uri(),
+    tracker = Tracker(manifest.mlflow.tracking_uri,
                       manifest.mlflow.experiment or manifest.name)
     parent = tracker.sweep_run(manifest.name, {"storage": manifest.storage})
     have = tracker.logged_keys(parent)

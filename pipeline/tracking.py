@@ -31,6 +31,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from sqlalchemy.engine import make_url
 
+from pipeline.messages import DipError, one_line
+
 # Applied with setdefault, so a user's own settings win; MLflow reads them at every request
 # (mlflow.utils.rest_utils.http_request). Its defaults (7 retries, 120 s) would let a dead
 # server hold a fit for minutes; with these a call gives up after about 3 s when the port
@@ -47,7 +49,7 @@ PAGE_SIZE = 1000
 FINISHED = "FINISHED"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(DipError, RuntimeError):
     """MLflow could not be reached or refused a request; the message is one line."""
 
 
@@ -55,11 +57,6 @@ def default_tracking_uri() -> str:
     """$MLFLOW_TRACKING_URI (a cluster's shared server), else the embedded store: a SQLite file
     in the working directory, next to the results."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _literal(value: str) -> str:
@@ -85,7 +82,7 @@ class Tracker:
     def __init__(self, tracking_uri: str | None, experiment: str) -> None:
         for name, value in ENV_DEFAULTS.items():
             os.environ.setdefault(name, value)
-        self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+        self.tracking_uri = tracking_uri or default_tracking_uri()
         self.experiment = experiment
         self._client = mlflow.MlflowClient(self.tracking_uri)
 
@@ -95,7 +92,7 @@ class Tracker:
         try:
             yield
         except (MlflowException, requests.RequestException, sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
-            raise TrackingError(f"MLflow {action} failed ({self.tracking_uri}): {_one_line(exc)}") from exc
+            raise TrackingError(f"MLflow {action} failed ({self.tracking_uri}): {one_line(exc)}") from exc
 
     def _artifact_location(self) -> str | None:
         """For a SQLite store, keep artifacts beside the database rather than in ./mlruns of

@@ -24,6 +24,7 @@ from dipmodel.layers import exact_response, measured_response, paper_response
 from dipmodel.metrics import to_grey
 from dipmodel.networks import NetConfig
 from pipeline.images import ImageError, decode, read_bytes, read_limited
+from pipeline.locations import is_remote, local_path
 from pipeline.manifest import FitSpec
 from pipeline.record import Summary
 from pipeline.single import (
@@ -44,7 +45,7 @@ def load_spec_image(spec: FitSpec, storage_options: dict | None = None) -> torch
     if spec.signal is not None:
         return sine_signal(spec.signal.length, spec.signal.freqs, spec.signal.amplitude_list())
     uri = spec.image_uri
-    if "://" in uri and not uri.startswith("file://"):
+    if is_remote(uri):
         import fsspec
 
         try:
@@ -53,7 +54,7 @@ def load_spec_image(spec: FitSpec, storage_options: dict | None = None) -> torch
         except (OSError, ValueError) as err:
             raise ImageError(f"cannot read image {uri}: {err}") from None
     else:
-        data, _ = read_bytes(uri.removeprefix("file://"))
+        data, _ = read_bytes(local_path(uri))
     if not data:
         raise ImageError(f"{uri}: file is empty")
     image = decode(data, uri)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main as dip
+from pipeline.messages import one_line
 
 TINY = ["--width", "4", "--depth", "3", "--iters", "6", "--lam", "2"]
 
@@ -114,3 +115,67 @@ def test_ulyanovs_options_and_the_safeguard_reach_the_fit(tmp_path: Path, capsys
     fit = summary["fit"]
     assert (fit["lr"], fit["input_noise_std"], fit["output_average"], fit["backtrack"]) == (0.01, 0.0333, 0.99, False)
     assert "backtracked 0 times" in capsys.readouterr().out
+
+
+def test_debug_shows_the_traceback_of_an_expected_error(tmp_path: Path, capsys) -> None:
+    assert dip(["--debug", "fit", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("dip: error: cannot read image")
+
+
+@pytest.mark.parametrize("message, expected", [
+    ("first\nsecond", "first"), ("\n  spaced   out \n", "spaced out"), (KeyError(), "KeyError"), ("x" * 400, "x" * 299 + "…"),
+])
+def test_one_line(message: str | BaseException, expected: str) -> None:
+    assert one_line(message) == expected
+
+
+def test_every_network_and_task_parameter_is_an_option() -> None:
+    from dipmodel.networks import NETWORK_NAMES
+    from pipeline.cli import build_parser
+
+    for name in NETWORK_NAMES:
+        assert build_parser().parse_args(["fit", "x.png", "--model", name]).model == name
+    args = build_parser().parse_args(["fit", "x.png", "--task", "inpaint", "--kind", "bernoulli", "--cutoff", "0.2"])
+    assert (args.kind, args.cutoff) == ("bernoulli", 0.2)
+
+
+LOCAL_SWEEP = """\
+name: local
+images: [{sample: camera, crop: 32}]
+tasks: [{task: denoise, params: {sigma: 25}}]
+model: {name: decoder, width: 4, depth: 3, lam: 2}
+fit: {iterations: 6}
+seeds: [0, 1]
+"""
+
+
+def test_a_local_sweep_runs_the_chosen_fits_in_process_and_resumes(tmp_path: Path, capsys) -> None:
+    from pipeline.manifest import expand, load_manifest
+    from pipeline.storage import Store
+
+    path = tmp_path / "local.yaml"
+    path.write_text(LOCAL_SWEEP)
+    store = tmp_path / "store"
+    run = ["sweep", "run", str(path), "--local", "--store", str(store), "--where", "seed=1"]
+    assert dip(run) == 0
+    [chosen] = [s.key for s in expand(load_manifest(path)) if s.seed == 1]
+    assert Store(str(store)).done_keys() == {chosen}
+    assert dip(run) == 0  # a second call finds it done
+    assert "already done" in capsys.readouterr().out
+    assert dip([*run[:-1], "nofield=1"]) == 2
+    assert "no field 'nofield'" in capsys.readouterr().err
+
+
+def test_dip_fit_stores_the_fit_under_the_key_a_sweep_gives_it(tmp_path: Path) -> None:
+    """dip fit runs a one-image sweep: the same spec, the same key, the same store layout."""
+    from pipeline.manifest import expand, load_manifest
+    from pipeline.storage import Store
+
+    out = tmp_path / "out"
+    assert dip(["fit", "skimage:camera", "--crop", "32", "--out", str(out), *TINY]) == 0
+    path = tmp_path / "same.yaml"
+    path.write_text(LOCAL_SWEEP.replace("seeds: [0, 1]", "seeds: [0]"))
+    [spec] = expand(load_manifest(path))
+    assert json.loads((out / "summary.json").read_text())["key"] == spec.key
+    assert Store(str(out)).done_keys() == {spec.key}

@@ -15,6 +15,12 @@ from dipmodel.operators import build_operator
 SMALL_NET = NetConfig(name="decoder", width=8, depth=3, norm="lipschitz", lam=2.0)
 
 
+@pytest.mark.parametrize("stride, window", [(1, 100), (10, 100), (3, 99), (7, 98), (150, 150)])
+def test_the_stop_window_is_whole_rows_near_100_iterations(stride: int, window: int) -> None:
+    assert FitConfig(metric_stride=stride).stop_window == window
+    assert FitConfig(metric_stride=stride, stop_window=2 * stride).stop_window == 2 * stride
+
+
 @pytest.fixture(scope="module")
 def problem() -> tuple[torch.Tensor, object, torch.Tensor]:
     g = torch.Generator().manual_seed(3)

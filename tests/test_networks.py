@@ -179,6 +179,31 @@ def test_lambda_must_be_positive(lam: float) -> None:
     assert NetConfig(name="decoder", lam=0.5).lam == 0.5
 
 
+@pytest.mark.parametrize("lam, norm, expected", [(None, "auto", "batch"), (2.0, "auto", "lipschitz"),
+                                                 (2.0, "batch", "batch"), (None, "lipschitz", "lipschitz")])
+def test_norm_follows_lambda_unless_given(lam: float | None, norm: str, expected: str) -> None:
+    """Batch norm divides by the batch std and so undoes a Lipschitz bound: with lam, Lipschitz normalisation."""
+    assert NetConfig(name="decoder", lam=lam, norm=norm).norm == expected
+
+
+@pytest.mark.parametrize("name", NETWORK_NAMES)
+def test_the_config_knows_the_shapes_its_network_can_produce(name: str) -> None:
+    """check_out_shape accepts exactly the shapes build_network builds, around the smallest side."""
+    shape = CASES[name][1]
+    cfg = config(name)
+    for side in range(1, 3 * cfg.min_side() + 2):
+        out_shape = (shape[0], side) if len(shape) == 2 else (shape[0], side, 2 * cfg.min_side())
+        try:
+            build_network(cfg, out_shape)
+        except ValueError as err:
+            with pytest.raises(ValueError, match="needs sides"):
+                cfg.check_out_shape(out_shape)
+            assert "needs sides" in str(err)
+        else:
+            cfg.check_out_shape(out_shape)
+            assert side % cfg.side_multiple() == 0 and side >= cfg.min_side()
+
+
 @pytest.mark.parametrize("name", NETWORK_NAMES)
 @pytest.mark.parametrize("norm", ["batch", "lipschitz", "none"])
 def test_gradients_reach_every_parameter(name: str, norm: str) -> None:

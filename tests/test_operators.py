@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from dipmodel.operators import (
+    TASK_PARAMS,
     InpaintOperator,
     Operator,
     build_operator,
@@ -371,3 +372,13 @@ def test_params_record_the_resolved_values() -> None:
     op = build_operator("inpaint", SHAPE, seed=5, kind="bernoulli")
     assert (op.name, op.params, op.seed) == ("inpaint", {"kind": "bernoulli", "p": 0.5}, 5)
     assert build_operator("enhance", SHAPE).name == "clean"
+
+
+@pytest.mark.parametrize("task", list(TASK_PARAMS))
+def test_the_task_table_lists_each_operators_parameters_and_valid_defaults(task: str) -> None:
+    """The table manifests and `dip fit` are built from names every operator's parameters, and its
+    defaults (`dip fit`'s) build the operator."""
+    op = build_operator(task, SHAPE, **{p.name: p.default for p in TASK_PARAMS[task] if p.name != "p"})
+    assert set(op.params) == {p.name for p in TASK_PARAMS[task]} - {"p"}
+    if task == "inpaint":
+        assert build_operator(task, SHAPE, kind="bernoulli", p=TASK_PARAMS[task][2].default).params["p"] == 0.5

@@ -64,7 +64,7 @@ def noisy_crop() -> tuple[torch.Tensor, object, torch.Tensor]:
 
 def denoise(noisy_crop: tuple, lam: float | None, iterations: int = 1500):
     clean, op, y = noisy_crop
-    net = NetConfig(name="decoder", width=32, lam=lam, norm="lipschitz" if lam else "batch")
+    net = NetConfig(name="decoder", width=32, lam=lam)
     return fit(net, op, y, clean, FitConfig(iterations=iterations, lr=1e-3, metric_stride=10, stop_window=100))
 
 
