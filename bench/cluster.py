@@ -36,12 +36,21 @@ def load_run(fits: int, workers: int, gpus_per_worker: int, tmp: Path) -> None:
     mlflow_server.start()
     start = time.perf_counter()
     cluster = LocalCluster.start(workers=workers, gpus_per_worker=gpus_per_worker)
-    print(f"cluster: head + {workers} workers × {gpus_per_worker} {FAKE_GPU} up in {time.perf_counter() - start:.1f} s",
-          flush=True)
+    print(
+        f"cluster: head + {workers} workers × {gpus_per_worker} {FAKE_GPU} up in {time.perf_counter() - start:.1f} s",
+        flush=True,
+    )
     try:
         bucket = s3.versioned_bucket()
-        path = write_manifest(tmp / "load.yaml", "load", f"s3://{bucket}/results", s3.options(), mlflow_server.uri,
-                              seeds=fits, iterations=1)
+        path = write_manifest(
+            tmp / "load.yaml",
+            "load",
+            f"s3://{bucket}/results",
+            s3.options(),
+            mlflow_server.uri,
+            seeds=fits,
+            iterations=1,
+        )
         s3.fs().put_file(str(path), f"{bucket}/manifests/load.yaml")
         uri = f"s3://{bucket}/manifests/load.yaml"
         manifest = read_manifest(uri)
@@ -54,21 +63,29 @@ def load_run(fits: int, workers: int, gpus_per_worker: int, tmp: Path) -> None:
         logs = client.get_job_logs(sub.job_id)
         summary = [line for line in logs.splitlines() if "fits done" in line]
         progress = [line for line in logs.replace("\r", "\n").splitlines() if " fits/s · " in line]
-        print(f"job {sub.job_id}: {status} in {seconds:.1f} s (submit to finish, MLflow logging drained); "
-              f"{summary[-1] if summary else logs[-2000:]}")
+        print(
+            f"job {sub.job_id}: {status} in {seconds:.1f} s (submit to finish, MLflow logging drained); "
+            f"{summary[-1] if summary else logs[-2000:]}"
+        )
         print(f"the driver's last progress line (fits stored): {progress[-1].strip() if progress else '?'}")
         check = completeness(s3, bucket, keys)
         runs = mlflow_server.fit_run_keys("load")
-        print(f"{fits} fits: {check.done} done, {check.missing} lost, {check.duplicated} completed twice, "
-              f"{check.failed} failed, {check.incomplete_folders} incomplete → {check.done / seconds:.1f} fits/s "
-              f"end to end through the Jobs API")
-        print(f"MLflow after the job: {len(set(runs) & keys)} fit runs, "
-              f"{sum(1 for n in runs.values() if n > 1)} duplicated")
+        print(
+            f"{fits} fits: {check.done} done, {check.missing} lost, {check.duplicated} completed twice, "
+            f"{check.failed} failed, {check.incomplete_folders} incomplete → {check.done / seconds:.1f} fits/s "
+            f"end to end through the Jobs API"
+        )
+        print(
+            f"MLflow after the job: {len(set(runs) & keys)} fit runs, "
+            f"{sum(1 for n in runs.values() if n > 1)} duplicated"
+        )
         synced = time.perf_counter()
         added, present = sweep.sync_mlflow(manifest)
         runs = mlflow_server.fit_run_keys("load")
-        print(f"sync-mlflow: {added} added, {present} already there in {time.perf_counter() - synced:.1f} s; "
-              f"MLflow now {len(set(runs) & keys)} fit runs, {sum(1 for n in runs.values() if n > 1)} duplicated")
+        print(
+            f"sync-mlflow: {added} added, {present} already there in {time.perf_counter() - synced:.1f} s; "
+            f"MLflow now {len(set(runs) & keys)} fit runs, {sum(1 for n in runs.values() if n > 1)} duplicated"
+        )
     finally:
         cluster.shutdown()
         mlflow_server.kill()

@@ -34,16 +34,26 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def dips(iterations: int, lam: float | None = 2.0, eps: float = 1e-8, betas: tuple[float, float] = (0.9, 0.999),
-         lr: float = 1e-3, freeze_norm_bias: bool = False) -> tuple[np.ndarray, float]:
+def dips(
+    iterations: int,
+    lam: float | None = 2.0,
+    eps: float = 1e-8,
+    betas: tuple[float, float] = (0.9, 0.999),
+    lr: float = 1e-3,
+    freeze_norm_bias: bool = False,
+) -> tuple[np.ndarray, float]:
     """Iterations whose PSNR against the target fell by more than DIP_THRESHOLD, and the final PSNR."""
     clean = torch.from_numpy(data.camera()[224:288, 224:288].copy()).float()[None, None] / 255
     op = build_operator("denoise", (1, 64, 64), seed=0, sigma=15)
     net = NetConfig(name="decoder", out_channels=1, width=32, depth=5, lam=lam)
     cfg = FitConfig(iterations=iterations, lr=lr, betas=betas, auto_stop=False, backtrack=False, spectral=False)
     loop = FitLoop(net, op, op.degrade(clean), clean, cfg)
-    trained = [p for m in loop.net.modules() for p in m.parameters(recurse=False)
-               if not (freeze_norm_bias and isinstance(m, LipschitzNorm))]
+    trained = [
+        p
+        for m in loop.net.modules()
+        for p in m.parameters(recurse=False)
+        if not (freeze_norm_bias and isinstance(m, LipschitzNorm))
+    ]
     loop.optimiser = torch.optim.Adam(trained, lr=lr, betas=betas, eps=eps)
     for t in range(iterations + 1):
         loop.iteration(t)
@@ -60,9 +70,11 @@ def main() -> None:
     for name in args.variants.split(","):
         start = time.perf_counter()
         where, final = dips(args.iterations, **VARIANTS[name])
-        print(f"{name:18s} dips > {DIP_THRESHOLD} dB: {len(where):3d}  final PSNR vs target {final:.2f} dB  "
-              f"at {where[:10].tolist()}{' …' if len(where) > 10 else ''}  ({time.perf_counter() - start:.0f} s)",
-              flush=True)
+        print(
+            f"{name:18s} dips > {DIP_THRESHOLD} dB: {len(where):3d}  final PSNR vs target {final:.2f} dB  "
+            f"at {where[:10].tolist()}{' …' if len(where) > 10 else ''}  ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,19 @@ def fit_keys(n: int) -> list[str]:
 
 def summary(key: str, i: int) -> dict:
     """About the size of a real summary row: spec columns and ~20 metric numbers."""
-    row = {"key": key, "sweep": "bench", "image": f"img{i % 68:03d}", "dataset": "CBSD68", "task": "denoise",
-           "seed": i % 5, "model": "decoder", "lam": 2.0, "up_sigma": 0.5, "iterations": 10_000, "param_sigma": 25}
+    row = {
+        "key": key,
+        "sweep": "bench",
+        "image": f"img{i % 68:03d}",
+        "dataset": "CBSD68",
+        "task": "denoise",
+        "seed": i % 5,
+        "model": "decoder",
+        "lam": 2.0,
+        "up_sigma": 0.5,
+        "iterations": 10_000,
+        "param_sigma": 25,
+    }
     return row | {f"metric_{m}": i * 0.001 + m for m in range(20)}
 
 
@@ -43,8 +54,10 @@ def populate(store: Store, keys: list[str]) -> None:
     store.fs.makedirs(f"{store.root}/done", exist_ok=True)
     store.fs.makedirs(f"{store.root}/failed", exist_ok=True)
     markers = {f"{store.root}/done/{k}.json": json.dumps(summary(k, i)).encode() for i, k in enumerate(keys[:DONE])}
-    markers |= {f"{store.root}/failed/{k}.json": json.dumps({"key": k, "reason": "NaN loss"}).encode()
-                for k in keys[DONE:DONE + FAILED]}
+    markers |= {
+        f"{store.root}/failed/{k}.json": json.dumps({"key": k, "reason": "NaN loss"}).encode()
+        for k in keys[DONE : DONE + FAILED]
+    }
     store.fs.pipe(markers)  # concurrent PUTs on s3fs
 
 

@@ -121,8 +121,9 @@ def fit_config(variant: Variant, iterations: int, stride: int | None) -> FitConf
 def network_flops(net_cfg: NetConfig, size: int, variant: Variant, device: torch.device) -> float:
     """FLOPs of one forward + backward of the network and data term (what the tensor cores do)."""
     op, y, clean = problem(size)
-    loop = FitLoop(net_cfg, op, y, clean, dataclasses.replace(fit_config(variant, 1, None), compile=False),
-                   device=device)
+    loop = FitLoop(
+        net_cfg, op, y, clean, dataclasses.replace(fit_config(variant, 1, None), compile=False), device=device
+    )
     with FlopCounterMode(display=False) as counter:
         _, loss = loop.forward()
         loss.backward()
@@ -132,8 +133,14 @@ def network_flops(net_cfg: NetConfig, size: int, variant: Variant, device: torch
 def timed_fit(net_cfg: NetConfig, size: int, cfg: FitConfig, device: torch.device) -> tuple[float, float | None]:
     """(ms per iteration, peak MiB) of a real fit, after a short warm-up fit of the same kind."""
     op, y, clean = problem(size)
-    fit(net_cfg, op, y, clean, dataclasses.replace(cfg, iterations=cfg.metric_stride if cfg.metric_stride < 10 else 10,
-                                                   auto_stop=False), device=device)
+    fit(
+        net_cfg,
+        op,
+        y,
+        clean,
+        dataclasses.replace(cfg, iterations=cfg.metric_stride if cfg.metric_stride < 10 else 10, auto_stop=False),
+        device=device,
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     result = fit(net_cfg, op, y, clean, cfg, device=device)
@@ -151,8 +158,9 @@ def compiled_fit(net_cfg: NetConfig, size: int, cfg: FitConfig, device: torch.de
     short = fit(net_cfg, op, y, clean, dataclasses.replace(cfg, iterations=cfg.metric_stride), device=device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    long = fit(net_cfg, op, y, clean, dataclasses.replace(cfg, iterations=cfg.metric_stride + cfg.iterations),
-               device=device)
+    long = fit(
+        net_cfg, op, y, clean, dataclasses.replace(cfg, iterations=cfg.metric_stride + cfg.iterations), device=device
+    )
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return 1000 * max(long.seconds - short.seconds, 1e-9) / cfg.iterations, peak
 
@@ -162,6 +170,7 @@ def compiled_fit(net_cfg: NetConfig, size: int, cfg: FitConfig, device: torch.de
 
 def host_metrics(out: np.ndarray, y: np.ndarray, clean: np.ndarray, bands: int = 5) -> dict[str, float]:
     """PSNRs, FBC bands and a gradient sharpness in NumPy, the way the papers' scripts log them."""
+
     def psnr(a: np.ndarray, b: np.ndarray) -> float:
         return float(10 * np.log10(1.0 / max(np.mean((a - b) ** 2), 1e-12)))
 
@@ -173,7 +182,8 @@ def host_metrics(out: np.ndarray, y: np.ndarray, clean: np.ndarray, bands: int =
     fbc = [float(corr[(ring == k) & (r <= 1)].mean()) for k in range(bands)]
     sharp = float(np.abs(np.diff(out, axis=1)).mean() + np.abs(np.diff(out, axis=2)).mean())
     return {"psnr_clean": psnr(out, clean), "psnr_target": psnr(out, y), "sharp": sharp} | {
-        f"fbc_{k + 1}": v for k, v in enumerate(fbc)}
+        f"fbc_{k + 1}": v for k, v in enumerate(fbc)
+    }
 
 
 def naive_ms(network: str, upsample: str, width: int, size: int, iterations: int, device: torch.device) -> float:
@@ -226,13 +236,40 @@ class Plan:
 def make_plan(device: torch.device, quick: bool, compile_: bool) -> Plan:
     """The quick CI set, the full GPU set (compiled variant at 512² unless told not to), or a CPU set."""
     if quick:
-        return Plan(("decoder", "encoder_decoder"), ("bilinear", "gaussian"), (64,), 32,
-                    (VARIANTS[0], VARIANTS[2]), lambda size: 10, 64, 5, None)
+        return Plan(
+            ("decoder", "encoder_decoder"),
+            ("bilinear", "gaussian"),
+            (64,),
+            32,
+            (VARIANTS[0], VARIANTS[2]),
+            lambda size: 10,
+            64,
+            5,
+            None,
+        )
     if device.type == "cuda":
-        return Plan(("decoder", "encoder_decoder"), ("bilinear", "gaussian"), (128, 256, 512), 128,
-                    tuple(VARIANTS), lambda size: 100 if size <= 256 else 60, 512, 20, 512 if compile_ else None)
-    return Plan(("decoder", "encoder_decoder"), ("bilinear", "gaussian"), (128, 256), 128,
-                (VARIANTS[0], VARIANTS[2]), lambda size: 10 if size <= 128 else 4, 256, 3, None)
+        return Plan(
+            ("decoder", "encoder_decoder"),
+            ("bilinear", "gaussian"),
+            (128, 256, 512),
+            128,
+            tuple(VARIANTS),
+            lambda size: 100 if size <= 256 else 60,
+            512,
+            20,
+            512 if compile_ else None,
+        )
+    return Plan(
+        ("decoder", "encoder_decoder"),
+        ("bilinear", "gaussian"),
+        (128, 256),
+        128,
+        (VARIANTS[0], VARIANTS[2]),
+        lambda size: 10 if size <= 128 else 4,
+        256,
+        3,
+        None,
+    )
 
 
 def measure(plan: Plan, device: torch.device) -> list[dict]:
@@ -244,8 +281,10 @@ def measure(plan: Plan, device: torch.device) -> list[dict]:
             for size in plan.sizes:
                 variants = list(plan.variants)
                 if plan.compile_size == size and network == "decoder" and upsample == "bilinear":
-                    log(f"[{time.perf_counter() - start:6.0f} s] compiling: two fits of {network} {size}² "
-                        "(skip with --no-compile)")
+                    log(
+                        f"[{time.perf_counter() - start:6.0f} s] compiling: two fits of {network} {size}² "
+                        "(skip with --no-compile)"
+                    )
                     variants.append(COMPILED)
                 for variant in variants:
                     net_cfg = net_config(network, upsample, plan.width, variant.sn_method)
@@ -261,26 +300,58 @@ def measure(plan: Plan, device: torch.device) -> list[dict]:
                     base = times["none"][0] if "none" in times else None
                     for label, (ms, mib) in times.items():
                         tflops = flops / (ms / 1000) / 1e12
-                        rows.append({
-                            "network": network, "upsample": upsample, "size": size, "width": plan.width,
-                            "lam": 2.0, "variant": variant.name, **dataclasses.asdict(variant), "metrics": label,
-                            "iterations": plan.iterations(size), "ms_per_it": ms, "it_per_s": 1000 / ms,
-                            "peak_mib": mib, "gflop_per_it": flops / 1e9, "tflops": tflops,
-                            "peak_fraction": tflops / peak if peak else None,
-                            "metrics_cost": ms / base - 1 if base and label != "none" else None,
-                        })
-                    log(f"[{time.perf_counter() - start:6.0f} s] {network} {upsample} {size}² {variant.name}: "
-                        + ", ".join(f"{k} {v[0]:.2f} ms/it" for k, v in times.items()))
+                        rows.append(
+                            {
+                                "network": network,
+                                "upsample": upsample,
+                                "size": size,
+                                "width": plan.width,
+                                "lam": 2.0,
+                                "variant": variant.name,
+                                **dataclasses.asdict(variant),
+                                "metrics": label,
+                                "iterations": plan.iterations(size),
+                                "ms_per_it": ms,
+                                "it_per_s": 1000 / ms,
+                                "peak_mib": mib,
+                                "gflop_per_it": flops / 1e9,
+                                "tflops": tflops,
+                                "peak_fraction": tflops / peak if peak else None,
+                                "metrics_cost": ms / base - 1 if base and label != "none" else None,
+                            }
+                        )
+                    log(
+                        f"[{time.perf_counter() - start:6.0f} s] {network} {upsample} {size}² {variant.name}: "
+                        + ", ".join(f"{k} {v[0]:.2f} ms/it" for k, v in times.items())
+                    )
         for upsample in plan.upsamples:
             if network != "decoder":
                 continue
             ms = naive_ms(network, upsample, plan.width, plan.naive_size, plan.naive_iterations, device)
-            rows.append({"network": network, "upsample": upsample, "size": plan.naive_size, "width": plan.width,
-                         "lam": 2.0, "variant": "naive", "name": "naive", "precision": "fp32",
-                         "channels_last": False, "sn_method": "svd", "compile": False, "metrics": "host every 1",
-                         "iterations": plan.naive_iterations, "ms_per_it": ms, "it_per_s": 1000 / ms,
-                         "peak_mib": None, "gflop_per_it": None, "tflops": None, "peak_fraction": None,
-                         "metrics_cost": None})
+            rows.append(
+                {
+                    "network": network,
+                    "upsample": upsample,
+                    "size": plan.naive_size,
+                    "width": plan.width,
+                    "lam": 2.0,
+                    "variant": "naive",
+                    "name": "naive",
+                    "precision": "fp32",
+                    "channels_last": False,
+                    "sn_method": "svd",
+                    "compile": False,
+                    "metrics": "host every 1",
+                    "iterations": plan.naive_iterations,
+                    "ms_per_it": ms,
+                    "it_per_s": 1000 / ms,
+                    "peak_mib": None,
+                    "gflop_per_it": None,
+                    "tflops": None,
+                    "peak_fraction": None,
+                    "metrics_cost": None,
+                }
+            )
             log(f"[{time.perf_counter() - start:6.0f} s] naive {network} {upsample} {plan.naive_size}²: {ms:.2f} ms/it")
     return rows
 
@@ -290,17 +361,21 @@ def fmt(value: float | None, spec: str) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = (f"{'network':16s} {'upsample':9s} {'size':>5s} {'variant':13s} {'metrics':12s} {'ms/it':>8s} "
-              f"{'it/s':>8s} {'peak MiB':>9s} {'GFLOP/it':>9s} {'TFLOP/s':>8s} {'% peak':>7s} {'metrics cost':>12s}")
+    header = (
+        f"{'network':16s} {'upsample':9s} {'size':>5s} {'variant':13s} {'metrics':12s} {'ms/it':>8s} "
+        f"{'it/s':>8s} {'peak MiB':>9s} {'GFLOP/it':>9s} {'TFLOP/s':>8s} {'% peak':>7s} {'metrics cost':>12s}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         pct = None if r["peak_fraction"] is None else 100 * r["peak_fraction"]
         cost = None if r["metrics_cost"] is None else 100 * r["metrics_cost"]
-        print(f"{r['network']:16s} {r['upsample']:9s} {r['size']:5d} {r['variant']:13s} {r['metrics']:12s} "
-              f"{r['ms_per_it']:8.2f} {r['it_per_s']:8.1f} {fmt(r['peak_mib'], '9.0f'):>9s} "
-              f"{fmt(r['gflop_per_it'], '9.1f'):>9s} {fmt(r['tflops'], '8.2f'):>8s} {fmt(pct, '6.1f'):>7s} "
-              f"{fmt(cost, '+11.1f') + ('%' if cost is not None else ''):>12s}")
+        print(
+            f"{r['network']:16s} {r['upsample']:9s} {r['size']:5d} {r['variant']:13s} {r['metrics']:12s} "
+            f"{r['ms_per_it']:8.2f} {r['it_per_s']:8.1f} {fmt(r['peak_mib'], '9.0f'):>9s} "
+            f"{fmt(r['gflop_per_it'], '9.1f'):>9s} {fmt(r['tflops'], '8.2f'):>8s} {fmt(pct, '6.1f'):>7s} "
+            f"{fmt(cost, '+11.1f') + ('%' if cost is not None else ''):>12s}"
+        )
 
 
 def headline(rows: list[dict]) -> dict:
@@ -312,13 +387,21 @@ def headline(rows: list[dict]) -> dict:
     if not fast:
         return {}
     best = max(fast, key=lambda r: r["it_per_s"])
-    result = {"size": size, "best_variant": best["variant"], "best_upsample": best["upsample"],
-              "best_it_per_s": best["it_per_s"], "best_peak_fraction": best["peak_fraction"]}
+    result = {
+        "size": size,
+        "best_variant": best["variant"],
+        "best_upsample": best["upsample"],
+        "best_it_per_s": best["it_per_s"],
+        "best_peak_fraction": best["peak_fraction"],
+    }
     same = [r for r in naive if r["upsample"] == best["upsample"]]
     if same:
         result["speedup_vs_naive"] = best["it_per_s"] / same[0]["it_per_s"]
-    every = [r for r in decoder if r["metrics"] == "every 1" and r["variant"] == best["variant"]
-             and r["upsample"] == best["upsample"]]
+    every = [
+        r
+        for r in decoder
+        if r["metrics"] == "every 1" and r["variant"] == best["variant"] and r["upsample"] == best["upsample"]
+    ]
     if every:
         result["metrics_cost_every_iteration"] = every[0]["metrics_cost"]
     return result
@@ -335,26 +418,47 @@ def check_precision(device: torch.device, size: int, iterations: int, width: int
         curves = {}
         for variant in VARIANTS:
             net_cfg = net_config("decoder", upsample, width, "gram")
-            cfg = FitConfig(iterations=iterations, metric_stride=10, stop_window=100, precision=variant.precision,
-                            channels_last=variant.channels_last)
+            cfg = FitConfig(
+                iterations=iterations,
+                metric_stride=10,
+                stop_window=100,
+                precision=variant.precision,
+                channels_last=variant.channels_last,
+            )
             result = fit(net_cfg, op, y, clean, cfg, device=device)
             curves[variant.precision] = result.metrics["psnr_clean"]
-            log(f"decoder {upsample} {size}² {variant.precision}: final PSNR {result.final_psnr:.2f} dB, "
-                f"{1000 * result.seconds / iterations:.2f} ms/it")
+            log(
+                f"decoder {upsample} {size}² {variant.precision}: final PSNR {result.final_psnr:.2f} dB, "
+                f"{1000 * result.seconds / iterations:.2f} ms/it"
+            )
         for precision in ("tf32", "bf16"):
             delta = np.abs(curves[precision] - curves["fp32"])
-            rows.append({"upsample": upsample, "size": size, "iterations": iterations, "precision": precision,
-                         "max_abs_dpsnr_db": float(delta.max()), "at_logged_iteration": int(delta.argmax()) * 10,
-                         "final_dpsnr_db": float(curves[precision][-1] - curves["fp32"][-1]),
-                         "within_0_1_db": bool(delta.max() <= 0.1)})
+            rows.append(
+                {
+                    "upsample": upsample,
+                    "size": size,
+                    "iterations": iterations,
+                    "precision": precision,
+                    "max_abs_dpsnr_db": float(delta.max()),
+                    "at_logged_iteration": int(delta.argmax()) * 10,
+                    "final_dpsnr_db": float(curves[precision][-1] - curves["fp32"][-1]),
+                    "within_0_1_db": bool(delta.max() <= 0.1),
+                }
+            )
     return rows
 
 
 # ---------------------------------------------------------------- packing small fits
 
 
-def pack_throughput(device: torch.device, size: int, width: int, iterations: int, variant: Variant,
-                    counts: tuple[int, ...] = (1, 2, 4, 8)) -> list[dict]:
+def pack_throughput(
+    device: torch.device,
+    size: int,
+    width: int,
+    iterations: int,
+    variant: Variant,
+    counts: tuple[int, ...] = (1, 2, 4, 8),
+) -> list[dict]:
     """Fits per hour of N Decoder fits (seeds 0 … N−1) run together by ``fit_many``, each N.
 
     N = 1 is one fit at a time, the baseline. The time is the whole ``fit_many`` call
@@ -364,8 +468,9 @@ def pack_throughput(device: torch.device, size: int, width: int, iterations: int
     net_cfg = net_config("decoder", "bilinear", width, variant.sn_method)
     cfg = fit_config(variant, iterations, 10)
     jobs = [FitJob(net_cfg, op, y, clean, dataclasses.replace(cfg, seed=seed)) for seed in range(max(counts))]
-    warm = [dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, iterations=2, auto_stop=False))
-            for job in jobs[:2]]
+    warm = [
+        dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, iterations=2, auto_stop=False)) for job in jobs[:2]
+    ]
     fit_many(warm, device)
     rows: list[dict] = []
     for n in counts:
@@ -379,49 +484,76 @@ def pack_throughput(device: torch.device, size: int, width: int, iterations: int
         if failed:
             raise RuntimeError(f"a packed fit failed: {failed[0]!r}")
         fits_per_hour = 3600 * n / seconds
-        rows.append({"network": "decoder", "upsample": "bilinear", "size": size, "width": width, "lam": 2.0,
-                     "variant": variant.name, "iterations": iterations, "pack": n, "seconds": seconds,
-                     "fits_per_hour": fits_per_hour,
-                     "vs_one_at_a_time": fits_per_hour / rows[0]["fits_per_hour"] if rows else 1.0,
-                     "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None})
+        rows.append(
+            {
+                "network": "decoder",
+                "upsample": "bilinear",
+                "size": size,
+                "width": width,
+                "lam": 2.0,
+                "variant": variant.name,
+                "iterations": iterations,
+                "pack": n,
+                "seconds": seconds,
+                "fits_per_hour": fits_per_hour,
+                "vs_one_at_a_time": fits_per_hour / rows[0]["fits_per_hour"] if rows else 1.0,
+                "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            }
+        )
         log(f"pack {n}: {seconds:.1f} s, {fits_per_hour:.1f} fits/hour")
     return rows
 
 
 def print_pack_table(rows: list[dict]) -> None:
     header = f"{'pack':>4s} {'seconds':>9s} {'fits/hour':>10s} {'× one at a time':>16s} {'peak MiB':>9s}"
-    print(f"Decoder {rows[0]['size']}², width {rows[0]['width']}, λ = 2, {rows[0]['variant']}, "
-          f"{rows[0]['iterations']} iterations, metrics every 10")
+    print(
+        f"Decoder {rows[0]['size']}², width {rows[0]['width']}, λ = 2, {rows[0]['variant']}, "
+        f"{rows[0]['iterations']} iterations, metrics every 10"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['pack']:4d} {r['seconds']:9.1f} {r['fits_per_hour']:10.1f} {r['vs_one_at_a_time']:16.2f} "
-              f"{fmt(r['peak_mib'], '9.0f'):>9s}")
+        print(
+            f"{r['pack']:4d} {r['seconds']:9.1f} {r['fits_per_hour']:10.1f} {r['vs_one_at_a_time']:16.2f} "
+            f"{fmt(r['peak_mib'], '9.0f'):>9s}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="CI-sized: width 32, 64², fp32 and bf16")
-    parser.add_argument("--check-precision", action="store_true",
-                        help="compare tf32/bf16 clean-PSNR curves with fp32 (512², 1000 iterations)")
-    parser.add_argument("--pack", action="store_true",
-                        help="fits/hour of 128² Decoder fits packed N = 1, 2, 4, 8 at a time (fit_many)")
+    parser.add_argument(
+        "--check-precision",
+        action="store_true",
+        help="compare tf32/bf16 clean-PSNR curves with fp32 (512², 1000 iterations)",
+    )
+    parser.add_argument(
+        "--pack", action="store_true", help="fits/hour of 128² Decoder fits packed N = 1, 2, 4, 8 at a time (fit_many)"
+    )
     parser.add_argument("--variant", default="fp32", choices=[v.name for v in VARIANTS], help="--pack: variant")
     parser.add_argument("--size", type=int, help="side length (--check-precision: 512, --pack: 128)")
-    parser.add_argument("--iters", type=int,
-                        help="iterations (--check-precision: 1000; --pack: 300 on a GPU, 5 on a CPU)")
+    parser.add_argument(
+        "--iters", type=int, help="iterations (--check-precision: 1000; --pack: 300 on a GPU, 5 on a CPU)"
+    )
     parser.add_argument("--json", help="write the rows (and the headline) to this JSON file")
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variant")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU intra-op threads (default 1: on a shared CPU a second thread mostly waits)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU intra-op threads (default 1: on a shared CPU a second thread mostly waits)",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
-    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    info = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     log(f"bench.suite on {info['device']} (torch {info['torch']})")
     if args.pack:
         size, iters, width = (64, 5, 32) if args.quick else (128, 300 if device.type == "cuda" else 5, 128)
@@ -433,9 +565,11 @@ def main(argv: list[str] | None = None) -> int:
         size, iters, width = (64, 100, 32) if args.quick else (args.size or 512, args.iters or 1000, 128)
         rows = check_precision(device, size, iters, width)
         for r in rows:
-            print(f"decoder {r['upsample']:9s} {r['size']}² {r['precision']}: max |ΔPSNR| {r['max_abs_dpsnr_db']:.3f} dB "
-                  f"(at iteration {r['at_logged_iteration']}), final Δ {r['final_dpsnr_db']:+.3f} dB, "
-                  f"{'within' if r['within_0_1_db'] else 'NOT within'} 0.1 dB")
+            print(
+                f"decoder {r['upsample']:9s} {r['size']}² {r['precision']}: max |ΔPSNR| {r['max_abs_dpsnr_db']:.3f} dB "
+                f"(at iteration {r['at_logged_iteration']}), final Δ {r['final_dpsnr_db']:+.3f} dB, "
+                f"{'within' if r['within_0_1_db'] else 'NOT within'} 0.1 dB"
+            )
         output: dict = {"info": info, "precision_check": rows}
     else:
         rows = measure(make_plan(device, args.quick, not args.no_compile), device)

@@ -29,9 +29,11 @@ def main() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     with tempfile.TemporaryDirectory() as tmp:
         doc = {
-            "name": "bench", "images": [{"sample": "camera", "crop": 32}],
+            "name": "bench",
+            "images": [{"sample": "camera", "crop": 32}],
             "tasks": [{"task": "denoise", "params": {"sigma": 25}}],
-            "model": {"name": "decoder", "width": 4, "depth": 3}, "repeats": args.fits,
+            "model": {"name": "decoder", "width": 4, "depth": 3},
+            "repeats": args.fits,
             "fit": {"iterations": 1, "stop_window": 1, "snapshot_stride": 1},
             "storage": str(Path(tmp) / "results"),
             "mlflow": {"enabled": not args.no_mlflow, "tracking_uri": f"sqlite:///{tmp}/mlflow.db"},
@@ -45,9 +47,11 @@ def main() -> None:
         ray_s = time.perf_counter() - start
         outcome = sweep.run_sweep(manifest, progress=False)
         total = time.perf_counter() - start - ray_s
-        print(f"{outcome.done} fits done, {outcome.failed} failed; Ray start {ray_s:.1f} s; "
-              f"sweep {total:.1f} s → {outcome.done / total:.1f} fits/s end to end "
-              f"(MLflow {'off' if args.no_mlflow else 'embedded sqlite'})")
+        print(
+            f"{outcome.done} fits done, {outcome.failed} failed; Ray start {ray_s:.1f} s; "
+            f"sweep {total:.1f} s → {outcome.done / total:.1f} fits/s end to end "
+            f"(MLflow {'off' if args.no_mlflow else 'embedded sqlite'})"
+        )
 
 
 if __name__ == "__main__":

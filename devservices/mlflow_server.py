@@ -30,12 +30,30 @@ class MlflowServer:
     def start(self, timeout: float = 180) -> None:
         """Start it and wait until it answers; a first start creates the SQLite schema (about 25 s
         on two busy cores). Raises with the server's log when it exits or never answers."""
-        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-                   "--artifacts-destination", str(self.root / "artifacts")]
+        command = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+        ]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+            self.proc = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            )
         try:
             wait_until(lambda: self.healthy() or self.proc.poll() is not None, timeout, "the MLflow server", 0.5)
         except TimeoutError as err:
@@ -77,8 +95,7 @@ class MlflowServer:
         keys: Counter[str] = Counter()
         token = None
         while True:  # pages of 500: one search of thousands of runs outlasts the client's timeout
-            page = client.search_runs([exp.experiment_id], "tags.`dip.kind` = 'fit'", max_results=500,
-                                      page_token=token)
+            page = client.search_runs([exp.experiment_id], "tags.`dip.kind` = 'fit'", max_results=500, page_token=token)
             keys.update(r.data.tags["dip.fit_key"] for r in page if r.info.status == "FINISHED")
             if not (token := page.token):
                 return keys

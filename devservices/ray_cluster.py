@@ -41,9 +41,18 @@ class LocalCluster:
         _address_file().parent.mkdir(parents=True, exist_ok=True)
         # Every node's dashboard agent gets a port of its own: the default (52365) is one per
         # machine, and other Ray clusters on this machine may hold it.
-        cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-            "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
-            "dashboard_agent_listen_port": free_port(), "temp_dir": temp_dir})
+        cluster = Cluster(
+            initialize_head=True,
+            connect=False,
+            head_node_args={
+                "num_cpus": 1,
+                "include_dashboard": True,
+                "dashboard_host": "127.0.0.1",
+                "dashboard_port": port,
+                "dashboard_agent_listen_port": free_port(),
+                "temp_dir": temp_dir,
+            },
+        )
         _record_address(previous_address)
         # A job's driver joins the cluster whose address the Jobs API's supervisor finds in the
         # head's temp dir, where `ray start` writes it; `Cluster` does not, and without that file
@@ -104,8 +113,9 @@ class LocalCluster:
         earlier, stopped jobs may still be listed for a while)."""
         from ray.util.state import list_actors
 
-        alive = list_actors(address=self.dashboard, filters=[("state", "=", "ALIVE")], limit=1000,
-                            raise_on_missing_output=False)
+        alive = list_actors(
+            address=self.dashboard, filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False
+        )
         fits = [a for a in alive if a.class_name.endswith("FitWorker")]  # "fit_worker_class.<locals>.FitWorker"
         number = lambda job: int.from_bytes(bytes.fromhex(job), "little")  # noqa: E731 - job ids are little-endian
         newest = max((a.job_id for a in fits), default=None, key=number)

@@ -54,7 +54,9 @@ class ClassicalConfig:
         if self.method not in METHOD_TASKS:
             raise ValueError(f"unknown method {self.method!r}; classical methods: {', '.join(METHODS)}")
         if self.tv_weight <= 0 or self.tv_iterations < 1:
-            raise ValueError(f"tv_weight must be > 0 and tv_iterations >= 1, got {self.tv_weight}, {self.tv_iterations}")
+            raise ValueError(
+                f"tv_weight must be > 0 and tv_iterations >= 1, got {self.tv_weight}, {self.tv_iterations}"
+            )
 
     def settings(self) -> dict[str, float | int]:
         """The settings that determine this method's output (a fit key's content)."""
@@ -149,8 +151,9 @@ def tv_reconstruct(op: Operator, y: Tensor, out_shape: tuple[int, ...], weight: 
 # ---------------------------------------------------------------- as a fit
 
 
-def restore(cfg: ClassicalConfig, op: Operator, y: Tensor, clean: Tensor | None = None,
-            device: str | torch.device = "cpu") -> FitResult:
+def restore(
+    cfg: ClassicalConfig, op: Operator, y: Tensor, clean: Tensor | None = None, device: str | torch.device = "cpu"
+) -> FitResult:
     """Run a classical method on the observation ``y`` (batch 1) and report it like a fit.
 
     ``clean`` is only used for evaluation. The result has one metric row, at the method's

@@ -134,7 +134,9 @@ class FitConfig:
         if not 0 <= self.output_average < 1:
             raise ValueError(f"FitConfig.output_average must be in [0, 1), got {self.output_average}")
         if self.snapshot_dtype not in ("float16", "bfloat16", "float32"):
-            raise ValueError(f"FitConfig.snapshot_dtype must be float16, bfloat16 or float32, got {self.snapshot_dtype}")
+            raise ValueError(
+                f"FitConfig.snapshot_dtype must be float16, bfloat16 or float32, got {self.snapshot_dtype}"
+            )
 
 
 @dataclass
@@ -287,7 +289,7 @@ class Backtrack:
     def check(self, psnr_target: Tensor) -> Tensor:
         """Compare with the last good check; save the current parameters if good. 0-d bool."""
         fall = (self.last - psnr_target) > self.drop
-        for live, saved in zip(self.params, self.saved):
+        for live, saved in zip(self.params, self.saved, strict=True):
             saved.copy_(torch.where(fall, saved, live))
         self.last = torch.where(fall, self.last, psnr_target)
         self.count = self.count + fall
@@ -296,7 +298,7 @@ class Backtrack:
     @torch.no_grad()
     def restore(self, fall: Tensor) -> None:
         """After the step: back to the last good parameters where ``fall`` holds."""
-        for live, saved in zip(self.params, self.saved):
+        for live, saved in zip(self.params, self.saved, strict=True):
             live.copy_(torch.where(fall, saved, live))
 
 
@@ -359,8 +361,11 @@ def compile_or_eager(fn: Callable[[], tuple[Tensor, Tensor]], enabled: bool) -> 
             return result
         except Exception as err:  # noqa: BLE001 - any compiler failure means: run eagerly
             lines = str(err).strip().splitlines() or [""]
-            print(f"warning: torch.compile unavailable ({type(err).__name__}: {lines[0][:200]}); "
-                  "running the fit eagerly", file=sys.stderr, flush=True)
+            print(
+                f"warning: torch.compile unavailable ({type(err).__name__}: {lines[0][:200]}); running the fit eagerly",
+                file=sys.stderr,
+                flush=True,
+            )
             chosen.append(fn)
             return fn()
 
@@ -541,8 +546,9 @@ class _Running:
         # The loop's tensors are made on its own stream too: the caching allocator may hand a
         # freed block to another stream at once, so a tensor must live and die on one stream.
         with precision_flags(job.cfg.precision, device), self.on_stream():
-            self.loop = FitLoop(job.net_cfg, job.op, job.y, job.clean, job.cfg, job.extra_metrics,
-                                job.net_metrics, device)
+            self.loop = FitLoop(
+                job.net_cfg, job.op, job.y, job.clean, job.cfg, job.extra_metrics, job.net_metrics, device
+            )
 
     def on_stream(self) -> contextlib.AbstractContextManager[object]:
         return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()

@@ -1,4 +1,6 @@
-"""The networks of both papers (Chakrabarty & Maji 2019 §2–3; Shi et al. 2022 §3–5), built from a `NetConfig`, each with the fixed input it is fitted from.
+"""The networks of both papers (Chakrabarty & Maji 2019 §2–3; Shi et al. 2022 §3–5).
+
+Each is built from a `NetConfig`, with the fixed input it is fitted from.
 
 Every network is a `DIPNet`: ``net(net.make_input(generator))`` is one output, batch 1.
 Images come out as (1, C, H, W) through a sigmoid, in [0, 1]; the 1-D networks return
@@ -133,12 +135,16 @@ class NetConfig:
             raise ValueError(f"NetConfig.input must be one of {', '.join(INPUT_KINDS)}, got {self.input!r}")
         if self.input == "fourier":
             if self.name == "relunet":
-                raise ValueError("NetConfig.input='fourier' does not apply to relunet: its input is the (x, y) "
-                                 "pixel grid, not noise (use input='noise')")
+                raise ValueError(
+                    "NetConfig.input='fourier' does not apply to relunet: its input is the (x, y) "
+                    "pixel grid, not noise (use input='noise')"
+                )
             channels, field = input_channels(self)
             if channels % 2:
-                raise ValueError(f"NetConfig.input='fourier' needs an even number of input channels (half sin, "
-                                 f"half cos), got {field}={channels}")
+                raise ValueError(
+                    f"NetConfig.input='fourier' needs an even number of input channels (half sin, "
+                    f"half cos), got {field}={channels}"
+                )
 
     def _check_up_sigma(self) -> None:
         sigmas = self.up_sigma if isinstance(self.up_sigma, (list, tuple)) else (self.up_sigma,)
@@ -151,9 +157,11 @@ class NetConfig:
             self.up_sigma = tuple(float(s) for s in self.up_sigma)  # a tuple: hashable, asdict-able
             layers = upsampling_layers(self)
             if len(self.up_sigma) != layers:
-                raise ValueError(f"NetConfig.up_sigma gives {len(self.up_sigma)} value(s) but {self.name} "
-                                 f"(depth {self.depth}) has {layers} upsampling layers: give one σ per layer "
-                                 "or a single σ")
+                raise ValueError(
+                    f"NetConfig.up_sigma gives {len(self.up_sigma)} value(s) but {self.name} "
+                    f"(depth {self.depth}) has {layers} upsampling layers: give one σ per layer "
+                    "or a single σ"
+                )
 
     def side_multiple(self) -> int:
         """What output sides must be multiples of: 2 per down/upsampling scale (callers crop to it)."""
@@ -185,8 +193,10 @@ class NetConfig:
             raise ValueError(f"out_shape has {out_shape[0]} channels but out_channels={self.out_channels}")
         multiple, minimum = self.side_multiple(), self.min_side()
         if any(s % multiple or s < minimum for s in out_shape[1:]):
-            raise ValueError(f"{self.name} needs sides that are multiples of {multiple} and at least {minimum}, "
-                             f"got {'x'.join(map(str, out_shape[1:]))}")
+            raise ValueError(
+                f"{self.name} needs sides that are multiples of {multiple} and at least {minimum}, "
+                f"got {'x'.join(map(str, out_shape[1:]))}"
+            )
 
     def layer_sigmas(self) -> tuple[float, ...]:
         """The σ of each upsampling layer, in forward order (coarsest first)."""
@@ -216,16 +226,25 @@ def input_channels(cfg: NetConfig) -> tuple[int, str]:
     return cfg.in_channels, "in_channels"
 
 
-def conv(cfg: NetConfig, in_ch: int, out_ch: int, kernel: int, stride: int = 1, dims: int = 2,
-         bias: bool = True, head: bool = False) -> LipschitzConv:
+def conv(
+    cfg: NetConfig,
+    in_ch: int,
+    out_ch: int,
+    kernel: int,
+    stride: int = 1,
+    dims: int = 2,
+    bias: bool = True,
+    head: bool = False,
+) -> LipschitzConv:
     """A convolution bounded by the config's λ (plain when λ is None, and for the head, the
     final projection to the output channels, unless ``cfg.bound_head``)."""
     lam = cfg.lam if cfg.bound_head or not head else None
     return LipschitzConv(in_ch, out_ch, kernel, stride, dims, lam, cfg.sn_method, bias, cfg.detach_sigma)
 
 
-def conv_block(cfg: NetConfig, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1,
-               dims: int = 2) -> nn.Sequential:
+def conv_block(
+    cfg: NetConfig, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, dims: int = 2
+) -> nn.Sequential:
     """conv → norm → LeakyReLU, the unit every convolutional DIP is made of."""
     return nn.Sequential(
         conv(cfg, in_ch, out_ch, kernel, stride, dims, bias=cfg.norm == "none"),

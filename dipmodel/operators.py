@@ -91,9 +91,7 @@ def jpeg_roundtrip(x: Tensor, quality: int) -> Tensor:
     decoded = []
     for img in pixels.permute(0, 2, 3, 1).numpy():  # (H, W, C)
         buffer = io.BytesIO()
-        Image.fromarray(img.squeeze(-1) if mode == "L" else img).save(
-            buffer, format="JPEG", quality=quality
-        )
+        Image.fromarray(img.squeeze(-1) if mode == "L" else img).save(buffer, format="JPEG", quality=quality)
         buffer.seek(0)
         decoded.append(np.asarray(Image.open(buffer).convert(mode)).reshape(img.shape))
     y = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2)
@@ -118,9 +116,7 @@ def bernoulli_mask(height: int, width: int, p: float, generator: torch.Generator
     return (torch.rand(1, 1, height, width, generator=generator) >= p).float()
 
 
-def lowpass_noise(
-    shape: tuple[int, ...], std: float, cutoff: float, generator: torch.Generator
-) -> Tensor:
+def lowpass_noise(shape: tuple[int, ...], std: float, cutoff: float, generator: torch.Generator) -> Tensor:
     """Gaussian noise whose power lies at low spatial frequencies, with std exactly `std`.
 
     White noise is multiplied in the Fourier domain by exp(−½ (r / r_c)²), r the radial
@@ -172,8 +168,7 @@ class Operator(nn.Module):
         """Observation y = A(x*) + e of a (N, C, H, W) clean batch in [0, 1]."""
         if clean.dim() != 4 or tuple(clean.shape[1:]) != self.image_shape:
             raise ValueError(
-                f"{self.name}: expected (N, {', '.join(map(str, self.image_shape))}) images, "
-                f"got {tuple(clean.shape)}"
+                f"{self.name}: expected (N, {', '.join(map(str, self.image_shape))}) images, got {tuple(clean.shape)}"
             )
         return self._observe(clean, torch.Generator().manual_seed(self.seed))
 
@@ -356,9 +351,7 @@ def needed_params(task: str, given: dict[str, Any]) -> list[str]:
     return [p.name for p in TASK_PARAMS[task]]
 
 
-def build_operator(
-    task: str, image_shape: tuple[int, int, int], seed: int = 0, **params: Any
-) -> Operator:
+def build_operator(task: str, image_shape: tuple[int, int, int], seed: int = 0, **params: Any) -> Operator:
     """Operator for `task` on (C, H, W) images; every name and value is checked here."""
     if task not in _TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(sorted(_TASKS))}")

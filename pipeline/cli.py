@@ -22,9 +22,13 @@ from pipeline.messages import DipError, UserError
 if TYPE_CHECKING:  # imported lazily at run time (pydantic, fsspec): only the commands that read manifests need them
     from pipeline.manifest import Manifest
 
+
 def add_fit_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fit", help="fit one image and write the restored image, metrics and curves",
-                       description="Fit a deep image prior to one degraded image.")
+    p = sub.add_parser(
+        "fit",
+        help="fit one image and write the restored image, metrics and curves",
+        description="Fit a deep image prior to one degraded image.",
+    )
     p.add_argument("image", help="PNG/JPEG/BMP path, or a bundled sample such as skimage:astronaut")
     p.add_argument("--task", choices=list(TASK_PARAMS), default="denoise")
     for param, tasks in task_options().items():  # one option per degradation parameter
@@ -33,32 +37,72 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=NETWORK_NAMES, default="decoder")
     p.add_argument("--width", type=int, default=128, help="channels (or units) per layer")
     p.add_argument("--depth", type=int, default=5, help="scales / upsampling steps / layers")
-    p.add_argument("--upsample", choices=["bilinear", "nearest", "gaussian", "bed_of_nails"], default=None,
-                   help="upsampling layer; default gaussian when --up-sigma is given, else bilinear")
-    p.add_argument("--up-sigma", type=float, nargs="+", default=None, metavar="SIGMA",
-                   help="Gaussian upsampling sigma: one for every upsampling layer (Shi et al.'s text: 0.5), or one "
-                        "per layer, coarsest first (their released Decoder: 0.1 0.1 0.1 0.5 0.5)")
-    p.add_argument("--lam", type=float, default=None,
-                   help="Lipschitz bound of every conv but the output projection (Shi et al.: 2); uses Lipschitz "
-                        "normalisation. Omit for the unconstrained network with batch norm")
-    p.add_argument("--bound-head", action="store_true",
-                   help="bound the final 1x1 output projection by --lam too (the authors' code leaves it unbounded)")
-    p.add_argument("--detach-sigma", action="store_true",
-                   help="divide by max(1, sigma(W)/lam) held constant in backward, as the authors' code")
-    p.add_argument("--input", choices=["noise", "fourier"], default="noise",
-                   help="network input: uniform noise in [0, 0.1] (the paper text) or sin/cos of random "
-                        "phases (the released scripts)")
+    p.add_argument(
+        "--upsample",
+        choices=["bilinear", "nearest", "gaussian", "bed_of_nails"],
+        default=None,
+        help="upsampling layer; default gaussian when --up-sigma is given, else bilinear",
+    )
+    p.add_argument(
+        "--up-sigma",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="SIGMA",
+        help="Gaussian upsampling sigma: one for every upsampling layer (Shi et al.'s text: 0.5), or one "
+        "per layer, coarsest first (their released Decoder: 0.1 0.1 0.1 0.5 0.5)",
+    )
+    p.add_argument(
+        "--lam",
+        type=float,
+        default=None,
+        help="Lipschitz bound of every conv but the output projection (Shi et al.: 2); uses Lipschitz "
+        "normalisation. Omit for the unconstrained network with batch norm",
+    )
+    p.add_argument(
+        "--bound-head",
+        action="store_true",
+        help="bound the final 1x1 output projection by --lam too (the authors' code leaves it unbounded)",
+    )
+    p.add_argument(
+        "--detach-sigma",
+        action="store_true",
+        help="divide by max(1, sigma(W)/lam) held constant in backward, as the authors' code",
+    )
+    p.add_argument(
+        "--input",
+        choices=["noise", "fourier"],
+        default="noise",
+        help="network input: uniform noise in [0, 0.1] (the paper text) or sin/cos of random "
+        "phases (the released scripts)",
+    )
     p.add_argument("--negative-slope", type=float, default=0.01, help="LeakyReLU slope (Ulyanov et al.'s DIP: 0.2)")
     p.add_argument("--iters", type=int, default=3000, help="iteration budget")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (Ulyanov et al.'s DIP: 0.01)")
-    p.add_argument("--no-backtrack", dest="backtrack", action="store_false",
-                   help="turn off the safeguard that restores the last good parameters after a collapse")
-    p.add_argument("--backtrack-drop", type=float, default=5.0,
-                   help="dB fall of the PSNR against the degraded image that counts as a collapse")
-    p.add_argument("--input-noise-std", type=float, default=0.0,
-                   help="add N(0, std^2) to the input every step (Ulyanov et al.'s DIP: 1/30)")
-    p.add_argument("--output-average", type=float, default=0.0,
-                   help="record the exponential average of outputs with this weight (Ulyanov et al.'s DIP: 0.99)")
+    p.add_argument(
+        "--no-backtrack",
+        dest="backtrack",
+        action="store_false",
+        help="turn off the safeguard that restores the last good parameters after a collapse",
+    )
+    p.add_argument(
+        "--backtrack-drop",
+        type=float,
+        default=5.0,
+        help="dB fall of the PSNR against the degraded image that counts as a collapse",
+    )
+    p.add_argument(
+        "--input-noise-std",
+        type=float,
+        default=0.0,
+        help="add N(0, std^2) to the input every step (Ulyanov et al.'s DIP: 1/30)",
+    )
+    p.add_argument(
+        "--output-average",
+        type=float,
+        default=0.0,
+        help="record the exponential average of outputs with this weight (Ulyanov et al.'s DIP: 0.99)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the network, its input and the degradation")
     p.add_argument("--crop", type=int, default=None, help="centre-crop to at most this many pixels a side")
     p.add_argument("--grey", action="store_true", help="fit the luma (Y of YCbCr) of a colour image")
@@ -82,8 +126,10 @@ def task_params(task: str, args: argparse.Namespace) -> dict[str, Any]:
     names = [p.name for p in TASK_PARAMS[task]]
     given = {p.name: getattr(args, p.name) for p in task_options() if getattr(args, p.name) is not None}
     if extra := sorted(set(given) - set(names)):
-        raise UserError(f"--{extra[0]} does not apply to --task {task} "
-                        f"(it takes: {', '.join('--' + n for n in names) or 'no options'})")
+        raise UserError(
+            f"--{extra[0]} does not apply to --task {task} "
+            f"(it takes: {', '.join('--' + n for n in names) or 'no options'})"
+        )
     params = {p.name: p.default for p in TASK_PARAMS[task]} | given
     return {name: params[name] for name in needed_params(task, params)} | given
 
@@ -94,17 +140,39 @@ def fit_manifest(args: argparse.Namespace) -> dict[str, Any]:
 
     sample = args.image.removeprefix(SAMPLE_PREFIX) if args.image.startswith(SAMPLE_PREFIX) else None
     sigmas = args.up_sigma or [0.5]
-    model = {"name": args.model, "width": args.width, "depth": args.depth, "lam": args.lam,
-             "upsample": args.upsample or ("gaussian" if args.up_sigma is not None else "bilinear"),
-             "up_sigma": sigmas[0] if len(sigmas) == 1 else sigmas, "input": args.input,
-             "bound_head": args.bound_head, "detach_sigma": args.detach_sigma, "negative_slope": args.negative_slope}
-    fit = {"iterations": args.iters, "lr": args.lr, "metric_stride": args.metric_stride,
-           "halt_at_stop": args.halt_at_stop, "backtrack": args.backtrack, "backtrack_drop": args.backtrack_drop,
-           "input_noise_std": args.input_noise_std, "output_average": args.output_average}
+    model = {
+        "name": args.model,
+        "width": args.width,
+        "depth": args.depth,
+        "lam": args.lam,
+        "upsample": args.upsample or ("gaussian" if args.up_sigma is not None else "bilinear"),
+        "up_sigma": sigmas[0] if len(sigmas) == 1 else sigmas,
+        "input": args.input,
+        "bound_head": args.bound_head,
+        "detach_sigma": args.detach_sigma,
+        "negative_slope": args.negative_slope,
+    }
+    fit = {
+        "iterations": args.iters,
+        "lr": args.lr,
+        "metric_stride": args.metric_stride,
+        "halt_at_stop": args.halt_at_stop,
+        "backtrack": args.backtrack,
+        "backtrack_drop": args.backtrack_drop,
+        "input_noise_std": args.input_noise_std,
+        "output_average": args.output_average,
+    }
     image = {"sample": sample} if sample else {"uris": [args.image]}
-    return {"name": "fit", "images": [image | {"crop": args.crop, "grey": args.grey or None}],
-            "tasks": [{"task": args.task, "params": task_params(args.task, args)}], "model": model, "fit": fit,
-            "seeds": [args.seed], "storage": str(args.out), "mlflow": {"enabled": False}}
+    return {
+        "name": "fit",
+        "images": [image | {"crop": args.crop, "grey": args.grey or None}],
+        "tasks": [{"task": args.task, "params": task_params(args.task, args)}],
+        "model": model,
+        "fit": fit,
+        "seeds": [args.seed],
+        "storage": str(args.out),
+        "mlflow": {"enabled": False},
+    }
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -124,8 +192,9 @@ def run_fit(args: argparse.Namespace) -> int:
     try:
         manifest = Manifest.model_validate(fit_manifest(args))
     except ValidationError as err:
-        raise UserError("; ".join(f"{loc_path(tuple(e['loc']))}: {pydantic_message(e)}"
-                                  for e in err.errors())) from None
+        raise UserError(
+            "; ".join(f"{loc_path(tuple(e['loc']))}: {pydantic_message(e)}" for e in err.errors())
+        ) from None
     [spec] = expand(manifest)
     store = Store(manifest.storage or "")
     store.write_sweep(manifest.model_dump(mode="json"))
@@ -143,14 +212,22 @@ def run_fit(args: argparse.Namespace) -> int:
     original = load_image(args.image)
     w, h = Image.open(args.out / "final.png").size
     if (h, w) != tuple(original.shape[-2:]):
-        print(f"cropped {args.image} from {original.shape[2]}x{original.shape[1]} to {w}x{h} "
-              f"(network needs multiples of its scale factor)", file=sys.stderr)
-    print(f"final PSNR {s['final_psnr']:.2f} dB at iteration {s['iterations_run']}; "
-          f"oracle {s['best_psnr']:.2f} dB at {s['best_iteration']}; "
-          + (f"auto-stop {s['stop_psnr']:.2f} dB at {s['stop_iteration']}; " if s["stop_iteration"] is not None
-             else "auto-stop did not fire; ")
-          + f"backtracked {s['fallbacks']} time{'s' * (s['fallbacks'] != 1)}; "
-          + f"{s['ms_per_iteration']:.1f} ms/iteration")
+        print(
+            f"cropped {args.image} from {original.shape[2]}x{original.shape[1]} to {w}x{h} "
+            f"(network needs multiples of its scale factor)",
+            file=sys.stderr,
+        )
+    print(
+        f"final PSNR {s['final_psnr']:.2f} dB at iteration {s['iterations_run']}; "
+        f"oracle {s['best_psnr']:.2f} dB at {s['best_iteration']}; "
+        + (
+            f"auto-stop {s['stop_psnr']:.2f} dB at {s['stop_iteration']}; "
+            if s["stop_iteration"] is not None
+            else "auto-stop did not fire; "
+        )
+        + f"backtracked {s['fallbacks']} time{'s' * (s['fallbacks'] != 1)}; "
+        + f"{s['ms_per_iteration']:.1f} ms/iteration"
+    )
     print(f"results in {args.out}/ (final.png, metrics.csv, curves.png, summary.json; fit {spec.key} in its store)")
     return 0
 
@@ -166,36 +243,50 @@ def add_manifest_parser(sub: argparse._SubParsersAction) -> None:
 def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="plan, run, inspect and record sweeps")
     ssub = p.add_subparsers(dest="action", required=True)
-    for name, text in [("plan", "how many fits, how many already done or failed, and the work left"),
-                       ("run", "run every fit that storage does not hold yet"),
-                       ("status", "counts by state, failures by reason, and where results are"),
-                       ("sync-mlflow", "log to MLflow every stored fit it lacks (no duplicates)"),
-                       ("collect", "gather all fit summaries into one Parquet file")]:
+    for name, text in [
+        ("plan", "how many fits, how many already done or failed, and the work left"),
+        ("run", "run every fit that storage does not hold yet"),
+        ("status", "counts by state, failures by reason, and where results are"),
+        ("sync-mlflow", "log to MLflow every stored fit it lacks (no duplicates)"),
+        ("collect", "gather all fit summaries into one Parquet file"),
+    ]:
         q = ssub.add_parser(name, help=text, description=text)
         q.add_argument("manifest", help="manifest file or URI (s3://…)")
         if name == "run":
             q.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
             q.add_argument("--retry-failed", action="store_true", help="also rerun fits recorded as failed")
-            q.add_argument("--local", action="store_true",
-                           help="run the fits one after another in this process: no Ray, no MLflow (a machine "
-                                "with PyTorch only); done fits are skipped, so calling again goes on")
-            q.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
-                           help="--local: only fits whose spec field equals VALUE (numbers as numbers), or "
-                                "contains TEXT with FIELD~TEXT; repeat to require several (fields: dip sweep plan)")
+            q.add_argument(
+                "--local",
+                action="store_true",
+                help="run the fits one after another in this process: no Ray, no MLflow (a machine "
+                "with PyTorch only); done fits are skipped, so calling again goes on",
+            )
+            q.add_argument(
+                "--where",
+                action="append",
+                default=[],
+                metavar="FIELD=VALUE",
+                help="--local: only fits whose spec field equals VALUE (numbers as numbers), or "
+                "contains TEXT with FIELD~TEXT; repeat to require several (fields: dip sweep plan)",
+            )
             q.add_argument("--store", help="--local: results folder or URI instead of the manifest's storage")
             q.add_argument("--device", default="cpu", help="--local: cpu, cuda, cuda:1, …")
-            q.add_argument("--budget-s", type=float, default=float("inf"),
-                           help="--local: start no new fit after this many seconds")
+            q.add_argument(
+                "--budget-s", type=float, default=float("inf"), help="--local: start no new fit after this many seconds"
+            )
         if name == "collect":
             q.add_argument("--out", help="output URI (default: <storage>/summary.parquet)")
 
 
 def add_submit_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("submit", help="run a sweep as a job on a Ray cluster (Jobs API)",
-                       description="Submit 'dip sweep run MANIFEST' to a Ray cluster and print the job id. "
-                                   "Submitting a sweep that is running reports that job; after a stop, "
-                                   "submitting again resumes. The token comes from RAY_AUTH_TOKEN, "
-                                   "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.")
+    p = sub.add_parser(
+        "submit",
+        help="run a sweep as a job on a Ray cluster (Jobs API)",
+        description="Submit 'dip sweep run MANIFEST' to a Ray cluster and print the job id. "
+        "Submitting a sweep that is running reports that job; after a stop, "
+        "submitting again resumes. The token comes from RAY_AUTH_TOKEN, "
+        "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.",
+    )
     p.add_argument("manifest", help="manifest URI the cluster can read (s3://…) or a local file to upload")
     p.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
     p.add_argument("--working-dir", help="upload this folder (holding the manifest) and run its code")
@@ -210,15 +301,20 @@ def run_submit(args: argparse.Namespace) -> int:
         print(f"submitted {sub.job_id}")
     else:
         print(f"{sub.job_id} is already {sub.status.lower()}; not submitted again")
-    print(f"follow: ray job logs --follow {sub.job_id} --address {args.address}\n"
-          f"stop:   ray job stop {sub.job_id} --address {args.address}\n"
-          f"status: dip sweep status {args.manifest}")
+    print(
+        f"follow: ray job logs --follow {sub.job_id} --address {args.address}\n"
+        f"stop:   ray job stop {sub.job_id} --address {args.address}\n"
+        f"status: dip sweep status {args.manifest}"
+    )
     return 0
 
 
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="tables and figures of a sweep, from stored results",
-                       description="Write the papers' tables (Markdown, CSV) and figures (PNG) of a sweep.")
+    p = sub.add_parser(
+        "report",
+        help="tables and figures of a sweep, from stored results",
+        description="Write the papers' tables (Markdown, CSV) and figures (PNG) of a sweep.",
+    )
     p.add_argument("source", help="a manifest (.yaml/.yml, a path or URI such as s3://…) or a storage URI/path")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<sweep name>)")
 
@@ -255,8 +351,10 @@ def run_local(args: argparse.Namespace, manifest: Manifest) -> int:
         raise UserError(f"--store: {problem}")
     manifest.storage = args.store or manifest.storage
     outcome = local.run_local(manifest, local.expand_specs(manifest), args.where, args.device, args.budget_s)
-    print(f"sweep {manifest.name}: {outcome.done} of {outcome.selected} selected fits done, "
-          f"{outcome.failed} failed, {outcome.left} left → {manifest.storage}")
+    print(
+        f"sweep {manifest.name}: {outcome.done} of {outcome.selected} selected fits done, "
+        f"{outcome.failed} failed, {outcome.left} left → {manifest.storage}"
+    )
     return 1 if outcome.failed else 0
 
 
@@ -273,19 +371,25 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     if args.action == "plan":
         plan = sweep.make_plan(manifest)
         todo = plan.todo()
-        print(f"sweep {manifest.name}: {len(plan.specs)} fits · {len(plan.done)} done · {len(plan.failed)} failed · "
-              f"{len(todo)} to run · work ≈ {sweep.work_estimate(todo):.3g} iteration·pixels · storage {manifest.storage}")
+        print(
+            f"sweep {manifest.name}: {len(plan.specs)} fits · {len(plan.done)} done · {len(plan.failed)} failed · "
+            f"{len(todo)} to run · work ≈ {sweep.work_estimate(todo):.3g} iteration·pixels · storage {manifest.storage}"
+        )
     elif args.action == "run":
         outcome = sweep.run_sweep(manifest, args.address, args.retry_failed)
-        print(f"sweep {manifest.name}: {outcome.done} fits done, {outcome.failed} failed, "
-              f"{outcome.skipped} already done, in {outcome.seconds:.0f} s → {manifest.storage}")
+        print(
+            f"sweep {manifest.name}: {outcome.done} fits done, {outcome.failed} failed, "
+            f"{outcome.skipped} already done, in {outcome.seconds:.0f} s → {manifest.storage}"
+        )
         for key, reason in list(outcome.failures.items())[:10]:
             print(f"  failed {key}: {reason}")
         return 1 if outcome.failed else 0
     elif args.action == "status":
         st = sweep.status(manifest)
-        print(f"sweep {st['sweep']}: {st['fits']} fits · {st['done']} done · {st['failed']} failed · "
-              f"{st['pending']} pending")
+        print(
+            f"sweep {st['sweep']}: {st['fits']} fits · {st['done']} done · {st['failed']} failed · "
+            f"{st['pending']} pending"
+        )
         for reason, count in st["failures"].items():
             print(f"  {count} × {reason}")
         print(f"results: {st['storage']}\nmlflow:  {st['mlflow']}")
@@ -310,8 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"fit": run_fit, "manifest": run_manifest, "sweep": run_sweep_command, "submit": run_submit,
-            "report": run_report}
+COMMANDS = {
+    "fit": run_fit,
+    "manifest": run_manifest,
+    "sweep": run_sweep_command,
+    "submit": run_submit,
+    "report": run_report,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

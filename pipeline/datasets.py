@@ -61,20 +61,36 @@ class DatasetError(DipError, ValueError):
 
 # name: (colour, fit the Y channel by default, source, public copies)
 _ABOUT: dict[str, tuple[Literal["rgb", "grey"], bool, str, tuple[str, ...]]] = {
-    "standard9": ("rgb", False, "the standard test images of Dabov et al. 2007 (CBM3D) and the Kodak set",
-                  ("https://webpages.tuni.fi/foi/GCF-BM3D/", "http://r0k.us/graphics/kodak/")),
-    "cbsd68": ("rgb", False, "CBSD68: the 68 BSDS300 test images in colour (Roth & Black 2009, Martin et al. 2001)",
-               ("https://github.com/clausmichele/CBSD68-dataset",)),
+    "standard9": (
+        "rgb",
+        False,
+        "the standard test images of Dabov et al. 2007 (CBM3D) and the Kodak set",
+        ("https://webpages.tuni.fi/foi/GCF-BM3D/", "http://r0k.us/graphics/kodak/"),
+    ),
+    "cbsd68": (
+        "rgb",
+        False,
+        "CBSD68: the 68 BSDS300 test images in colour (Roth & Black 2009, Martin et al. 2001)",
+        ("https://github.com/clausmichele/CBSD68-dataset",),
+    ),
     "classic5": ("grey", False, "Classic5 (Foi et al. 2006, pointwise SA-DCT deblocking)", ()),
-    "live1": ("rgb", True, "LIVE1 (Sheikh et al. 2006); JPEG results are on the Y channel of YCbCr",
-              ("https://live.ece.utexas.edu/research/quality/subjective.htm",)),
+    "live1": (
+        "rgb",
+        True,
+        "LIVE1 (Sheikh et al. 2006); JPEG results are on the Y channel of YCbCr",
+        ("https://live.ece.utexas.edu/research/quality/subjective.htm",),
+    ),
     "heide11": ("grey", False, "the 11 test images of Heide et al. 2015 (convolutional sparse coding)", ()),
     "set5": ("rgb", False, "Set5 (Bevilacqua et al. 2012)", ("https://github.com/jbhuang0604/SelfExSR",)),
     "set14": ("rgb", False, "Set14 (Zeyde et al. 2010)", ("https://github.com/jbhuang0604/SelfExSR",)),
     "triangle": ("grey", False, "released with Chakrabarty & Maji 2019", ("https://github.com/PCJohn/dip-spectral",)),
     "enhancement": ("rgb", False, "released with Shi et al. 2022 (tulips, detail enhancement)", ()),
-    "inpainting-region": ("rgb", False, "released with Ulyanov et al. 2018 (library, vase and their masks)",
-                          ("https://github.com/DmitryUlyanov/deep-image-prior",)),
+    "inpainting-region": (
+        "rgb",
+        False,
+        "released with Ulyanov et al. 2018 (library, vase and their masks)",
+        ("https://github.com/DmitryUlyanov/deep-image-prior",),
+    ),
 }
 
 
@@ -106,8 +122,10 @@ def registry() -> dict[str, Dataset]:
     """The known data sets by name (read once from the checksum file)."""
     checksums = json.loads(CHECKSUMS.read_text())
     if set(checksums) != set(_ABOUT):
-        raise RuntimeError(f"{CHECKSUMS} and pipeline/datasets.py list different data sets; regenerate the "
-                           "checksums (python -m pipeline.datasets SHA256SUMS)")
+        raise RuntimeError(
+            f"{CHECKSUMS} and pipeline/datasets.py list different data sets; regenerate the "
+            "checksums (python -m pipeline.datasets SHA256SUMS)"
+        )
     return {name: Dataset(name, *about, files=checksums[name]) for name, about in _ABOUT.items()}
 
 
@@ -161,8 +179,13 @@ def verify(
         where = f"{name}/{file}"
         expected = dataset.files.get(file)
         if expected is None:
-            problems.append(DatasetProblem(file, f"{where}: not a file of data set {name} (which has "
-                                                 f"{len(dataset.files)}: see pipeline/datasets.json)"))
+            problems.append(
+                DatasetProblem(
+                    file,
+                    f"{where}: not a file of data set {name} (which has "
+                    f"{len(dataset.files)}: see pipeline/datasets.json)",
+                )
+            )
             continue
         try:
             with open_file(where) as fh:
@@ -174,8 +197,11 @@ def verify(
             problems.append(DatasetProblem(file, f"{where}: cannot be read under {data_root} ({err})"))
             continue
         if got != expected:
-            problems.append(DatasetProblem(file, f"{where}: checksum mismatch under {data_root} "
-                                                 f"(expected {expected[:16]}…, got {got[:16]}…)"))
+            problems.append(
+                DatasetProblem(
+                    file, f"{where}: checksum mismatch under {data_root} (expected {expected[:16]}…, got {got[:16]}…)"
+                )
+            )
         else:
             done.add(file)
     if problems:

@@ -50,8 +50,10 @@ def base_job_id(manifest: Manifest) -> str:
 def check_submittable(manifest: Manifest) -> None:
     """A sweep run by a job must store its results where every node and the user can reach them."""
     if not manifest.written("storage"):
-        raise UserError(f"{manifest.name}: set storage (e.g. s3://bucket/results/{manifest.name}); the default "
-                         f"results/ folder would be inside the job's temporary working directory")
+        raise UserError(
+            f"{manifest.name}: set storage (e.g. s3://bucket/results/{manifest.name}); the default "
+            f"results/ folder would be inside the job's temporary working directory"
+        )
 
 
 def submit(manifest: Manifest, location: str, address: str, working_dir: str | None = None) -> Submission:
@@ -86,8 +88,11 @@ def submit(manifest: Manifest, location: str, address: str, working_dir: str | N
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise SubmitError(f"cannot reach the Ray Jobs API at {address}: {one_line(err)}") from None
         base = base_job_id(manifest)
-        previous = {job.submission_id: job.status for job in client.list_jobs() if job.submission_id
-                    and (job.submission_id == base or job.submission_id.startswith(base + "-"))}
+        previous = {
+            job.submission_id: job.status
+            for job in client.list_jobs()
+            if job.submission_id and (job.submission_id == base or job.submission_id.startswith(base + "-"))
+        }
         running = [job_id for job_id, status in previous.items() if not status.is_terminal()]
         if running:
             return Submission(running[0], str(previous[running[0]]), new=False)
@@ -95,8 +100,12 @@ def submit(manifest: Manifest, location: str, address: str, working_dir: str | N
         deadline = time.monotonic() + AGENT_WAIT_S
         while True:
             try:
-                client.submit_job(entrypoint=f"{program} sweep run {shlex.quote(target)}", submission_id=job_id,
-                                  runtime_env=runtime_env or None, metadata={"dip.sweep": manifest.name})
+                client.submit_job(
+                    entrypoint=f"{program} sweep run {shlex.quote(target)}",
+                    submission_id=job_id,
+                    runtime_env=runtime_env or None,
+                    metadata={"dip.sweep": manifest.name},
+                )
                 break
             except RuntimeError as err:
                 if "try again later" not in str(err) or time.monotonic() > deadline:

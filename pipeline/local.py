@@ -76,8 +76,14 @@ class LocalOutcome:
     left: int  # not started: the time budget was spent
 
 
-def run_local(manifest: Manifest, specs: list[FitSpec], where: list[str], device: str,
-              budget_s: float = float("inf"), log: Callable[[str], None] = print) -> LocalOutcome:
+def run_local(
+    manifest: Manifest,
+    specs: list[FitSpec],
+    where: list[str],
+    device: str,
+    budget_s: float = float("inf"),
+    log: Callable[[str], None] = print,
+) -> LocalOutcome:
     """Run the specs matching `where` in order into the manifest's store; start none after `budget_s`."""
     # torch: imported only where fits run (the sweep driver imports this module)
     from pipeline.worker import execute_fit
@@ -94,6 +100,8 @@ def run_local(manifest: Manifest, specs: list[FitSpec], where: list[str], device
         t0 = time.perf_counter()
         record = execute_fit(spec, store, device=device, storage_options=manifest.storage_options)
         done, failed = done + (record["status"] == "done"), failed + (record["status"] == "failed")
-        log(f"[{n}/{len(chosen)}] {spec.image_name} {spec.task} {spec.network.get('name', spec.method)} "
-            f"seed={spec.seed} {spec.key}: {outcome(record)} ({time.perf_counter() - t0:.0f} s)")
+        log(
+            f"[{n}/{len(chosen)}] {spec.image_name} {spec.task} {spec.network.get('name', spec.method)} "
+            f"seed={spec.seed} {spec.key}: {outcome(record)} ({time.perf_counter() - t0:.0f} s)"
+        )
     return LocalOutcome(len(chosen), done, failed, 0)

@@ -41,7 +41,9 @@ def fit_curves(
         ax.plot(it, metrics["psnr_clean"], label="vs clean image")
     ax.plot(it, metrics["psnr_target"], label="vs degraded target", alpha=0.7)
     if fallen := fallback_points(metrics, "psnr_target"):
-        ax.scatter(*zip(*fallen), color="tab:red", zorder=3, label="backtracked here", **MARK_STYLES["fallback"])
+        ax.scatter(
+            *zip(*fallen, strict=True), color="tab:red", zorder=3, label="backtracked here", **MARK_STYLES["fallback"]
+        )
     ax.set_ylabel("PSNR (dB)")
     mark_stops(ax, best_iteration, stop_iteration)
     ax.legend(fontsize=8)
@@ -145,7 +147,7 @@ def _draw_series(ax: plt.Axes, series: Series, color: Any) -> None:
         ax.fill_between(x, low, high, color=color, alpha=0.18, lw=0)
     for kind, points in series.marks.items():
         if points:
-            px, py = zip(*points)
+            px, py = zip(*points, strict=True)
             ax.scatter(px, py, color=color, zorder=3, **MARK_STYLES[kind])
 
 
@@ -155,7 +157,7 @@ def curves_figure(panels: list[Panel], path: str | Path, title: str, xlabel: str
     nrows = -(-len(panels) // ncols)
     size = (7.5, 4.5) if len(panels) == 1 else (5.2 * ncols, 3.9 * nrows)
     fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False, sharex=True)
-    for ax, panel in zip(axes.flat, panels):
+    for ax, panel in zip(axes.flat, panels, strict=False):
         for i, series in enumerate(panel.series):
             _draw_series(ax, series, series.color if series.color is not None else f"C{i % 10}")
         kinds = dict.fromkeys(kind for s in panel.series for kind, points in s.marks.items() if points)
@@ -176,7 +178,7 @@ def curves_figure(panels: list[Panel], path: str | Path, title: str, xlabel: str
         ax.set_title(panel.title, fontsize=9)
         ax.grid(alpha=0.3, which="both" if panel.log_y else "major")
         ax.legend(fontsize=7, title=panel.legend_title or None, title_fontsize=7)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -185,20 +187,35 @@ def curves_figure(panels: list[Panel], path: str | Path, title: str, xlabel: str
 
 
 def heatmap_figure(
-    maps: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: str | Path, title: str, colorbar: str,
-    xlabel: str, ylabel: str = "iteration", skip_rows: int = 0,
+    maps: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+    path: str | Path,
+    title: str,
+    colorbar: str,
+    xlabel: str,
+    ylabel: str = "iteration",
+    skip_rows: int = 0,
 ) -> None:
     """Side-by-side images (title, values (Y, X), y coordinates, x coordinates) on one colour scale.
 
     The scale's top is the 99th percentile after the first `skip_rows` rows, so that one
     outlying row (a fit's random initial output) saturates instead of flattening the rest.
     """
-    high = max(float(np.nanpercentile(values[skip_rows:] if len(values) > skip_rows else values, 99))
-               for _, values, _, _ in maps)
+    high = max(
+        float(np.nanpercentile(values[skip_rows:] if len(values) > skip_rows else values, 99))
+        for _, values, _, _ in maps
+    )
     fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps) + 1.2, 4.2), squeeze=False, sharey=True)
-    for ax, (name, values, ys, xs) in zip(axes[0], maps):
-        image = ax.imshow(values, aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=high,
-                          extent=(xs[0], xs[-1], ys[0], ys[-1]), interpolation="nearest")
+    for ax, (name, values, ys, xs) in zip(axes[0], maps, strict=False):
+        image = ax.imshow(
+            values,
+            aspect="auto",
+            origin="lower",
+            cmap="magma",
+            vmin=0,
+            vmax=high,
+            extent=(xs[0], xs[-1], ys[0], ys[-1]),
+            interpolation="nearest",
+        )
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel)
     axes[0, 0].set_ylabel(ylabel)
@@ -212,8 +229,9 @@ def image_grid(rows: list[tuple[str, list[tuple[str, np.ndarray]]]], path: str |
     """Rows of (C, H, W) images in [0, 1], each with a caption; a row is labelled on its left."""
     ncols = max(len(images) for _, images in rows)
     cell = 1.9
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(cell * ncols + 1.0, (cell + 0.35) * len(rows) + 0.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), ncols, figsize=(cell * ncols + 1.0, (cell + 0.35) * len(rows) + 0.6), squeeze=False
+    )
     for r, (label, images) in enumerate(rows):
         for c in range(ncols):
             ax = axes[r, c]

@@ -24,25 +24,60 @@ SIGNAL_PREFIX = "signal:"  # image names of 1-D inputs (SignalSpec.name), only r
 
 # What a fit ran, in the order of a row's first columns ("kind" says image, 1-D signal or layer response).
 SPEC_COLUMNS: dict[str, pa.DataType] = {
-    "key": pa.string(), "sweep": pa.string(), "experiment": pa.string(), "image": pa.string(), "kind": pa.string(),
-    "dataset": pa.string(), "task": pa.string(), "seed": pa.int64(), "crop": pa.int64(), "downsample": pa.int64(),
-    "grey": pa.bool_(), "method": pa.string(), "model": pa.string(), "width": pa.int64(), "depth": pa.int64(),
-    "upsample": pa.string(), "up_sigma": pa.float64(), "up_sigmas": pa.string(), "norm": pa.string(),
-    "lam": pa.float64(), "input": pa.string(), "bound_head": pa.bool_(), "detach_sigma": pa.bool_(),
-    "iterations": pa.int64(), "lr": pa.float64(), "optimizer": pa.string(), "tv_weight": pa.float64(),
+    "key": pa.string(),
+    "sweep": pa.string(),
+    "experiment": pa.string(),
+    "image": pa.string(),
+    "kind": pa.string(),
+    "dataset": pa.string(),
+    "task": pa.string(),
+    "seed": pa.int64(),
+    "crop": pa.int64(),
+    "downsample": pa.int64(),
+    "grey": pa.bool_(),
+    "method": pa.string(),
+    "model": pa.string(),
+    "width": pa.int64(),
+    "depth": pa.int64(),
+    "upsample": pa.string(),
+    "up_sigma": pa.float64(),
+    "up_sigmas": pa.string(),
+    "norm": pa.string(),
+    "lam": pa.float64(),
+    "input": pa.string(),
+    "bound_head": pa.bool_(),
+    "detach_sigma": pa.bool_(),
+    "iterations": pa.int64(),
+    "lr": pa.float64(),
+    "optimizer": pa.string(),
+    "tv_weight": pa.float64(),
 }
 # Task parameters, stored as param_<name> (see pipeline.manifest's task table).
 PARAM_TYPES: dict[str, pa.DataType] = {
-    "sigma": pa.float64(), "cutoff": pa.float64(), "quality": pa.int64(), "kind": pa.string(),
-    "ratio": pa.float64(), "p": pa.float64(), "factor": pa.int64(), "stride": pa.int64(),
+    "sigma": pa.float64(),
+    "cutoff": pa.float64(),
+    "quality": pa.int64(),
+    "kind": pa.string(),
+    "ratio": pa.float64(),
+    "p": pa.float64(),
+    "factor": pa.int64(),
+    "stride": pa.int64(),
 }
 # How a fit went (dipmodel.fit.FitResult.summary), and what a layer-response measurement found.
 OUTCOME_COLUMNS: dict[str, pa.DataType] = {
-    "iterations_run": pa.int64(), "final_psnr": pa.float64(), "best_psnr": pa.float64(),
-    "best_iteration": pa.int64(), "stop_psnr": pa.float64(), "stop_iteration": pa.int64(),
-    "posterior_psnr": pa.float64(), "posterior_samples": pa.int64(), "fallbacks": pa.int64(),
-    "seconds": pa.float64(), "ms_per_iteration": pa.float64(),
-    "max_error_exact": pa.float64(), "max_rel_error_paper": pa.float64(),
+    "iterations_run": pa.int64(),
+    "final_psnr": pa.float64(),
+    "best_psnr": pa.float64(),
+    "best_iteration": pa.int64(),
+    "stop_psnr": pa.float64(),
+    "stop_iteration": pa.int64(),
+    "posterior_psnr": pa.float64(),
+    "posterior_samples": pa.int64(),
+    "fallbacks": pa.int64(),
+    "seconds": pa.float64(),
+    "ms_per_iteration": pa.float64(),
+    "max_error_exact": pa.float64(),
+    "max_rel_error_paper": pa.float64(),
 }
 CONVERGED_PREFIX = "converged_k"  # converged_k1 … converged_kK of a 1-D fit: iterations, -1 if never (C&M Fig. 3)
 # The columns every summary table has, whatever its fits (param_* and converged_k* come with the fits).
@@ -85,8 +120,10 @@ class Summary:
         unknown += [f"param_{p}" for p in self.params if p not in PARAM_TYPES]
         unknown += [name for name in self.outcome if name not in OUTCOME_COLUMNS and column_type(name) == pa.string()]
         if unknown:
-            raise ValueError(f"summary of fit {self.spec.get('key')}: columns {unknown} missing from or unknown to "
-                             "pipeline.record's schema; add them there")
+            raise ValueError(
+                f"summary of fit {self.spec.get('key')}: columns {unknown} missing from or unknown to "
+                "pipeline.record's schema; add them there"
+            )
 
     @classmethod
     def of(cls, spec: FitSpec, outcome: Mapping[str, float | int | None]) -> Summary:
@@ -97,16 +134,33 @@ class Summary:
         per_layer = sigma if isinstance(sigma, (list, tuple)) else None
         kind: Kind = "response" if spec.task == RESPONSE_TASK else "signal" if spec.signal is not None else "image"
         columns = {
-            "key": spec.key, "sweep": spec.sweep, "experiment": spec.experiment, "image": spec.image_name,
-            "kind": kind, "dataset": spec.dataset, "task": spec.task, "seed": spec.seed, "crop": spec.crop,
-            "downsample": spec.downsample, "grey": spec.grey, "method": spec.method,
-            "model": net.get("name"), "width": net.get("width"), "depth": net.get("depth"),
-            "upsample": net.get("upsample"), "up_sigma": None if per_layer else sigma,
-            "up_sigmas": None if per_layer is None else ",".join(f"{s:g}" for s in per_layer), "norm": net.get("norm"),
-            "lam": net.get("lam"), "input": net.get("input"), "bound_head": net.get("bound_head"),
+            "key": spec.key,
+            "sweep": spec.sweep,
+            "experiment": spec.experiment,
+            "image": spec.image_name,
+            "kind": kind,
+            "dataset": spec.dataset,
+            "task": spec.task,
+            "seed": spec.seed,
+            "crop": spec.crop,
+            "downsample": spec.downsample,
+            "grey": spec.grey,
+            "method": spec.method,
+            "model": net.get("name"),
+            "width": net.get("width"),
+            "depth": net.get("depth"),
+            "upsample": net.get("upsample"),
+            "up_sigma": None if per_layer else sigma,
+            "up_sigmas": None if per_layer is None else ",".join(f"{s:g}" for s in per_layer),
+            "norm": net.get("norm"),
+            "lam": net.get("lam"),
+            "input": net.get("input"),
+            "bound_head": net.get("bound_head"),
             "detach_sigma": net.get("detach_sigma"),
-            "iterations": cfg.get("iterations", cfg.get("tv_iterations")), "lr": cfg.get("lr"),
-            "optimizer": cfg.get("optimizer"), "tv_weight": cfg.get("tv_weight"),
+            "iterations": cfg.get("iterations", cfg.get("tv_iterations")),
+            "lr": cfg.get("lr"),
+            "optimizer": cfg.get("optimizer"),
+            "tv_weight": cfg.get("tv_weight"),
         }
         return cls(columns, dict(sorted(spec.task_params.items())), dict(outcome))
 
@@ -151,8 +205,9 @@ def with_schema(summaries: pa.Table) -> pa.Table:
     return summaries
 
 
-def flatten_for_mlflow(row: dict[str, Any], metric_names: set[str] | frozenset[str] = frozenset()
-                       ) -> tuple[dict[str, Any], dict[str, float | int | None]]:
+def flatten_for_mlflow(
+    row: dict[str, Any], metric_names: set[str] | frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], dict[str, float | int | None]]:
     """A summary row as MLflow params (what ran: the spec and param_* columns that are set, the
     method "dip" for a network fit, so that runs filter by it) and metrics (outcome numbers;
     names that the per-iteration metrics also use are left to them). The key is the run's tag."""
@@ -160,6 +215,8 @@ def flatten_for_mlflow(row: dict[str, Any], metric_names: set[str] | frozenset[s
     params = {k: v for k, v in described.items() if k != "key" and v is not None}
     params["method"] = params.get("method", "dip")
     numbers: dict[str, float | int | None] = {
-        k: v for k, v in row.items()
-        if k not in described and k not in metric_names and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        k: v
+        for k, v in row.items()
+        if k not in described and k not in metric_names and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     return params, numbers

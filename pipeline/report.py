@@ -35,19 +35,46 @@ from pipeline.storage import Store
 
 # What may distinguish the rows of a table, most telling first; a column is used only where it
 # varies and is not implied by those before it (see `varying_settings`).
-SETTING_COLUMNS = ("method", "model", "optimizer", "lam", "upsample", "up_sigma", "up_sigmas", "width", "depth",
-                   "norm", "input", "bound_head", "detach_sigma", "lr", "iterations", "tv_weight", "crop",
-                   "downsample", "grey")
+SETTING_COLUMNS = (
+    "method",
+    "model",
+    "optimizer",
+    "lam",
+    "upsample",
+    "up_sigma",
+    "up_sigmas",
+    "width",
+    "depth",
+    "norm",
+    "input",
+    "bound_head",
+    "detach_sigma",
+    "lr",
+    "iterations",
+    "tv_weight",
+    "crop",
+    "downsample",
+    "grey",
+)
 # The three ways to pick one output of a fit, as summary columns; autostop_psnr is derived in `load_fits`.
 METRICS = {
     "best_psnr": ("oracle", "oracle PSNR: the best on the trajectory (needs the clean image, as the papers' DIP rows)"),
-    "autostop_psnr": ("auto-stop", ("PSNR where Shi et al.'s automatic stop (Eq. 8) fired, or at the budget "
-                                    "where it never fired")),
+    "autostop_psnr": (
+        "auto-stop",
+        ("PSNR where Shi et al.'s automatic stop (Eq. 8) fired, or at the budget where it never fired"),
+    ),
     "final_psnr": ("final", "PSNR at the end of the fixed iteration budget (a classical method's one output)"),
     "posterior_psnr": ("posterior mean", "PSNR of the mean of the SGLD samples after burn-in (Bayesian DIP)"),
 }
-PARAM_SYMBOLS = {"sigma": "σ=", "quality": "q=", "ratio": "r=", "p": "p=", "factor": "×", "cutoff": "cutoff=",
-                 "kind": ""}
+PARAM_SYMBOLS = {
+    "sigma": "σ=",
+    "quality": "q=",
+    "ratio": "r=",
+    "p": "p=",
+    "factor": "×",
+    "cutoff": "cutoff=",
+    "kind": "",
+}
 DEFAULT_MAX_GROUPS = 12
 GRID_COLUMNS = 5  # default number of iterations in output grids and spectra
 LINESTYLES = ("-", "--", ":", "-.")
@@ -134,14 +161,17 @@ def load_fits(store: Store) -> pd.DataFrame:
     fits["one_d"] = fits["kind"] == "signal"
     fired = fits["stop_iteration"].notna()
     fits["autostop_psnr"] = fits["stop_psnr"].where(fired, fits["final_psnr"]).mask(fits["one_d"])
-    fits["image_set"] = fits["dataset"].where(fits["dataset"].map(_present),
-                                              fits["one_d"].map({True: "signals", False: "images"}))
+    fits["image_set"] = fits["dataset"].where(
+        fits["dataset"].map(_present), fits["one_d"].map({True: "signals", False: "images"})
+    )
     params = _param_columns(fits)
-    fits["params"] = [params_label({c.removeprefix("param_"): row[c] for c in params})
-                      for row in fits.to_dict("records")]
+    fits["params"] = [
+        params_label({c.removeprefix("param_"): row[c] for c in params}) for row in fits.to_dict("records")
+    ]
     shown = varying_settings(fits)
-    fits = fits.sort_values(["task", "image_set", *params, *shown, "image", "seed"], na_position="first",
-                            kind="stable", ignore_index=True)
+    fits = fits.sort_values(
+        ["task", "image_set", *params, *shown, "image", "seed"], na_position="first", kind="stable", ignore_index=True
+    )
     fits["setting"] = [setting_name(row, shown) for row in fits.to_dict("records")]
     return fits
 
@@ -181,6 +211,7 @@ class Stat:
 
 def _markdown(frame: pd.DataFrame) -> str:
     """A Markdown table of a frame of strings (no tabulate dependency)."""
+
     def line(cells: Sequence[Any]) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
@@ -198,16 +229,27 @@ class Output:
     def link(self, section: str, path: Path, text: str, note: str, csv: Path | None = None) -> None:
         extra = ""
         if csv:  # a table: its CSV and LaTeX forms lie beside the Markdown one
-            extra = (f" ([CSV]({csv.relative_to(self.root).as_posix()}), "
-                     f"[LaTeX]({csv.with_suffix('.tex').relative_to(self.root).as_posix()}))")
+            extra = (
+                f" ([CSV]({csv.relative_to(self.root).as_posix()}), "
+                f"[LaTeX]({csv.with_suffix('.tex').relative_to(self.root).as_posix()}))"
+            )
         self.sections.setdefault(section, []).append(
-            f"- [{text}]({path.relative_to(self.root).as_posix()}){extra}: {note}")
+            f"- [{text}]({path.relative_to(self.root).as_posix()}){extra}: {note}"
+        )
 
     def note(self, section: str, text: str) -> None:
         self.sections.setdefault(section, []).append(text)
 
-    def table(self, section: str, stem: str, title: str, shown: pd.DataFrame, data: pd.DataFrame,
-              note: str, footnotes: Sequence[str] = ()) -> None:
+    def table(
+        self,
+        section: str,
+        stem: str,
+        title: str,
+        shown: pd.DataFrame,
+        data: pd.DataFrame,
+        note: str,
+        footnotes: Sequence[str] = (),
+    ) -> None:
         """Write a table as Markdown and LaTeX (`shown`, strings) and CSV (`data`, numbers) and link it."""
         md, csv = self.root / "tables" / f"{stem}.md", self.root / "tables" / f"{stem}.csv"
         md.write_text(f"# {title}\n\n{_markdown(shown)}" + "".join(f"\n{line}\n" for line in footnotes))
@@ -217,8 +259,9 @@ class Output:
         self.link(section, md, title, note, csv)
 
 
-def stat_table(frame: pd.DataFrame, value: str, rows: str, columns: str, header: str,
-               digits: int = 2) -> tuple[pd.DataFrame, pd.DataFrame, list[str]] | None:
+def stat_table(
+    frame: pd.DataFrame, value: str, rows: str, columns: str, header: str, digits: int = 2
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]] | None:
     """Mean ± std of `value` per (row, column) label: (Markdown frame, CSV frame, footnotes).
 
     None when no fit has a value. Counts are printed in a cell only where they differ from
@@ -233,20 +276,29 @@ def stat_table(frame: pd.DataFrame, value: str, rows: str, columns: str, header:
     shown, data = [], []
     for r in row_names:
         found = [cells.get((r, c)) for c in col_names]
-        shown.append([r] + ["—" if s is None else s.text(digits) + (f" (n={s.n})" if s.n != usual else "")
-                            for s in found])
+        shown.append(
+            [r] + ["—" if s is None else s.text(digits) + (f" (n={s.n})" if s.n != usual else "") for s in found]
+        )
         data.append([r] + [x for s in found for x in ((s.mean, s.std, s.n) if s else (None, None, 0))])
     data_columns = [header] + [f"{c} {part}" for c in col_names for part in ("mean", "std", "n")]
-    return (pd.DataFrame(shown, columns=[header, *col_names]), pd.DataFrame(data, columns=data_columns),
-            [f"Mean ± sample standard deviation over n = {usual} fits per cell unless a cell says otherwise."])
+    return (
+        pd.DataFrame(shown, columns=[header, *col_names]),
+        pd.DataFrame(data, columns=data_columns),
+        [f"Mean ± sample standard deviation over n = {usual} fits per cell unless a cell says otherwise."],
+    )
 
 
 def _column_labels(group: pd.DataFrame) -> pd.Series:
     """Per fit, the label of its table column: the task parameters that vary in the group (all if none do)."""
     params = [c for c in _param_columns(group) if group[c].notna().any()]
     varying = [c for c in params if group[c].nunique() > 1] or params
-    return pd.Series([params_label({c.removeprefix("param_"): row[c] for c in varying}) or "no task parameters"
-                      for row in group.to_dict("records")], index=group.index)
+    return pd.Series(
+        [
+            params_label({c.removeprefix("param_"): row[c] for c in varying}) or "no task parameters"
+            for row in group.to_dict("records")
+        ],
+        index=group.index,
+    )
 
 
 def paper_comparison(group: pd.DataFrame, paper: PaperTable) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -265,8 +317,9 @@ def paper_comparison(group: pd.DataFrame, paper: PaperTable) -> tuple[pd.DataFra
     usable = ~_halted_before_budget(group) if paper.budgets else pd.Series(True, index=group.index)
     shown, data = [], []
     for paper_name in paper.rows:
-        ours: list[tuple[str | None, str]] = [(s, match[1]) for s, match in settings.items()
-                                              if match and match[0].casefold() == paper_name.casefold()]
+        ours: list[tuple[str | None, str]] = [
+            (s, match[1]) for s, match in settings.items() if match and match[0].casefold() == paper_name.casefold()
+        ]
         for setting, metric in ours or [(None, "")]:  # a paper row no setting of ours reproduces
             short = "at budget" if paper.budgets and setting in networks else METRICS.get(metric, ("",))[0]
             label = paper_name if setting is None else f"{paper_name} ← {setting} ({short})"
@@ -277,15 +330,24 @@ def paper_comparison(group: pd.DataFrame, paper: PaperTable) -> tuple[pd.DataFra
                 chosen = (group["setting"] == setting) & np.isclose(values, column) & usable
                 stat = Stat.of(group.loc[chosen, metric]) if setting is not None else None
                 diff = stat.mean - published if stat and published is not None else None
-                shown_row += [stat.text() if stat else "—", "—" if published is None else f"{published:.2f}",
-                              "—" if diff is None else f"{diff:+.2f}"]
-                data_row += [stat.mean if stat else None, stat.std if stat else None, stat.n if stat else 0,
-                             published, diff]
+                shown_row += [
+                    stat.text() if stat else "—",
+                    "—" if published is None else f"{published:.2f}",
+                    "—" if diff is None else f"{diff:+.2f}",
+                ]
+                data_row += [
+                    stat.mean if stat else None,
+                    stat.std if stat else None,
+                    stat.n if stat else 0,
+                    published,
+                    diff,
+                ]
             shown.append(shown_row)
             data.append(data_row)
     shown_columns = ["row"] + [f"{lab} {part}" for lab in labels for part in ("ours", "paper", "Δ")]
     data_columns = ["paper_row", "setting", "compared_on"] + [
-        f"{lab} {part}" for lab in labels for part in ("ours mean", "ours std", "ours n", "paper", "diff")]
+        f"{lab} {part}" for lab in labels for part in ("ours mean", "ours std", "ours n", "paper", "diff")
+    ]
     return pd.DataFrame(shown, columns=shown_columns), pd.DataFrame(data, columns=data_columns)
 
 
@@ -306,19 +368,25 @@ def budget_notes(group: pd.DataFrame, paper: PaperTable) -> tuple[str, list[str]
         ours = sorted({int(i) for i in group.loc[network & np.isclose(values, column), "iterations"].dropna()})
         if ours:
             text = ", ".join(f"{i:,}" for i in ours)
-            parts.append(f"{params_label({paper.param: column})}: iteration {text}"
-                         + (" as the paper" if ours == [budget] else f" (paper {budget:,})"))
+            parts.append(
+                f"{params_label({paper.param: column})}: iteration {text}"
+                + (" as the paper" if ours == [budget] else f" (paper {budget:,})")
+            )
     paper_budgets = ", ".join(f"{b:,} for {params_label({paper.param: c})}" for c, b in paper.budgets.items())
-    notes = [f"Every row is compared at a fixed iteration, as the paper reports it ({paper_budgets}, "
-             "Shi et al. §5.4 and the captions of Tables 4-5, following Ulyanov et al.): a network's PSNR at the "
-             "end of the manifest's iteration budget (final PSNR; Bayesian DIP: its posterior mean then), not the "
-             "oracle best or the auto-stop; bicubic and TV on their one output. Where the manifest's budget is not "
-             "the paper's (a smoke-scale sweep), ours is at the manifest's budget. The paper's Ulyanov row also "
-             "carries the footnote 'obtained with oracle stopping'; we follow the caption."]
+    notes = [
+        f"Every row is compared at a fixed iteration, as the paper reports it ({paper_budgets}, "
+        "Shi et al. §5.4 and the captions of Tables 4-5, following Ulyanov et al.): a network's PSNR at the "
+        "end of the manifest's iteration budget (final PSNR; Bayesian DIP: its posterior mean then), not the "
+        "oracle best or the auto-stop; bicubic and TV on their one output. Where the manifest's budget is not "
+        "the paper's (a smoke-scale sweep), ours is at the manifest's budget. The paper's Ulyanov row also "
+        "carries the footnote 'obtained with oracle stopping'; we follow the caption."
+    ]
     halted = int(_halted_before_budget(group).sum())
     if halted:
-        notes.append(f"{halted} network fit(s) halted at the automatic stop before their budget (halt_at_stop) "
-                     "and are left out: they have no PSNR at the budget.")
+        notes.append(
+            f"{halted} network fit(s) halted at the automatic stop before their budget (halt_at_stop) "
+            "and are left out: they have no PSNR at the budget."
+        )
     return (f", PSNR at a fixed iteration ({'; '.join(parts)})" if parts else ""), notes
 
 
@@ -343,50 +411,85 @@ def write_tables(fits: pd.DataFrame, store: Store, experiment: str | None, out: 
         for metric, (short, meaning) in METRICS.items():
             table = stat_table(group, metric, "setting", "column", "setting")
             if table:
-                out.table(section, f"{stem}-{short}", f"{where}: {short} PSNR (dB)", *table[:2],
-                          f"{meaning}; rows are settings, columns task parameters, mean ± std over seeds"
-                          + (" and images" if group["image"].nunique() > 1 else ""), table[2])
+                out.table(
+                    section,
+                    f"{stem}-{short}",
+                    f"{where}: {short} PSNR (dB)",
+                    *table[:2],
+                    f"{meaning}; rows are settings, columns task parameters, mean ± std over seeds"
+                    + (" and images" if group["image"].nunique() > 1 else ""),
+                    table[2],
+                )
         if group["image"].nunique() > 1:
             several = group["column"].nunique() > 1
             rows = group["setting"] + (", " + group["column"] if several else "")
             per_image = pd.concat([group.assign(row=rows), group.assign(row=rows, image="all images")])
             table = stat_table(per_image, "best_psnr", "row", "image", "setting")
             if table:
-                out.table(section, f"{stem}-oracle-per-image", f"{where}: oracle PSNR (dB) per image", *table[:2],
-                          "the same oracle PSNRs per image (mean ± std over seeds); the last column pools all "
-                          "images", table[2])
+                out.table(
+                    section,
+                    f"{stem}-oracle-per-image",
+                    f"{where}: oracle PSNR (dB) per image",
+                    *table[:2],
+                    "the same oracle PSNRs per image (mean ± std over seeds); the last column pools all images",
+                    table[2],
+                )
         for paper in tables_for(task, image_set if image_set != "images" else None, experiment):
             shown, data = paper_comparison(group, paper)
             at_budget, budget_footnotes = budget_notes(group, paper)
-            out.table(section, f"{stem}-paper-{_slug(paper.source)[:40]}",
-                      f"{where}: ours vs {paper.source}{at_budget}",
-                      shown, data, "the published PSNRs with ours beside them and Δ = ours − paper; which of our "
-                      "settings reproduces which paper row, and on which PSNR, is pipeline.paper.paper_row",
-                      [(f"Paper values: {paper.source}. Ours: mean ± std over seeds and images of this sweep "
+            out.table(
+                section,
+                f"{stem}-paper-{_slug(paper.source)[:40]}",
+                f"{where}: ours vs {paper.source}{at_budget}",
+                shown,
+                data,
+                "the published PSNRs with ours beside them and Δ = ours − paper; which of our "
+                "settings reproduces which paper row, and on which PSNR, is pipeline.paper.paper_row",
+                [
+                    (
+                        f"Paper values: {paper.source}. Ours: mean ± std over seeds and images of this sweep "
                         f"({group['image'].nunique()} image(s)); a paper average over a full data set is "
-                        "comparable only when the sweep covers it."), *budget_footnotes])
+                        "comparable only when the sweep covers it."
+                    ),
+                    *budget_footnotes,
+                ],
+            )
         converged = _converged_columns(group)
         if converged:
             labels = _signal_freqs(store, group["key"].iloc[0], len(converged))
-            long = pd.concat([group.assign(freq=label, iteration=group[c].where(group[c] >= 0))
-                              for c, label in zip(converged, labels)])
+            long = pd.concat(
+                [
+                    group.assign(freq=label, iteration=group[c].where(group[c] >= 0))
+                    for c, label in zip(converged, labels, strict=False)
+                ]
+            )
             table = stat_table(long, "iteration", "setting", "freq", "setting", digits=1)
             never = int((group[converged] < 0).to_numpy().sum())
             if table:
-                out.table(section, f"{stem}-convergence", f"{where}: iterations until SE(k) ≤ {SE_CONVERGED}",
-                          *table[:2], "1-D fits: first iteration at which each frequency's amplitude error "
-                          "reached δ (C&M §3.1), mean ± std over seeds", [*table[2],
-                          f"{never} (fit, frequency) pairs never converged and are left out."])
+                out.table(
+                    section,
+                    f"{stem}-convergence",
+                    f"{where}: iterations until SE(k) ≤ {SE_CONVERGED}",
+                    *table[:2],
+                    "1-D fits: first iteration at which each frequency's amplitude error "
+                    "reached δ (C&M §3.1), mean ± std over seeds",
+                    [*table[2], f"{never} (fit, frequency) pairs never converged and are left out."],
+                )
 
 
 # --- oracle vs automatic stopping ---------------------------------------------------------------
 
 
 STOP_COLUMNS = {  # per-fit column -> how the summary names it
-    "oracle_psnr": "oracle PSNR (dB)", "autostop_psnr": "auto-stop PSNR (dB)", "final_psnr": "final PSNR (dB)",
-    "oracle_iteration": "oracle iteration", "stop_iteration": "stop iteration",
-    "iterations_saved": "iterations saved", "psnr_lost_at_stop": "PSNR lost at auto-stop (dB)",
-    "psnr_lost_at_budget": "PSNR lost at budget (dB)", "fallbacks": "backtracking fallbacks",
+    "oracle_psnr": "oracle PSNR (dB)",
+    "autostop_psnr": "auto-stop PSNR (dB)",
+    "final_psnr": "final PSNR (dB)",
+    "oracle_iteration": "oracle iteration",
+    "stop_iteration": "stop iteration",
+    "iterations_saved": "iterations saved",
+    "psnr_lost_at_stop": "PSNR lost at auto-stop (dB)",
+    "psnr_lost_at_budget": "PSNR lost at budget (dB)",
+    "fallbacks": "backtracking fallbacks",
 }
 
 
@@ -399,19 +502,42 @@ def stopping_per_fit(fits: pd.DataFrame) -> pd.DataFrame:
     """
     ref = fits[fits["best_psnr"].notna() & ~fits["one_d"] & ~fits["method"].map(_present)]  # classical: no stop
     fired = ref["stop_iteration"].notna()
-    return pd.DataFrame({
-        "key": ref["key"], "task": ref["task"], "params": ref["params"], "image": ref["image"],
-        "setting": ref["setting"], "seed": ref["seed"], "budget": ref["iterations"],
-        "iterations_run": ref["iterations_run"],
-        "oracle_iteration": ref["best_iteration"], "oracle_psnr": ref["best_psnr"],
-        "stop_fired": fired, "stop_iteration": ref["stop_iteration"], "stop_psnr": ref["stop_psnr"],
-        "autostop_psnr": ref["autostop_psnr"], "final_psnr": ref["final_psnr"],
-        "iterations_saved": (ref["iterations"] - ref["stop_iteration"]).where(fired, 0),
-        "psnr_lost_at_stop": ref["best_psnr"] - ref["autostop_psnr"],
-        "psnr_lost_at_budget": ref["best_psnr"] - ref["final_psnr"],
-        "fallbacks": ref["fallbacks"],  # times the safeguard restored the last good parameters
-    }).astype({c: "Int64" for c in ("seed", "budget", "iterations_run", "oracle_iteration", "stop_iteration",
-                                    "iterations_saved", "fallbacks")})
+    return pd.DataFrame(
+        {
+            "key": ref["key"],
+            "task": ref["task"],
+            "params": ref["params"],
+            "image": ref["image"],
+            "setting": ref["setting"],
+            "seed": ref["seed"],
+            "budget": ref["iterations"],
+            "iterations_run": ref["iterations_run"],
+            "oracle_iteration": ref["best_iteration"],
+            "oracle_psnr": ref["best_psnr"],
+            "stop_fired": fired,
+            "stop_iteration": ref["stop_iteration"],
+            "stop_psnr": ref["stop_psnr"],
+            "autostop_psnr": ref["autostop_psnr"],
+            "final_psnr": ref["final_psnr"],
+            "iterations_saved": (ref["iterations"] - ref["stop_iteration"]).where(fired, 0),
+            "psnr_lost_at_stop": ref["best_psnr"] - ref["autostop_psnr"],
+            "psnr_lost_at_budget": ref["best_psnr"] - ref["final_psnr"],
+            "fallbacks": ref["fallbacks"],  # times the safeguard restored the last good parameters
+        }
+    ).astype(
+        {
+            c: "Int64"
+            for c in (
+                "seed",
+                "budget",
+                "iterations_run",
+                "oracle_iteration",
+                "stop_iteration",
+                "iterations_saved",
+                "fallbacks",
+            )
+        }
+    )
 
 
 def write_stopping(fits: pd.DataFrame, out: Output) -> None:
@@ -419,13 +545,21 @@ def write_stopping(fits: pd.DataFrame, out: Output) -> None:
     section = "Oracle vs automatic stopping"
     per_fit = stopping_per_fit(fits)
     if per_fit.empty:
-        out.note(section, "No image fit with a clean reference, so nothing to compare the automatic stop with "
-                 "(1-D signal fits have no automatic stop: no blur/sharpness signal).")
+        out.note(
+            section,
+            "No image fit with a clean reference, so nothing to compare the automatic stop with "
+            "(1-D signal fits have no automatic stop: no blur/sharpness signal).",
+        )
         return
     path = out.root / "tables" / "stopping-per-fit.csv"
     per_fit.to_csv(path, index=False)
-    out.link(section, path, "per fit (CSV)", "oracle peak, auto-stop and fixed-budget PSNR and iteration of "
-             "every fit with a clean reference, iterations saved (budget − stop iteration) and PSNR lost")
+    out.link(
+        section,
+        path,
+        "per fit (CSV)",
+        "oracle peak, auto-stop and fixed-budget PSNR and iteration of "
+        "every fit with a clean reference, iterations saved (budget − stop iteration) and PSNR lost",
+    )
     digits = {c: 0 if "iteration" in c else 2 for c in STOP_COLUMNS}
     shown, data = [], []
     for task, by_task in per_fit.groupby("task", sort=False):
@@ -434,16 +568,29 @@ def write_stopping(fits: pd.DataFrame, out: Output) -> None:
             stats = {c: Stat.of(rows[c]) for c in STOP_COLUMNS}
             fired = f"{int(rows['stop_fired'].sum())}/{len(rows)}"
             shown.append([task, setting, fired] + ["—" if s is None else s.text(digits[c]) for c, s in stats.items()])
-            data.append([task, setting, len(rows), int(rows["stop_fired"].sum())]
-                        + [x for s in stats.values() for x in ((s.mean, s.std) if s else (None, None))])
-    out.table(section, "stopping-summary", "Oracle vs automatic stopping, per task",
-              pd.DataFrame(shown, columns=["task", "setting", "stop fired", *STOP_COLUMNS.values()]),
-              pd.DataFrame(data, columns=["task", "setting", "fits", "stop_fired"]
-                           + [f"{c} {p}" for c in STOP_COLUMNS for p in ("mean", "std")]),
-              "mean ± std per task (and setting) of the per-fit numbers",
-              [("Mean ± sample standard deviation over fits. Stop iteration: fits whose rule fired only. "
+            data.append(
+                [task, setting, len(rows), int(rows["stop_fired"].sum())]
+                + [x for s in stats.values() for x in ((s.mean, s.std) if s else (None, None))]
+            )
+    out.table(
+        section,
+        "stopping-summary",
+        "Oracle vs automatic stopping, per task",
+        pd.DataFrame(shown, columns=["task", "setting", "stop fired", *STOP_COLUMNS.values()]),
+        pd.DataFrame(
+            data,
+            columns=["task", "setting", "fits", "stop_fired"]
+            + [f"{c} {p}" for c in STOP_COLUMNS for p in ("mean", "std")],
+        ),
+        "mean ± std per task (and setting) of the per-fit numbers",
+        [
+            (
+                "Mean ± sample standard deviation over fits. Stop iteration: fits whose rule fired only. "
                 "Auto-stop PSNR, iterations saved and PSNR lost at auto-stop count a fit whose rule never "
-                "fired as run to its budget (final PSNR, 0 iterations saved).")])
+                "fired as run to its budget (final PSNR, 0 iterations saved)."
+            )
+        ],
+    )
 
 
 FBC_LEVEL = 0.9  # a band has "converged" once it reaches this fraction of its own maximum
@@ -475,11 +622,18 @@ def write_band_convergence(fits: pd.DataFrame, store: Store, out: Output) -> Non
     table = data.groupby(["task", "params", "setting"], sort=False)[bands].mean().reset_index()
     shown = table.copy()
     shown[bands] = shown[bands].map(lambda v: f"{v:.0f}")
-    out.table(section, "fbc-band-convergence",
-              f"FBC: mean iteration at which each band reaches {FBC_LEVEL:.0%} of its maximum", shown, table,
-              "per task, degradation and setting, mean over images and seeds; band 1 is the lowest frequency",
-              ["Shi et al. (Fig. 3): low frequencies are learned faster than high ones, so the numbers "
-               "should grow from band 1 to band 5."])
+    out.table(
+        section,
+        "fbc-band-convergence",
+        f"FBC: mean iteration at which each band reaches {FBC_LEVEL:.0%} of its maximum",
+        shown,
+        table,
+        "per task, degradation and setting, mean over images and seeds; band 1 is the lowest frequency",
+        [
+            "Shi et al. (Fig. 3): low frequencies are learned faster than high ones, so the numbers "
+            "should grow from band 1 to band 5."
+        ],
+    )
 
 
 # --- figures ------------------------------------------------------------------------------------
@@ -516,7 +670,7 @@ def _stack(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray,
     """Curves (x, y) of several seeds on the union of their x: (x (T,), values (S, T)), NaN where missing."""
     x = np.unique(np.concatenate([np.asarray(cx) for cx, _ in curves]))
     values = np.full((len(curves), x.size), np.nan)
-    for row, (cx, cy) in zip(values, curves):
+    for row, (cx, cy) in zip(values, curves, strict=False):
         row[np.searchsorted(x, cx)] = cy
     return x, values
 
@@ -553,8 +707,12 @@ class FigureGroup:
         self.out.link(f"Figures: {self.title}", self.path(kind), text, note)
 
     def curves(self, setting: str, column: str) -> tuple[np.ndarray, np.ndarray]:
-        return _stack([(m["iteration"].to_numpy(), m[column].to_numpy())
-                       for m in map(self.files.metrics, self.settings[setting]["key"])])
+        return _stack(
+            [
+                (m["iteration"].to_numpy(), m[column].to_numpy())
+                for m in map(self.files.metrics, self.settings[setting]["key"])
+            ]
+        )
 
     def has(self, column: str) -> bool:
         return all(column in self.files.metrics(k) for fits in self.settings.values() for k in fits["key"])
@@ -563,8 +721,9 @@ class FigureGroup:
         """Per setting, its first fit (lowest seed) that kept snapshots: (setting, key, iterations,
         snapshots as float32), one at a time."""
         for setting, fits in self.settings.items():
-            found = next(((key, snaps) for key in fits["key"] if (snaps := self.files.snapshots(key)) is not None),
-                         None)
+            found = next(
+                ((key, snaps) for key in fits["key"] if (snaps := self.files.snapshots(key)) is not None), None
+            )
             if found:
                 key, (iterations, snapshots) = found
                 yield setting, key, iterations, snapshots.astype(np.float32)
@@ -575,45 +734,84 @@ def psnr_figure(g: FigureGroup) -> None:
     column = "psnr_clean" if clean else "psnr_target"
     series = []
     for setting, fits in g.settings.items():
-        marks = {kind: [(it, psnr) for it, psnr in zip(fits[f"{stop}_iteration"], fits[f"{stop}_psnr"])
-                        if _present(it)]
-                 for kind, stop in (("oracle peak", "best"), ("auto-stop", "stop"))} if clean else {}
-        marks["fallback"] = [point for key in fits["key"]
-                             for point in plots.fallback_points(g.files.metrics(key), column)]
-        series.append(plots.Series(f"{setting} ({len(fits)} seed{'s' * (len(fits) > 1)})",
-                                   *g.curves(setting, column), marks))
+        marks = (
+            {
+                kind: [
+                    (it, psnr)
+                    for it, psnr in zip(fits[f"{stop}_iteration"], fits[f"{stop}_psnr"], strict=True)
+                    if _present(it)
+                ]
+                for kind, stop in (("oracle peak", "best"), ("auto-stop", "stop"))
+            }
+            if clean
+            else {}
+        )
+        marks["fallback"] = [
+            point for key in fits["key"] for point in plots.fallback_points(g.files.metrics(key), column)
+        ]
+        series.append(
+            plots.Series(f"{setting} ({len(fits)} seed{'s' * (len(fits) > 1)})", *g.curves(setting, column), marks)
+        )
     ylabel = "PSNR vs clean image (dB)" if clean else "PSNR vs degraded target (dB)"
     plots.curves_figure([plots.Panel(series, ylabel)], g.path("psnr"), f"PSNR over the fit: {g.title}")
-    marked = "dots: each seed's oracle peak, triangles: its automatic stop" if clean else (
-        "no clean reference, so PSNR against the degraded target and no oracle")
+    marked = (
+        "dots: each seed's oracle peak, triangles: its automatic stop"
+        if clean
+        else ("no clean reference, so PSNR against the degraded target and no oracle")
+    )
     marked += "; crosses: where backtracking restored the last good parameters"
     g.add("psnr", "PSNR vs iteration", f"mean over seeds, shaded min–max; {marked}")
 
 
 def fbc_figure(g: FigureGroup) -> None:
-    bands = sorted((c for c in g.files.metrics(next(iter(g.settings.values()))["key"].iloc[0])
-                    if re.fullmatch(r"fbc_\d+", c)), key=lambda c: int(c[4:]))
+    bands = sorted(
+        (c for c in g.files.metrics(next(iter(g.settings.values()))["key"].iloc[0]) if re.fullmatch(r"fbc_\d+", c)),
+        key=lambda c: int(c[4:]),
+    )
     colors = plots.ramp(len(bands))
     labels = plots.BAND_LABELS if len(bands) == len(plots.BAND_LABELS) else bands
-    panels = [plots.Panel([plots.Series(label, *g.curves(setting, band), color=color)
-                           for band, label, color in zip(bands, labels, colors)],
-                          "FBC (mean |F out| / |F y|, clipped to 1)", setting, ylim=(0, 1.05),
-                          legend_title="frequency band") for setting in g.settings]
+    panels = [
+        plots.Panel(
+            [
+                plots.Series(label, *g.curves(setting, band), color=color)
+                for band, label, color in zip(bands, labels, colors, strict=False)
+            ],
+            "FBC (mean |F out| / |F y|, clipped to 1)",
+            setting,
+            ylim=(0, 1.05),
+            legend_title="frequency band",
+        )
+        for setting in g.settings
+    ]
     plots.curves_figure(panels, g.path("fbc"), f"Frequency-band correspondence: {g.title}")
-    g.add("fbc", "FBC bands", "the five frequency bands' correspondence (Shi Eq. 1), one panel per setting: "
-          "low bands rise first (spectral bias)")
+    g.add(
+        "fbc",
+        "FBC bands",
+        "the five frequency bands' correspondence (Shi Eq. 1), one panel per setting: "
+        "low bands rise first (spectral bias)",
+    )
 
 
 def ratio_figure(g: FigureGroup) -> None:
     series = []
     for setting, fits in g.settings.items():
-        stops = [(it, _at(g.files.metrics(k), "ratio", it)) for k, it in zip(fits["key"], fits["stop_iteration"])
-                 if _present(it)]
+        stops = [
+            (it, _at(g.files.metrics(k), "ratio", it))
+            for k, it in zip(fits["key"], fits["stop_iteration"], strict=True)
+            if _present(it)
+        ]
         series.append(plots.Series(setting, *g.curves(setting, "ratio"), {"auto-stop": stops}))
-    plots.curves_figure([plots.Panel(series, "blurriness / sharpness (ratio)", log_y=True)], g.path("ratio"),
-                        f"Auto-stop signal: {g.title}")
-    g.add("ratio", "blur/sharpness ratio", "the signal of the automatic stop (Shi Eq. 8): it fires where the "
-          "ratio's windowed mean stops changing; log scale")
+    plots.curves_figure(
+        [plots.Panel(series, "blurriness / sharpness (ratio)", log_y=True)],
+        g.path("ratio"),
+        f"Auto-stop signal: {g.title}",
+    )
+    g.add(
+        "ratio",
+        "blur/sharpness ratio",
+        "the signal of the automatic stop (Shi Eq. 8): it fires where the "
+        "ratio's windowed mean stops changing; log scale",
+    )
 
 
 def divergence_figure(g: FigureGroup) -> None:
@@ -624,40 +822,65 @@ def divergence_figure(g: FigureGroup) -> None:
         curves = []
         for (ia, a), (ib, b) in itertools.combinations(trajectories, 2):
             common, pa, pb = np.intersect1d(ia, ib, return_indices=True)
-            eps = M.trajectory_divergence(torch.from_numpy(a[pa].astype(np.float32)),
-                                          torch.from_numpy(b[pb].astype(np.float32)))
+            eps = M.trajectory_divergence(
+                torch.from_numpy(a[pa].astype(np.float32)), torch.from_numpy(b[pb].astype(np.float32))
+            )
             curves.append((common, eps.numpy()))
         if curves:
-            series.append(plots.Series(f"{setting} ({len(curves)} seed pair{'s' * (len(curves) > 1)})",
-                                       *_stack(curves)))
+            series.append(
+                plots.Series(f"{setting} ({len(curves)} seed pair{'s' * (len(curves) > 1)})", *_stack(curves))
+            )
     if not series:
         return
-    plots.curves_figure([plots.Panel(series, "ε(i) = Σ (T₁(i) − T₂(i))²  (pixels in [0, 1])", log_y=True)],
-                        g.path("divergence"), f"Trajectory divergence between seeds: {g.title}")
-    g.add("divergence", "ε(i) between seeds", "squared distance between the outputs of two fits that differ "
-          "only in their seed (C&M Fig. 1), at the snapshot iterations; mean over seed pairs, shaded min–max")
+    plots.curves_figure(
+        [plots.Panel(series, "ε(i) = Σ (T₁(i) − T₂(i))²  (pixels in [0, 1])", log_y=True)],
+        g.path("divergence"),
+        f"Trajectory divergence between seeds: {g.title}",
+    )
+    g.add(
+        "divergence",
+        "ε(i) between seeds",
+        "squared distance between the outputs of two fits that differ "
+        "only in their seed (C&M Fig. 1), at the snapshot iterations; mean over seed pairs, shaded min–max",
+    )
 
 
 def amplitude_error_figure(g: FigureGroup) -> None:
     """SE(k) of 1-D fits with each seed's convergence iteration marked (C&M Fig. 3)."""
     first = next(iter(g.settings.values()))
-    columns = sorted((c for c in g.files.metrics(first["key"].iloc[0]) if re.fullmatch(r"se_\d+", c)),
-                     key=lambda c: int(c[3:]))
+    columns = sorted(
+        (c for c in g.files.metrics(first["key"].iloc[0]) if re.fullmatch(r"se_\d+", c)), key=lambda c: int(c[3:])
+    )
     labels = _signal_freqs(g.files.store, first["key"].iloc[0], len(columns))
     series = []
     for i, (setting, fits) in enumerate(g.settings.items()):
-        for j, (column, label) in enumerate(zip(columns, labels)):
+        for j, (column, label) in enumerate(zip(columns, labels, strict=False)):
             converged = f"converged_k{j + 1}"
-            marks = [(it, _at(g.files.metrics(k), column, it))
-                     for k, it in zip(fits["key"], fits.get(converged, pd.Series(dtype=float)))
-                     if _present(it) and it >= 0]
-            series.append(plots.Series(f"{setting}, {label}", *g.curves(setting, column), {"converged": marks},
-                                       color=f"C{i % 10}", linestyle=LINESTYLES[j % len(LINESTYLES)]))
-    plots.curves_figure([plots.Panel(series, "SE(k) = (Ã_k − A_k)²", log_y=True,
-                                     hlines={f"δ = {SE_CONVERGED}": SE_CONVERGED})],
-                        g.path("amplitude-error"), f"Amplitude error per frequency: {g.title}")
-    g.add("amplitude-error", "SE(k) per frequency", "squared amplitude error of each frequency of the 1-D "
-          "signal (C&M Fig. 3); squares: the iteration each seed first reached δ")
+            marks = [
+                (it, _at(g.files.metrics(k), column, it))
+                for k, it in zip(fits["key"], fits.get(converged, pd.Series(dtype=float)), strict=True)
+                if _present(it) and it >= 0
+            ]
+            series.append(
+                plots.Series(
+                    f"{setting}, {label}",
+                    *g.curves(setting, column),
+                    {"converged": marks},
+                    color=f"C{i % 10}",
+                    linestyle=LINESTYLES[j % len(LINESTYLES)],
+                )
+            )
+    plots.curves_figure(
+        [plots.Panel(series, "SE(k) = (Ã_k − A_k)²", log_y=True, hlines={f"δ = {SE_CONVERGED}": SE_CONVERGED})],
+        g.path("amplitude-error"),
+        f"Amplitude error per frequency: {g.title}",
+    )
+    g.add(
+        "amplitude-error",
+        "SE(k) per frequency",
+        "squared amplitude error of each frequency of the 1-D "
+        "signal (C&M Fig. 3); squares: the iteration each seed first reached δ",
+    )
 
 
 def spectrum_figures(g: FigureGroup, wanted: Sequence[int] | None) -> None:
@@ -675,29 +898,66 @@ def spectrum_figures(g: FigureGroup, wanted: Sequence[int] | None) -> None:
         chosen = chosen_iterations(iterations, wanted)
         index = [int(np.flatnonzero(iterations == it)[0]) for it in chosen]
         power = M.radial_power_spectrum(torch.from_numpy(snapshots[index])).numpy()
-        panels.append(plots.Panel(
-            [plots.Series("clean image", freqs, M.radial_power_spectrum(torch.from_numpy(clean)[None]).numpy(),
-                          color="black")]
-            + [plots.Series(f"iteration {it}", freqs, p[None], color=c)
-               for it, p, c in zip(chosen, power, plots.ramp(len(chosen)))],
-            "radial mean power |F|²", setting, log_y=True))
+        panels.append(
+            plots.Panel(
+                [
+                    plots.Series(
+                        "clean image",
+                        freqs,
+                        M.radial_power_spectrum(torch.from_numpy(clean)[None]).numpy(),
+                        color="black",
+                    )
+                ]
+                + [
+                    plots.Series(f"iteration {it}", freqs, p[None], color=c)
+                    for it, p, c in zip(chosen, power, plots.ramp(len(chosen)), strict=True)
+                ],
+                "radial mean power |F|²",
+                setting,
+                log_y=True,
+            )
+        )
         degraded = g.files.image(key, "degraded")
         inputs = [("clean", clean)] + ([("degraded", degraded)] if degraded is not None else [])
-        rows.append((setting, inputs + [(f"iteration {it}", snapshots[i]) for it, i in zip(chosen, index)]))
+        rows.append(
+            (setting, inputs + [(f"iteration {it}", snapshots[i]) for it, i in zip(chosen, index, strict=False)])
+        )
     if not maps:
         return
-    plots.heatmap_figure(maps, g.path("spectrum-error"), f"Power-spectrum error over the fit: {g.title}",
-                         "|log P(output) − log P(clean)|", "radial frequency (cycles / pixel)", skip_rows=1)
-    g.add("spectrum-error", "power-spectrum error", "per iteration (y) and radial frequency (x), how far the "
-          "output's power is from the clean image's (C&M Fig. 4): dark = matched; first seed of each setting; "
-          "the colour scale ignores the random initial output, which saturates")
-    plots.curves_figure(panels, g.path("spectra"), f"Radial power spectra along the fit: {g.title}",
-                        xlabel="radial frequency (cycles / pixel)")
-    g.add("spectra", "power spectra at chosen iterations", "the output's radially averaged power at a few "
-          "snapshot iterations against the clean image's (C&M Fig. 5); first seed of each setting")
+    plots.heatmap_figure(
+        maps,
+        g.path("spectrum-error"),
+        f"Power-spectrum error over the fit: {g.title}",
+        "|log P(output) − log P(clean)|",
+        "radial frequency (cycles / pixel)",
+        skip_rows=1,
+    )
+    g.add(
+        "spectrum-error",
+        "power-spectrum error",
+        "per iteration (y) and radial frequency (x), how far the "
+        "output's power is from the clean image's (C&M Fig. 4): dark = matched; first seed of each setting; "
+        "the colour scale ignores the random initial output, which saturates",
+    )
+    plots.curves_figure(
+        panels,
+        g.path("spectra"),
+        f"Radial power spectra along the fit: {g.title}",
+        xlabel="radial frequency (cycles / pixel)",
+    )
+    g.add(
+        "spectra",
+        "power spectra at chosen iterations",
+        "the output's radially averaged power at a few "
+        "snapshot iterations against the clean image's (C&M Fig. 5); first seed of each setting",
+    )
     plots.image_grid(rows, g.path("outputs"), f"Outputs along the fit: {g.title}")
-    g.add("outputs", "outputs at chosen iterations", "clean and degraded images, then the output at the "
-          "snapshot iterations nearest to the chosen ones; one row per setting (first seed)")
+    g.add(
+        "outputs",
+        "outputs at chosen iterations",
+        "clean and degraded images, then the output at the "
+        "snapshot iterations nearest to the chosen ones; one row per setting (first seed)",
+    )
 
 
 def capacity_figures(fits: pd.DataFrame, store: Store, out: Output) -> None:
@@ -715,36 +975,61 @@ def capacity_figures(fits: pd.DataFrame, store: Store, out: Output) -> None:
         names = [setting_name(row, [c for c in shown if c != axis]) for row in one_d.to_dict("records")]
         series = []
         for i, (name, fits_of) in enumerate(one_d.assign(line=names).groupby("line", sort=False)):
-            for j, (column, label) in enumerate(zip(converged, labels)):
+            for j, (column, label) in enumerate(zip(converged, labels, strict=False)):
                 per_x = [fits_of.loc[fits_of[axis] == x, column] for x in xs]
                 seeds = max(len(v) for v in per_x)
                 values = np.full((seeds, len(xs)), np.nan)
                 for col, v in enumerate(per_x):
                     values[: len(v), col] = v.where(v >= 0).to_numpy()
-                series.append(plots.Series(f"{name}, {label}", np.asarray(xs, dtype=float), values,
-                                           color=f"C{i % 10}", linestyle=LINESTYLES[j % len(LINESTYLES)],
-                                           spread="std"))
+                series.append(
+                    plots.Series(
+                        f"{name}, {label}",
+                        np.asarray(xs, dtype=float),
+                        values,
+                        color=f"C{i % 10}",
+                        linestyle=LINESTYLES[j % len(LINESTYLES)],
+                        spread="std",
+                    )
+                )
         path = out.root / "figures" / f"capacity-{axis}.png"
-        plots.curves_figure([plots.Panel(series, f"iterations until SE(k) ≤ {SE_CONVERGED}", log_x=axis == "width")],
-                            path, f"Convergence iteration against network {axis} (1-D)", xlabel=f"network {axis}")
-        out.link("Figures: 1-D capacity", path, f"convergence vs {axis}", "mean ± std over seeds of the first "
-                 f"iteration at which each frequency converged, against network {axis} (C&M App. B Fig. 6); "
-                 "fits that never converged are left out")
+        plots.curves_figure(
+            [plots.Panel(series, f"iterations until SE(k) ≤ {SE_CONVERGED}", log_x=axis == "width")],
+            path,
+            f"Convergence iteration against network {axis} (1-D)",
+            xlabel=f"network {axis}",
+        )
+        out.link(
+            "Figures: 1-D capacity",
+            path,
+            f"convergence vs {axis}",
+            "mean ± std over seeds of the first "
+            f"iteration at which each frequency converged, against network {axis} (C&M App. B Fig. 6); "
+            "fits that never converged are left out",
+        )
 
 
-def write_figures(fits: pd.DataFrame, store: Store, experiment: str | None, wanted: Sequence[int] | None,
-                  max_groups: int, out: Output) -> None:
+def write_figures(
+    fits: pd.DataFrame, store: Store, experiment: str | None, wanted: Sequence[int] | None, max_groups: int, out: Output
+) -> None:
     """Group-level figures for the first `max_groups` (task, parameters, image) groups, never one per fit."""
     curves = fits[~fits["method"].map(_present)]  # a classical method has one output, no trajectory
     groups = list(curves.groupby(["task", "params", "image"], sort=False))
-    out.note("Figures", f"Figures are drawn for {min(len(groups), max_groups)} of {len(groups)} groups "
-             "(task × task parameters × image, in table order), one figure per group and kind with one line "
-             "or panel per setting; `write_report(..., max_groups=N)` draws more.")
+    out.note(
+        "Figures",
+        f"Figures are drawn for {min(len(groups), max_groups)} of {len(groups)} groups "
+        "(task × task parameters × image, in table order), one figure per group and kind with one line "
+        "or panel per setting; `write_report(..., max_groups=N)` draws more.",
+    )
     wanted = wanted if wanted is not None else FIGURE_ITERATIONS.get(experiment or "")
     for n, ((task, params, image), group) in enumerate(groups[:max_groups], start=1):
         title = f"{task} {params}".strip() + f", {image}"
-        g = FigureGroup(title, f"g{n:02d}-{_slug(f'{task}-{params}-{image}')}",
-                        {s: f for s, f in group.groupby("setting", sort=False)}, FitFiles(store), out)
+        g = FigureGroup(
+            title,
+            f"g{n:02d}-{_slug(f'{task}-{params}-{image}')}",
+            {s: f for s, f in group.groupby("setting", sort=False)},
+            FitFiles(store),
+            out,
+        )
         psnr_figure(g)
         if g.has("fbc_1"):
             fbc_figure(g)
@@ -773,29 +1058,79 @@ def write_responses(fits: pd.DataFrame, store: Store, out: Output) -> None:
             m = store.read_metrics(fit.key).to_pandas()
             for column, (style, what) in RESPONSE_LINES.items():
                 if column in m:
-                    series.append(plots.Series(f"{fit.upsample}: {what}", m["frequency"].to_numpy(),
-                                               m[column].to_numpy()[None], color=f"C{i}", linestyle=style))
+                    series.append(
+                        plots.Series(
+                            f"{fit.upsample}: {what}",
+                            m["frequency"].to_numpy(),
+                            m[column].to_numpy()[None],
+                            color=f"C{i}",
+                            linestyle=style,
+                        )
+                    )
             edge = m.iloc[-1]  # k = 1/(2·stride), the highest frequency the input carries
-            rows.append([int(stride), fit.upsample, fit.max_error_exact, getattr(fit, "max_rel_error_paper", math.nan),
-                         edge["measured"], edge.get("paper", math.nan)])
+            rows.append(
+                [
+                    int(stride),
+                    fit.upsample,
+                    fit.max_error_exact,
+                    getattr(fit, "max_rel_error_paper", math.nan),
+                    edge["measured"],
+                    edge.get("paper", math.nan),
+                ]
+            )
         panels.append(plots.Panel(series, "|H(k)| / H(0)", f"stride {int(stride)}", ylim=(0, 1.05)))
     path = out.root / "figures" / "upsampling-response.png"
-    plots.curves_figure(panels, path, "Upsampling layers' frequency response: measured (impulse through the layer), "
-                        "exact discrete filter, C&M App. E's sinc (nearest) / sinc² (bilinear)", xlabel="k (cycles per output sample)")
-    out.link(section, path, "frequency response per layer and stride", "measured |DFT| / DC of the response to "
-             "a unit impulse on the band the low-resolution input carries, against the layer's exact filter and "
-             "C&M's sinc (nearest) and sinc² (bilinear)")
-    data = pd.DataFrame(rows, columns=["stride", "layer", "max |measured − exact|", "max |measured / paper − 1|",
-                                       "measured at k = 1/(2·stride)", "paper at k = 1/(2·stride)"])
-    shown = data.astype(object).map(lambda v: "—" if isinstance(v, float) and math.isnan(v)
-                                    else f"{v:.2e}" if isinstance(v, float) and v < 1e-3 else
-                                    f"{v:.3f}" if isinstance(v, float) else v)
-    out.table(section, "upsampling-response", "Upsampling layers: measured vs exact vs the paper's form", shown,
-              data, "per layer and stride: deviations from the exact filter and from the paper's form, and "
-              "the response at the band edge",
-              ["Expected: measured = exact to float precision; the paper's continuous forms differ by "
-               "aliasing, a relative (πk)²/6 at low k, so more at stride 2 than at stride 4; bilinear "
-               "attenuates the band edge more than nearest (C&M: it is the smoother prior)."])
+    plots.curves_figure(
+        panels,
+        path,
+        "Upsampling layers' frequency response: measured (impulse through the layer), "
+        "exact discrete filter, C&M App. E's sinc (nearest) / sinc² (bilinear)",
+        xlabel="k (cycles per output sample)",
+    )
+    out.link(
+        section,
+        path,
+        "frequency response per layer and stride",
+        "measured |DFT| / DC of the response to "
+        "a unit impulse on the band the low-resolution input carries, against the layer's exact filter and "
+        "C&M's sinc (nearest) and sinc² (bilinear)",
+    )
+    data = pd.DataFrame(
+        rows,
+        columns=[
+            "stride",
+            "layer",
+            "max |measured − exact|",
+            "max |measured / paper − 1|",
+            "measured at k = 1/(2·stride)",
+            "paper at k = 1/(2·stride)",
+        ],
+    )
+    shown = data.astype(object).map(
+        lambda v: (
+            "—"
+            if isinstance(v, float) and math.isnan(v)
+            else f"{v:.2e}"
+            if isinstance(v, float) and v < 1e-3
+            else f"{v:.3f}"
+            if isinstance(v, float)
+            else v
+        )
+    )
+    out.table(
+        section,
+        "upsampling-response",
+        "Upsampling layers: measured vs exact vs the paper's form",
+        shown,
+        data,
+        "per layer and stride: deviations from the exact filter and from the paper's form, and "
+        "the response at the band edge",
+        [
+            "Expected: measured = exact to float precision; the paper's continuous forms differ by "
+            "aliasing, a relative (πk)²/6 at low k, so more at stride 2 than at stride 4; bilinear "
+            "attenuates the band edge more than nearest (C&M: it is the smoother prior)."
+        ],
+    )
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -805,21 +1140,33 @@ def _summary_lines(store: Store, fits: pd.DataFrame, name: str | None, experimen
     done = set(fits["key"])
     failed = [record for key, record in store.failed().items() if key not in done]
     seeds = sorted(fits["seed"].dropna().astype(int).unique().tolist())
-    counts = (f"{fits['task'].nunique()} task(s), {fits['image'].nunique()} image(s), "
-              f"{fits['setting'].nunique()} setting(s), seeds {seeds}")
-    lines = [f"# Report: {name or 'sweep'}" + (f" (experiment {experiment})" if experiment else ""), "",
-             f"Storage `{store.uri}`.", "", f"- fits done: {len(fits)} ({counts})", f"- fits failed: {len(failed)}"]
+    counts = (
+        f"{fits['task'].nunique()} task(s), {fits['image'].nunique()} image(s), "
+        f"{fits['setting'].nunique()} setting(s), seeds {seeds}"
+    )
+    lines = [
+        f"# Report: {name or 'sweep'}" + (f" (experiment {experiment})" if experiment else ""),
+        "",
+        f"Storage `{store.uri}`.",
+        "",
+        f"- fits done: {len(fits)} ({counts})",
+        f"- fits failed: {len(failed)}",
+    ]
     reasons = Counter(record.get("reason", "?") for record in failed)
     lines += [f"  - {count} × {reason}" for reason, count in reasons.most_common(5)]
     no_clean = int((fits["best_psnr"].isna() & (fits["kind"] != "response")).sum())
     if no_clean:
-        lines.append(f"- {no_clean} done fit(s) have no clean reference: they are left out of the PSNR tables and "
-                     "of the stopping analysis, and their figures show PSNR against the degraded target")
+        lines.append(
+            f"- {no_clean} done fit(s) have no clean reference: they are left out of the PSNR tables and "
+            "of the stopping analysis, and their figures show PSNR against the degraded target"
+        )
     return lines
 
 
 def write_report(
-    source: str | Path, out_dir: str | Path, iterations: Sequence[int] | None = None,
+    source: str | Path,
+    out_dir: str | Path,
+    iterations: Sequence[int] | None = None,
     max_groups: int = DEFAULT_MAX_GROUPS,
 ) -> Path:
     """Write the report of a sweep (a manifest path or URI, or a storage path or URI) into `out_dir`.

@@ -53,15 +53,17 @@ def downsample(image: torch.Tensor, factor: int, label: str) -> torch.Tensor:
     size = (w // factor, h // factor)
     if min(size) < 1:
         raise ImageError(f"{label}: {w}x{h} is too small to downsample by {factor}")
-    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(c.numpy())).resize(size, Image.Resampling.LANCZOS))
-                for c in image]
+    channels = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(c.numpy())).resize(size, Image.Resampling.LANCZOS))
+        for c in image
+    ]
     return torch.from_numpy(np.stack(channels)).clamp_(0.0, 1.0)
 
 
 def sine_signal(length: int, freqs: Sequence[int], amplitudes: Sequence[float]) -> torch.Tensor:
     """C&M §3.1's 1-D input, (1, length): x0(t) = Σ a_i sin(2π k_i t) at t = i / length."""
     t = torch.arange(length, dtype=torch.float64) / length
-    x = sum(a * torch.sin(2 * torch.pi * k * t) for k, a in zip(freqs, amplitudes))
+    x = sum(a * torch.sin(2 * torch.pi * k * t) for k, a in zip(freqs, amplitudes, strict=False))
     return torch.as_tensor(x, dtype=torch.float32)[None]
 
 
@@ -79,8 +81,14 @@ def convergence_iterations(metrics: Mapping[str, np.ndarray], count: int) -> dic
 
 
 def prepare_problem(
-    image: torch.Tensor, task: str, task_params: dict, net_cfg: NetConfig | None, seed: int, crop: int | None,
-    label: str, multiple: int = 1,
+    image: torch.Tensor,
+    task: str,
+    task_params: dict,
+    net_cfg: NetConfig | None,
+    seed: int,
+    crop: int | None,
+    label: str,
+    multiple: int = 1,
 ) -> Problem:
     """Crop an image to the network's multiple (a (C, L) signal is used whole) and degrade it
     reproducibly from ``seed``. With no network (a classical method) sides are cropped to
@@ -99,8 +107,9 @@ def prepare_problem(
         if net_cfg is not None:
             net_cfg.check_out_shape(tuple(clean.shape[1:]))
     except ValueError as err:
-        raise ImageError(f"{label}: too small for the network at size "
-                         f"{'x'.join(map(str, clean.shape[:1:-1]))} ({err})") from None
+        raise ImageError(
+            f"{label}: too small for the network at size {'x'.join(map(str, clean.shape[:1:-1]))} ({err})"
+        ) from None
     if one_d:  # the operators take images: a (C, L) signal is a (C, 1, L) one
         op = build_operator(task, (clean.shape[1], 1, clean.shape[2]), seed=seed, **task_params)
         return Problem(clean=clean, op=op, y=op.degrade(clean[:, :, None])[:, :, 0])
@@ -114,8 +123,13 @@ def result_images(problem: Problem, result: FitResult) -> dict[str, bytes]:
     Nothing for a 1-D signal: its outputs are in the trajectory snapshots, its fit in SE(k)."""
     if problem.clean.dim() != 4:
         return {}
-    images = {"clean": problem.clean[0].numpy(), "final": result.final, "best": result.best_output,
-              "autostop": result.stop_output, "posterior": result.posterior_mean}
+    images = {
+        "clean": problem.clean[0].numpy(),
+        "final": result.final,
+        "best": result.best_output,
+        "autostop": result.stop_output,
+        "posterior": result.posterior_mean,
+    }
     if problem.y.shape == problem.clean.shape:
         images["degraded"] = problem.y[0].numpy()
     return {name: encode_png(img) for name, img in images.items() if img is not None}
@@ -129,14 +143,19 @@ def write_fit_folder(store: Store, key: str, out_dir: Path, title: str) -> dict[
         if store.has_image(key, name):
             (out_dir / f"{name}.png").write_bytes(store.read_image(key, name))
     table = store.read_metrics(key)
-    metrics = {name: column.to_numpy() for name, column in zip(table.column_names, table.columns)}
+    metrics = {name: column.to_numpy() for name, column in zip(table.column_names, table.columns, strict=True)}
     with (out_dir / "metrics.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(metrics)
-        writer.writerows(zip(*(column.tolist() for column in metrics.values())))
+        writer.writerows(zip(*(column.tolist() for column in metrics.values()), strict=True))
     spec = store.read_spec(key)
-    summary = store.summary(key) | {"title": title, "key": key, "network": spec["network"], "fit": spec["fit"],
-                                    "operator": {"task": spec["task"], **spec["task_params"]}}
+    summary = store.summary(key) | {
+        "title": title,
+        "key": key,
+        "network": spec["network"],
+        "fit": spec["fit"],
+        "operator": {"task": spec["task"], **spec["task_params"]},
+    }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     plots.fit_curves(metrics, out_dir / "curves.png", title, summary["best_iteration"], summary["stop_iteration"])
     return summary

@@ -255,8 +255,12 @@ class Store:
         """Whether the fit's marker exists; retried, since write_fit and the workers start with it."""
         return with_retries(lambda: self.fs.exists(self._done(key)))
 
-    def collect(self, out: str | None = None, write: bool = True,
-                upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> pa.Table:
+    def collect(
+        self,
+        out: str | None = None,
+        write: bool = True,
+        upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> pa.Table:
         """All done summaries as one table, one row per fit sorted by key.
 
         Columns are the union of the summaries' keys (null where a fit lacks one), typed by the

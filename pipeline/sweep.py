@@ -42,8 +42,6 @@ class Plan:
         return [s for s in self.specs if s.key not in skip]
 
 
-
-
 def make_plan(manifest: Manifest, store: Store | None = None, specs: list[FitSpec] | None = None) -> Plan:
     specs = expand_specs(manifest) if specs is None else specs
     store = store or open_store(manifest)
@@ -92,8 +90,9 @@ def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int, custom:
     """The Ray actor class that runs fits, with the manifest's resources."""
     import ray
 
-    @ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, resources=custom or None, max_restarts=-1,
-                max_task_retries=max_retries)
+    @ray.remote(
+        num_gpus=num_gpus, num_cpus=num_cpus, resources=custom or None, max_restarts=-1, max_task_retries=max_retries
+    )
     class FitWorker:
         def __init__(self, store_uri: str, storage_options: dict | None) -> None:
             import torch
@@ -116,8 +115,9 @@ def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int, custom:
     return FitWorker
 
 
-def pool_size(manifest: Manifest, n_packs: int, num_gpus: float | None = None,
-              custom: dict[str, float] | None = None) -> int:
+def pool_size(
+    manifest: Manifest, n_packs: int, num_gpus: float | None = None, custom: dict[str, float] | None = None
+) -> int:
     """How many actors: what the cluster holds now for the manifest's resources (or ``num_gpus``
     and ``custom`` per actor instead of the manifest's), capped by the work (``n_packs`` calls)."""
     import ray
@@ -158,8 +158,10 @@ class Progress:
         rate = finished / elapsed if elapsed > 0 else 0.0
         remaining = self.total - finished
         eta = f"{remaining / rate:.0f}s" if rate > 0 else "?"
-        return (f"[{finished}/{self.total}] done {self.done} · failed {self.failed} · running {self.running} · "
-                f"remaining {remaining} · {rate:.2f} fits/s · ETA {eta}")
+        return (
+            f"[{finished}/{self.total}] done {self.done} · failed {self.failed} · running {self.running} · "
+            f"remaining {remaining} · {rate:.2f} fits/s · ETA {eta}"
+        )
 
     def show(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -201,22 +203,26 @@ class MlflowLog:
         if not manifest.mlflow.enabled:
             return
         try:
-            self.tracker = Tracker(manifest.mlflow.tracking_uri,
-                                   manifest.mlflow.experiment or manifest.name)
+            self.tracker = Tracker(manifest.mlflow.tracking_uri, manifest.mlflow.experiment or manifest.name)
             self.parent = self.tracker.sweep_run(manifest.name, {"storage": manifest.storage})
         except TrackingError as err:
             self.disable(err)
             return
-        self.threads = [threading.Thread(target=self.drain, name=f"mlflow-log-{n}", daemon=True)
-                        for n in range(logging_threads(self.tracker.tracking_uri))]
+        self.threads = [
+            threading.Thread(target=self.drain, name=f"mlflow-log-{n}", daemon=True)
+            for n in range(logging_threads(self.tracker.tracking_uri))
+        ]
         for thread in self.threads:
             thread.start()
 
     def disable(self, err: Exception) -> None:
         with self.lock:
             if self.tracker is not None:
-                print(f"\nwarning: MLflow unavailable ({err}); results are stored, run "
-                      f"'dip sweep sync-mlflow' later to backfill", file=sys.stderr)
+                print(
+                    f"\nwarning: MLflow unavailable ({err}); results are stored, run "
+                    f"'dip sweep sync-mlflow' later to backfill",
+                    file=sys.stderr,
+                )
             self.tracker = None
 
     def log(self, key: str) -> None:
@@ -244,8 +250,11 @@ class MlflowLog:
         if self.tracker is not None:
             if any(thread.is_alive() for thread in self.threads):
                 # waiting keys plus a stop sign per busy thread: about the waiting and the in-progress fits
-                print(f"\nMLflow logging still busy after {timeout:.0f} s: about {self.queue.qsize()} fits are "
-                      f"not logged yet; run 'dip sweep sync-mlflow' to log them", file=sys.stderr)
+                print(
+                    f"\nMLflow logging still busy after {timeout:.0f} s: about {self.queue.qsize()} fits are "
+                    f"not logged yet; run 'dip sweep sync-mlflow' to log them",
+                    file=sys.stderr,
+                )
             try:
                 self.tracker.finish_sweep(self.parent)
             except TrackingError as err:
@@ -257,8 +266,11 @@ def log_stored_fit(tracker: Tracker, parent: str, store: Store, key: str) -> Non
     table = store.read_metrics(key)
     metrics = {name: table.column(name).to_numpy() for name in table.column_names}
     params, numbers = flatten_for_mlflow(store.summary(key), set(metrics))
-    images = {name: store.read_image(key, name) for name in ("final", "best", "autostop", "posterior", "degraded")
-              if store.has_image(key, name)}
+    images = {
+        name: store.read_image(key, name)
+        for name in ("final", "best", "autostop", "posterior", "degraded")
+        if store.has_image(key, name)
+    }
     tracker.log_fit(parent, key, params, numbers, metrics, images, store.uri)
 
 
@@ -269,7 +281,7 @@ def packs(specs: list[FitSpec], size: int) -> list[list[FitSpec]]:
     """The calls a worker gets: networks ``size`` at a time; classical references one at a time
     (they run on the CPU, so packing them would only serialise them)."""
     networks = [s for s in specs if s.method is None]
-    return [networks[i:i + size] for i in range(0, len(networks), size)] + [[s] for s in specs if s.method]
+    return [networks[i : i + size] for i in range(0, len(networks), size)] + [[s] for s in specs if s.method]
 
 
 @dataclass
@@ -353,9 +365,16 @@ class Dispatch:
                 keys = tuple(spec.key for spec in call)
                 self.lost[keys] += 1
                 retry = self.lost[keys] <= self.max_retries
-                print(f"\n{len(call)} fit(s) lost with their worker ({type(err).__name__}); "
-                      + (f"attempt {self.lost[keys] + 1} of {self.max_retries + 1} next" if retry else
-                         "no retries left (resources.max_retries)"), file=sys.stderr, flush=True)
+                print(
+                    f"\n{len(call)} fit(s) lost with their worker ({type(err).__name__}); "
+                    + (
+                        f"attempt {self.lost[keys] + 1} of {self.max_retries + 1} next"
+                        if retry
+                        else "no retries left (resources.max_retries)"
+                    ),
+                    file=sys.stderr,
+                    flush=True,
+                )
                 if retry:
                     self.queues[self.lane_of[i]].appendleft(call)
                 else:
@@ -363,7 +382,7 @@ class Dispatch:
                 continue
             self.strikes[i] = 0
             self.idle.append(i)
-            out += list(zip(call, records))  # execute_fits returns one record per spec, in order
+            out += list(zip(call, records, strict=True))  # execute_fits returns one record per spec, in order
         return out
 
     def _probed(self, ref: Any) -> None:
@@ -379,8 +398,9 @@ class Dispatch:
         self.idle.append(i)
 
 
-def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool = False,
-              progress: bool = True) -> SweepOutcome:
+def run_sweep(
+    manifest: Manifest, address: str | None = None, retry_failed: bool = False, progress: bool = True
+) -> SweepOutcome:
     """Run every fit of the manifest that storage does not hold yet."""
     loopback_unless_cluster(address)
     import ray
@@ -393,8 +413,11 @@ def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool
     todo = plan.todo(retry_failed)
     start = time.monotonic()
     if progress:
-        print(f"sweep {manifest.name}: {len(plan.specs)} fits, {len(plan.done)} already done, "
-              f"{len(plan.failed)} failed before, {len(todo)} to run → {store.uri}", file=sys.stderr)
+        print(
+            f"sweep {manifest.name}: {len(plan.specs)} fits, {len(plan.done)} already done, "
+            f"{len(plan.failed)} failed before, {len(todo)} to run → {store.uri}",
+            file=sys.stderr,
+        )
     if not todo:
         return SweepOutcome(0, 0, len(plan.specs), {}, 0.0)
 
@@ -404,8 +427,14 @@ def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool
     # Classical references (no network) never hold a GPU: in a GPU sweep they get CPU actors,
     # which reserve none of the custom resources (those stand for accelerators).
     cpu_only = [s for s in todo if s.method is not None] if res.num_gpus > 0 else []
-    groups = [(group, gpus, custom) for group, gpus, custom in (
-        ([s for s in todo if s not in cpu_only], res.num_gpus, res.custom), (cpu_only, 0.0, {})) if group]
+    groups = [
+        (group, gpus, custom)
+        for group, gpus, custom in (
+            ([s for s in todo if s not in cpu_only], res.num_gpus, res.custom),
+            (cpu_only, 0.0, {}),
+        )
+        if group
+    ]
     lanes = []
     for group, gpus, custom in groups:
         worker_cls = fit_worker_class(gpus, res.num_cpus, res.max_retries, custom)
@@ -423,10 +452,15 @@ def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool
             for spec, record in dispatch.next():
                 if record is None:  # written as a failure so that status shows it
                     reason = f"worker lost more than resources.max_retries={res.max_retries} times"
-                    store.write_failure(spec.key, spec.model_dump(mode="json"), reason, "WorkerLost",
-                                        res.max_retries + 1)
-                    record = {"key": spec.key, "status": "done" if store.is_done(spec.key) else "failed",
-                              "reason": reason, "skipped": True}
+                    store.write_failure(
+                        spec.key, spec.model_dump(mode="json"), reason, "WorkerLost", res.max_retries + 1
+                    )
+                    record = {
+                        "key": spec.key,
+                        "status": "done" if store.is_done(spec.key) else "failed",
+                        "reason": reason,
+                        "skipped": True,
+                    }
                 if record["status"] == "done":
                     bar.done += 1
                     if not record.get("skipped"):
@@ -449,8 +483,7 @@ def run_sweep(manifest: Manifest, address: str | None = None, retry_failed: bool
 def sync_mlflow(manifest: Manifest) -> tuple[int, int]:
     """Log every stored fit that MLflow lacks; returns (newly logged, already there)."""
     store = open_store(manifest)
-    tracker = Tracker(manifest.mlflow.tracking_uri,
-                      manifest.mlflow.experiment or manifest.name)
+    tracker = Tracker(manifest.mlflow.tracking_uri, manifest.mlflow.experiment or manifest.name)
     parent = tracker.sweep_run(manifest.name, {"storage": manifest.storage})
     have = tracker.logged_keys(parent)
     keys = {s.key for s in expand_specs(manifest)}

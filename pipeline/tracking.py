@@ -116,8 +116,7 @@ class Tracker:
                     if found is None:
                         raise
         if found.lifecycle_stage != "active":
-            raise TrackingError(f"MLflow experiment {self.experiment!r} is deleted: "
-                                "restore it or use another name")
+            raise TrackingError(f"MLflow experiment {self.experiment!r} is deleted: restore it or use another name")
         return found.experiment_id
 
     def _search(self, filter_string: str) -> list[Run]:
@@ -127,8 +126,12 @@ class Tracker:
         with self._mlflow("search"):
             while True:
                 page = self._client.search_runs(
-                    [self.experiment_id], filter_string, run_view_type=ViewType.ACTIVE_ONLY,
-                    max_results=PAGE_SIZE, order_by=["attributes.start_time ASC"], page_token=token,
+                    [self.experiment_id],
+                    filter_string,
+                    run_view_type=ViewType.ACTIVE_ONLY,
+                    max_results=PAGE_SIZE,
+                    order_by=["attributes.start_time ASC"],
+                    page_token=token,
                 )
                 runs.extend(page)
                 token = page.token
@@ -150,8 +153,9 @@ class Tracker:
                 if run.info.status != "RUNNING":
                     self._client.update_run(run.info.run_id, status="RUNNING")
             else:
-                run = self._client.create_run(self.experiment_id, run_name=sweep,
-                                              tags={"dip.sweep": sweep, "dip.kind": "sweep"})
+                run = self._client.create_run(
+                    self.experiment_id, run_name=sweep, tags={"dip.sweep": sweep, "dip.kind": "sweep"}
+                )
             missing = [Param(k, _param_text(v)) for k, v in params.items() if k not in run.data.params]
             self._client.log_batch(run.info.run_id, params=missing, synchronous=True)
         return run.info.run_id
@@ -190,15 +194,20 @@ class Tracker:
             if done:
                 return done[0].info.run_id
             run_id = self._client.create_run(
-                self.experiment_id, run_name=key,
-                tags={"mlflow.parentRunId": parent_id, "dip.kind": "fit", "dip.fit_key": key,
-                      "dip.storage_uri": storage_uri},
+                self.experiment_id,
+                run_name=key,
+                tags={
+                    "mlflow.parentRunId": parent_id,
+                    "dip.kind": "fit",
+                    "dip.fit_key": key,
+                    "dip.storage_uri": storage_uri,
+                },
             ).info.run_id
             # One call: the client splits it into requests within the server's limits
             # (≤ 1000 metrics, ≤ 100 params, ≤ 1000 entities each).
-            self._client.log_batch(run_id, metrics=rows,
-                                   params=[Param(k, _param_text(v)) for k, v in params.items()],
-                                   synchronous=True)
+            self._client.log_batch(
+                run_id, metrics=rows, params=[Param(k, _param_text(v)) for k, v in params.items()], synchronous=True
+            )
             if images:
                 with tempfile.TemporaryDirectory(prefix="dip-images-") as tmp:
                     for name, data in images.items():
@@ -217,15 +226,14 @@ class Tracker:
             raise ValueError(f"summary and per-iteration metrics share names: {sorted(clash)}")
         steps = np.asarray(metrics["iteration"]).astype(np.int64).tolist()
         now = int(time.time() * 1000)
-        rows = [Metric(k, float(v), now, 0) for k, v in summary.items()
-                if v is not None and not math.isnan(v)]
+        rows = [Metric(k, float(v), now, 0) for k, v in summary.items() if v is not None and not math.isnan(v)]
         for name, column in metrics.items():
             if name == "iteration":
                 continue
             values = np.asarray(column, dtype=np.float64)
             if values.shape != (len(steps),):
                 raise ValueError(f"metric column {name!r} has shape {values.shape}, expected ({len(steps)},)")
-            rows.extend(Metric(name, v, now, s) for v, s in zip(values.tolist(), steps))
+            rows.extend(Metric(name, v, now, s) for v, s in zip(values.tolist(), steps, strict=True))
         return rows
 
     def finish_sweep(self, parent_id: str, status: str = FINISHED) -> None:

@@ -120,8 +120,16 @@ def prepare(spec: FitSpec, device: str, storage_options: dict | None) -> Prepare
     image = load_spec_image(spec, storage_options)
     # a classical reference has no network: it crops to the multiple its sweep's networks need
     net_cfg = None if spec.method else dataclasses.replace(spec.net_config(), out_channels=image.shape[0])
-    problem = prepare_problem(image, spec.task, dict(spec.task_params), net_cfg, spec.seed, spec.crop,
-                              spec.image_name, spec.side_multiple or 1)
+    problem = prepare_problem(
+        image,
+        spec.task,
+        dict(spec.task_params),
+        net_cfg,
+        spec.seed,
+        spec.crop,
+        spec.image_name,
+        spec.side_multiple or 1,
+    )
     if net_cfg is None:
         return Prepared(spec, problem, None)
     extra = amplitude_metrics(problem.clean, spec.signal.freqs, device) if spec.signal is not None else {}
@@ -136,8 +144,9 @@ def store_result(prepared: Prepared, result: FitResult, store: Store) -> dict:
     if result.snapshots is not None:
         trajectory["snapshots"] = result.snapshots
     metrics = dict(result.metrics) | {"iteration": np.asarray(result.metrics["iteration"], dtype=np.int64)}
-    store.write_fit(spec.key, prepared.stored_spec(), summary, metrics, trajectory,
-                    result_images(prepared.problem, result))
+    store.write_fit(
+        spec.key, prepared.stored_spec(), summary, metrics, trajectory, result_images(prepared.problem, result)
+    )
     return {"key": spec.key, "status": "done", "summary": summary}
 
 
@@ -147,10 +156,13 @@ def store_failure(spec: FitSpec, err: Exception, store: Store, stored_spec: dict
     `stored_spec`: the spec as it ran (`Prepared.stored_spec`) when it failed after `prepare`;
     else the spec as planned."""
     reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
-    store.write_failure(spec.key, stored_spec or spec.model_dump(mode="json"), reason, type(err).__name__,
-                        attempts=1)
-    return {"key": spec.key, "status": "failed", "reason": reason,
-            "traceback": "".join(traceback.format_exception(err, limit=3))}
+    store.write_failure(spec.key, stored_spec or spec.model_dump(mode="json"), reason, type(err).__name__, attempts=1)
+    return {
+        "key": spec.key,
+        "status": "failed",
+        "reason": reason,
+        "traceback": "".join(traceback.format_exception(err, limit=3)),
+    }
 
 
 def execute_fit(spec: FitSpec, store: Store, device: str = "cpu", storage_options: dict | None = None) -> dict:
@@ -159,8 +171,9 @@ def execute_fit(spec: FitSpec, store: Store, device: str = "cpu", storage_option
     return record
 
 
-def execute_fits(specs: list[FitSpec], store: Store, device: str = "cpu",
-                 storage_options: dict | None = None) -> list[dict]:
+def execute_fits(
+    specs: list[FitSpec], store: Store, device: str = "cpu", storage_options: dict | None = None
+) -> list[dict]:
     """Run the specs not yet done, their networks packed together on the device (`fit_many`),
     store each as it would be stored alone, and return their records in order.
 
@@ -192,7 +205,7 @@ def execute_fits(specs: list[FitSpec], store: Store, device: str = "cpu",
         else:
             records[i] = store_result(prepared, result, store)
     outcomes = fit_many([p.job for p in packed.values() if p.job is not None], device)
-    for (i, prepared), outcome in zip(packed.items(), outcomes):
+    for (i, prepared), outcome in zip(packed.items(), outcomes, strict=True):
         if isinstance(outcome, Exception):
             records[i] = store_failure(prepared.spec, outcome, store, prepared.stored_spec())
         else:

@@ -61,7 +61,11 @@ def test_classical_method_improves_on_the_degraded_input(image, method, task, pa
     y = op.degrade(image)
     result = restore(ClassicalConfig(method, **settings), op, y, image)
     assert result.final.shape == (3, 32, 32)
-    assert result.final_psnr == result.best_psnr == pytest.approx(float(M.psnr(torch.from_numpy(result.final)[None], image)[0]), abs=1e-4)
+    assert (
+        result.final_psnr
+        == result.best_psnr
+        == pytest.approx(float(M.psnr(torch.from_numpy(result.final)[None], image)[0]), abs=1e-4)
+    )
     assert result.final_psnr - observed_psnr(op, y, image) > 0
     assert list(result.metrics["iteration"]) == [result.final_iteration]
 
@@ -75,7 +79,10 @@ def test_classical_method_refuses_a_task_it_cannot_restore(image) -> None:
 def test_tv_gradient_adjoint_is_the_adjoint() -> None:
     """<Dx, p> = <x, Dᵀp> for random x, p: the primal-dual solver relies on it."""
     g = torch.Generator().manual_seed(0)
-    x, p = torch.randn(1, 3, 7, 9, generator=g, dtype=torch.float64), torch.randn(1, 3, 2, 7, 9, generator=g, dtype=torch.float64)
+    x, p = (
+        torch.randn(1, 3, 7, 9, generator=g, dtype=torch.float64),
+        torch.randn(1, 3, 2, 7, 9, generator=g, dtype=torch.float64),
+    )
     assert torch.allclose((gradient(x) * p).sum(), (x * gradient_adjoint(p)).sum())
 
 
@@ -87,16 +94,29 @@ def denoise_problem(image: torch.Tensor):
 def test_deep_decoder_restores_and_does_not_overfit_its_budget(image) -> None:
     """Under-parameterised, it cannot fit the noise: its final PSNR stays within 0.5 dB of its peak."""
     op, y = denoise_problem(image)
-    r = fit(NetConfig("deep_decoder", width=16, depth=4), op, y, image,
-            FitConfig(iterations=500, lr=0.01, auto_stop=False, spectral=False))
+    r = fit(
+        NetConfig("deep_decoder", width=16, depth=4),
+        op,
+        y,
+        image,
+        FitConfig(iterations=500, lr=0.01, auto_stop=False, spectral=False),
+    )
     assert r.final_psnr - observed_psnr(op, y, image) > 0
     assert r.best_psnr - r.final_psnr < 0.5
 
 
 def test_bayesian_dip_posterior_mean_restores_and_averages_the_samples(image) -> None:
     op, y = denoise_problem(image)
-    cfg = FitConfig(iterations=500, lr=0.01, optimizer="sgld", burn_in=250, auto_stop=False, spectral=False,
-                    snapshot_stride=1, snapshot_dtype="float32")
+    cfg = FitConfig(
+        iterations=500,
+        lr=0.01,
+        optimizer="sgld",
+        burn_in=250,
+        auto_stop=False,
+        spectral=False,
+        snapshot_stride=1,
+        snapshot_dtype="float32",
+    )
     r = fit(NetConfig("decoder", width=8, depth=3), op, y, image, cfg)
     assert r.posterior_psnr - observed_psnr(op, y, image) > 0
     samples = r.snapshots[r.snapshot_iterations > cfg.burn_in]  # every output after burn-in
@@ -122,9 +142,14 @@ def test_sgld_without_noise_is_the_plain_optimiser_step_for_step(image) -> None:
 
 
 def manifest_text(**extra) -> str:
-    doc = {"name": "baselines", "data_root": str(DATA_ROOT), "images": [{"sample": "astronaut", "crop": 32}],
-           "tasks": [{"task": "denoise", "params": {"sigma": 25}}],
-           "model": {"name": "decoder", "width": 4, "depth": 3}, "fit": {"iterations": 5}} | extra
+    doc = {
+        "name": "baselines",
+        "data_root": str(DATA_ROOT),
+        "images": [{"sample": "astronaut", "crop": 32}],
+        "tasks": [{"task": "denoise", "params": {"sigma": 25}}],
+        "model": {"name": "decoder", "width": 4, "depth": 3},
+        "fit": {"iterations": 5},
+    } | extra
     return yaml.safe_dump(doc)
 
 
@@ -137,7 +162,9 @@ def test_method_axis_expands_classical_fits_once_with_the_network_crop() -> None
 
 
 def test_method_that_cannot_restore_the_task_is_a_manifest_error() -> None:
-    with pytest.raises(ManifestError, match=r"grid\.method\[1\]: method bicubic restores superres only; tasks\[0\] is denoise"):
+    with pytest.raises(
+        ManifestError, match=r"grid\.method\[1\]: method bicubic restores superres only; tasks\[0\] is denoise"
+    ):
         load_manifest(manifest_text(grid={"method": ["dip", "bicubic"]}))
 
 
@@ -145,8 +172,9 @@ def test_keys_of_fits_without_the_new_settings_are_unchanged() -> None:
     """SGLD settings at their defaults and no method: the key is that of the content without them."""
     spec = expand(load_manifest(manifest_text()))[0]
     content = spec.model_dump()
-    old = dict(content, fit={k: v for k, v in content["fit"].items()
-                             if k not in ("optimizer", "sgld_temperature", "burn_in")})
+    old = dict(
+        content, fit={k: v for k, v in content["fit"].items() if k not in ("optimizer", "sgld_temperature", "burn_in")}
+    )
     del old["method"], old["side_multiple"]
     assert fit_key(old) == spec.key
     sgld = dict(content, fit=content["fit"] | {"optimizer": "sgld"})
@@ -158,17 +186,30 @@ def test_keys_of_fits_without_the_new_settings_are_unchanged() -> None:
 
 def test_sweep_with_a_method_axis_runs_on_ray_and_reports_the_paper_rows(ray_cluster, tmp_path: Path) -> None:
     path = tmp_path / "s6-tiny.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "s6-tiny", "experiment": "S6", "data_root": str(DATA_ROOT), "storage": str(tmp_path / "store"),
-        "mlflow": {"enabled": False},
-        "images": [{"dataset": "cbsd68", "files": ["101085.png"], "crop": 32}],
-        "tasks": [{"task": "denoise", "params": {"sigma": 25}}],
-        "model": {"width": 4},
-        "zip": [{"name": ["decoder", "deep_decoder", "decoder"], "depth": [3, 4, 3],
-                 "optimizer": ["adam", "adam", "sgld"], "burn_in": [0, 0, 5]}],
-        "grid": {"method": ["dip", "bm3d", "tv"]},
-        "fit": {"iterations": 10, "stop_window": 5, "tv_iterations": 20},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "s6-tiny",
+                "experiment": "S6",
+                "data_root": str(DATA_ROOT),
+                "storage": str(tmp_path / "store"),
+                "mlflow": {"enabled": False},
+                "images": [{"dataset": "cbsd68", "files": ["101085.png"], "crop": 32}],
+                "tasks": [{"task": "denoise", "params": {"sigma": 25}}],
+                "model": {"width": 4},
+                "zip": [
+                    {
+                        "name": ["decoder", "deep_decoder", "decoder"],
+                        "depth": [3, 4, 3],
+                        "optimizer": ["adam", "adam", "sgld"],
+                        "burn_in": [0, 0, 5],
+                    }
+                ],
+                "grid": {"method": ["dip", "bm3d", "tv"]},
+                "fit": {"iterations": 10, "stop_window": 5, "tv_iterations": 20},
+            }
+        )
+    )
     manifest = load_manifest(path)
     outcome = run_sweep(manifest, progress=False)
     assert (outcome.done, outcome.failed) == (5, 0)

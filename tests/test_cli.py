@@ -42,14 +42,17 @@ def test_fit_writes_images_metrics_and_curves(tmp_path: Path, capsys, name: str,
     assert summary["final_psnr"] == pytest.approx(float(rows[-1]["psnr_clean"]), abs=1e-3)
 
 
-@pytest.mark.parametrize("make, args, message", [
-    (lambda p: p / "missing.png", [], "cannot read image"),
-    (lambda p: (p / "bad.png").write_bytes(b"not an image") and p / "bad.png", [], "not a readable image"),
-    (lambda p: (p / "empty.png").write_bytes(b"") is not None and p / "empty.png", [], "empty"),
-    (lambda p: picture(p / "small.png", "RGB", (12, 12)), [], "too small"),
-    (lambda p: picture(p / "ok.png", "RGB"), ["--quality", "10"], "--quality does not apply to --task denoise"),
-    (lambda p: picture(p / "ok.png", "RGB"), ["--task", "jpeg", "--quality", "0"], "quality"),
-])
+@pytest.mark.parametrize(
+    "make, args, message",
+    [
+        (lambda p: p / "missing.png", [], "cannot read image"),
+        (lambda p: (p / "bad.png").write_bytes(b"not an image") and p / "bad.png", [], "not a readable image"),
+        (lambda p: (p / "empty.png").write_bytes(b"") is not None and p / "empty.png", [], "empty"),
+        (lambda p: picture(p / "small.png", "RGB", (12, 12)), [], "too small"),
+        (lambda p: picture(p / "ok.png", "RGB"), ["--quality", "10"], "--quality does not apply to --task denoise"),
+        (lambda p: picture(p / "ok.png", "RGB"), ["--task", "jpeg", "--quality", "0"], "quality"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys, make, args: list, message: str) -> None:
     path = make(tmp_path)
     assert dip(["fit", str(path), "--out", str(tmp_path / "o"), *TINY, *args]) == 2
@@ -71,8 +74,10 @@ def test_bundled_sample_needs_no_file(tmp_path: Path) -> None:
 
 
 def test_grey_fits_the_luma_of_a_colour_image(tmp_path: Path) -> None:
-    assert dip(["fit", "skimage:astronaut", "--crop", "32", "--grey", "--task", "jpeg", "--out", str(tmp_path),
-                *TINY]) == 0
+    assert (
+        dip(["fit", "skimage:astronaut", "--crop", "32", "--grey", "--task", "jpeg", "--out", str(tmp_path), *TINY])
+        == 0
+    )
     clean = np.asarray(Image.open(tmp_path / "clean.png"), dtype=np.float64)
     rgb = np.asarray(Image.open(tmp_path / "final.png"))
     assert clean.ndim == 2 and rgb.ndim == 2  # one channel in, one channel out
@@ -80,14 +85,24 @@ def test_grey_fits_the_luma_of_a_colour_image(tmp_path: Path) -> None:
 
     full = data.astronaut().astype(np.float64)
     top, left = (512 - 32) // 2, (512 - 32) // 2
-    luma = full[top:top + 32, left:left + 32] @ np.array([0.299, 0.587, 0.114])
+    luma = full[top : top + 32, left : left + 32] @ np.array([0.299, 0.587, 0.114])
     assert np.abs(clean - luma).max() <= 1.0  # ITU-R 601 luma, up to 8-bit rounding
 
 
 def test_the_authors_network_options(tmp_path: Path) -> None:
     """--input, --bound-head, --detach-sigma and one σ per upsampling layer reach the network."""
-    args = ["--upsample", "gaussian", "--up-sigma", "0.1", "0.1", "0.5", "--input", "fourier", "--bound-head",
-            "--detach-sigma"]
+    args = [
+        "--upsample",
+        "gaussian",
+        "--up-sigma",
+        "0.1",
+        "0.1",
+        "0.5",
+        "--input",
+        "fourier",
+        "--bound-head",
+        "--detach-sigma",
+    ]
     assert dip(["fit", "skimage:camera", "--crop", "32", "--out", str(tmp_path), *TINY, *args]) == 0
     network = json.loads((tmp_path / "summary.json").read_text())["network"]
     assert network["up_sigma"] == [0.1, 0.1, 0.5]
@@ -98,7 +113,11 @@ def test_up_sigma_takes_one_value_or_one_per_layer(tmp_path: Path, capsys) -> No
     assert dip(["fit", "skimage:camera", "--crop", "32", "--out", str(tmp_path), *TINY, "--up-sigma", "0.3"]) == 0
     network = json.loads((tmp_path / "summary.json").read_text())["network"]
     assert (network["up_sigma"], network["upsample"], network["input"], network["bound_head"]) == (
-        0.3, "gaussian", "noise", False)
+        0.3,
+        "gaussian",
+        "noise",
+        False,
+    )
     assert dip(["fit", "skimage:camera", "--out", str(tmp_path), *TINY, "--up-sigma", "0.1", "0.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("dip: error:") and "gives 2 value(s) but decoder (depth 3) has 3 upsampling" in err[-1]
@@ -107,8 +126,17 @@ def test_up_sigma_takes_one_value_or_one_per_layer(tmp_path: Path, capsys) -> No
 def test_ulyanovs_options_and_the_safeguard_reach_the_fit(tmp_path: Path, capsys) -> None:
     """--negative-slope, --input-noise-std, --output-average and --no-backtrack reach the configs,
     and the summary line says how often the fit backtracked."""
-    args = ["--negative-slope", "0.2", "--lr", "0.01", "--input-noise-std", "0.0333", "--output-average", "0.99",
-            "--no-backtrack"]
+    args = [
+        "--negative-slope",
+        "0.2",
+        "--lr",
+        "0.01",
+        "--input-noise-std",
+        "0.0333",
+        "--output-average",
+        "0.99",
+        "--no-backtrack",
+    ]
     assert dip(["fit", "skimage:camera", "--crop", "32", "--out", str(tmp_path), *TINY, *args]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["network"]["negative_slope"] == 0.2
@@ -123,9 +151,15 @@ def test_debug_shows_the_traceback_of_an_expected_error(tmp_path: Path, capsys) 
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("dip: error: cannot read image")
 
 
-@pytest.mark.parametrize("message, expected", [
-    ("first\nsecond", "first"), ("\n  spaced   out \n", "spaced out"), (KeyError(), "KeyError"), ("x" * 400, "x" * 299 + "…"),
-])
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        ("first\nsecond", "first"),
+        ("\n  spaced   out \n", "spaced out"),
+        (KeyError(), "KeyError"),
+        ("x" * 400, "x" * 299 + "…"),
+    ],
+)
 def test_one_line(message: str | BaseException, expected: str) -> None:
     assert one_line(message) == expected
 

@@ -47,8 +47,9 @@ def say(request: pytest.FixtureRequest, line: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory: pytest.TempPathFactory,
-             ray_cluster: None) -> Iterator[tuple[LocalCluster, S3Server, MlflowServer]]:
+def services(
+    tmp_path_factory: pytest.TempPathFactory, ray_cluster: None
+) -> Iterator[tuple[LocalCluster, S3Server, MlflowServer]]:
     """The cluster, S3 and MLflow; with the session's local Ray running beside them, as in a full
     test run (a job must still run on this cluster: test_jobs_run_on_the_cluster_they_were_sent_to)."""
     with pytest.MonkeyPatch.context() as env:
@@ -84,18 +85,33 @@ class Job:
         return logs
 
 
-def submit_on_s3(tmp_path: Path, services, name: str, seeds: int, iterations: int,
-                 mlflow_uri: str | None = None) -> Job:
+def submit_on_s3(
+    tmp_path: Path, services, name: str, seeds: int, iterations: int, mlflow_uri: str | None = None
+) -> Job:
     """Upload a manifest to a fresh versioned bucket, submit it, and wait for its first two fits."""
     cluster, s3, _ = services
     bucket = s3.versioned_bucket()
-    path = write_manifest(tmp_path / f"{name}.yaml", name, f"s3://{bucket}/results", s3.options(), mlflow_uri,
-                          seeds=seeds, iterations=iterations, width=8, max_workers=2)
+    path = write_manifest(
+        tmp_path / f"{name}.yaml",
+        name,
+        f"s3://{bucket}/results",
+        s3.options(),
+        mlflow_uri,
+        seeds=seeds,
+        iterations=iterations,
+        width=8,
+        max_workers=2,
+    )
     s3.fs().put_file(str(path), f"{bucket}/manifests/{name}.yaml")
     uri = f"s3://{bucket}/manifests/{name}.yaml"
     manifest = read_manifest(uri)
-    job = Job(bucket, manifest, {s.key for s in sweep.expand_specs(manifest)},
-              jobs.submit(manifest, uri, cluster.dashboard).job_id, cluster.client())
+    job = Job(
+        bucket,
+        manifest,
+        {s.key for s in sweep.expand_specs(manifest)},
+        jobs.submit(manifest, uri, cluster.dashboard).job_id,
+        cluster.client(),
+    )
     wait_until(lambda: done_count(s3, bucket) >= 2, PATIENCE_S, "two finished fits")
     return job
 
@@ -109,8 +125,9 @@ def test_the_jobs_api_refuses_requests_without_the_token(services) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"{cluster.dashboard}/api/jobs/", timeout=10)
     assert err.value.code in (401, 403)
-    request = urllib.request.Request(f"{cluster.dashboard}/api/jobs/",
-                                     headers={"Authorization": f"Bearer {os.environ['RAY_AUTH_TOKEN']}"})
+    request = urllib.request.Request(
+        f"{cluster.dashboard}/api/jobs/", headers={"Authorization": f"Bearer {os.environ['RAY_AUTH_TOKEN']}"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
 
@@ -134,8 +151,17 @@ def test_jobs_run_on_the_cluster_they_were_sent_to(services) -> None:
 def test_submit_status_stop_and_resubmit_resumes(services, tmp_path: Path, capsys, request) -> None:
     cluster, s3, _ = services
     bucket = s3.versioned_bucket()
-    path = write_manifest(tmp_path / "stopgo.yaml", "stopgo", f"s3://{bucket}/results", s3.options(), None,
-                          seeds=12, iterations=150, width=8, max_workers=2)
+    path = write_manifest(
+        tmp_path / "stopgo.yaml",
+        "stopgo",
+        f"s3://{bucket}/results",
+        s3.options(),
+        None,
+        seeds=12,
+        iterations=150,
+        width=8,
+        max_workers=2,
+    )
     keys = {s.key for s in sweep.expand_specs(read_manifest(str(path)))}
     assert dip(["submit", str(path), "--address", cluster.dashboard]) == 0  # a local file: uploaded
     job_id = re.search(r"submitted (\S+)", capsys.readouterr().out).group(1)
@@ -163,8 +189,11 @@ def test_submit_status_stop_and_resubmit_resumes(services, tmp_path: Path, capsy
     assert already >= stopped_at  # resumed: what was stored is not run again
     check = completeness(s3, bucket, keys)
     assert check.exact(), check
-    say(request, f"stop/resubmit: {stopped_at} fits stored when stopped, {already} skipped on resubmission, "
-                 f"{12 - already} run by job {second}")
+    say(
+        request,
+        f"stop/resubmit: {stopped_at} fits stored when stopped, {already} skipped on resubmission, "
+        f"{12 - already} run by job {second}",
+    )
 
 
 def test_a_worker_node_killed_mid_sweep_loses_no_fit(services, tmp_path: Path, request) -> None:
@@ -177,9 +206,11 @@ def test_a_worker_node_killed_mid_sweep_loses_no_fit(services, tmp_path: Path, r
     before = done_count(s3, job.bucket)
     killed = cluster.kill_worker(victim)
     try:
-        wait_until(lambda: len(cluster.fit_actors()) == 2 and all(a.node_id != victim.node_id
-                                                                  for a in cluster.fit_actors()), PATIENCE_S,
-                   "the lost actors to restart on the surviving node")
+        wait_until(
+            lambda: len(cluster.fit_actors()) == 2 and all(a.node_id != victim.node_id for a in cluster.fit_actors()),
+            PATIENCE_S,
+            "the lost actors to restart on the surviving node",
+        )
         restarted = time.monotonic() - killed
         wait_until(lambda: done_count(s3, job.bucket) > before, PATIENCE_S, "a fit finished after the kill")
         next_fit = time.monotonic() - killed
@@ -189,9 +220,12 @@ def test_a_worker_node_killed_mid_sweep_loses_no_fit(services, tmp_path: Path, r
     finally:
         cluster.add_worker()  # the autoscaler's part: capacity back for the next test
         wait_until(lambda: cluster.alive_nodes() == 3, 120, "a replacement node")
-    say(request, f"worker node killed (raylet SIGKILL, {on_victim} fit actor(s) on it): actors running again "
-                 f"after {restarted:.1f} s, next fit stored after {next_fit:.1f} s; {retried} call(s) handed to "
-                 f"another actor by the dispatcher; 12/12 fits, each once")
+    say(
+        request,
+        f"worker node killed (raylet SIGKILL, {on_victim} fit actor(s) on it): actors running again "
+        f"after {restarted:.1f} s, next fit stored after {next_fit:.1f} s; {retried} call(s) handed to "
+        f"another actor by the dispatcher; 12/12 fits, each once",
+    )
 
 
 def test_an_s3_outage_mid_sweep_is_retried(services, tmp_path: Path, request) -> None:
@@ -203,14 +237,20 @@ def test_an_s3_outage_mid_sweep_is_retried(services, tmp_path: Path, request) ->
     s3.restart()
     back = time.monotonic()
     before = done_count(s3, job.bucket)
-    wait_until(lambda: done_count(s3, job.bucket) > before or job.client.get_job_status(job.job_id).is_terminal(),
-               PATIENCE_S, "a fit stored after the outage")
+    wait_until(
+        lambda: done_count(s3, job.bucket) > before or job.client.get_job_status(job.job_id).is_terminal(),
+        PATIENCE_S,
+        "a fit stored after the outage",
+    )
     resumed = time.monotonic() - back
     logs = job.succeeds()
     check = completeness(s3, job.bucket, job.keys)
     assert check.exact(), (check, logs[-3000:])
-    say(request, f"S3 stopped for {back - down:.1f} s: next fit stored {resumed:.1f} s after it came back; "
-                 f"{check.done}/{check.expected} fits, none failed or twice")
+    say(
+        request,
+        f"S3 stopped for {back - down:.1f} s: next fit stored {resumed:.1f} s after it came back; "
+        f"{check.done}/{check.expected} fits, none failed or twice",
+    )
 
 
 def test_mlflow_killed_mid_sweep_then_sync_makes_it_whole(services, tmp_path: Path, request) -> None:
@@ -229,5 +269,8 @@ def test_mlflow_killed_mid_sweep_then_sync_makes_it_whole(services, tmp_path: Pa
     runs = server.fit_run_keys("mlflowkill")
     assert set(runs) == job.keys and set(runs.values()) == {1}  # every fit once, FINISHED
     assert (added, present) == (len(job.keys) - len(before), len(before))
-    say(request, f"MLflow killed after {killed_at} fits: sweep finished without it; restart + sync-mlflow "
-                 f"logged {added} missing fits ({present} were there) in {whole:.1f} s, none twice")
+    say(
+        request,
+        f"MLflow killed after {killed_at} fits: sweep finished without it; restart + sync-mlflow "
+        f"logged {added} missing fits ({present} were there) in {whole:.1f} s, none twice",
+    )

@@ -63,7 +63,8 @@ def test_registry_matches_the_shared_checksums() -> None:
         listed.setdefault(name, {})[file] = digest
     assert {name: d.files for name, d in datasets.registry().items()} == listed
     assert datasets.parse_sha256sums((DATA_ROOT / "SHA256SUMS").read_text()) == json.loads(
-        datasets.CHECKSUMS.read_text()), "datasets.json is regenerated from SHA256SUMS unchanged"
+        datasets.CHECKSUMS.read_text()
+    ), "datasets.json is regenerated from SHA256SUMS unchanged"
     assert datasets.CHECKSUMS.stat().st_size < 32_000
 
 
@@ -76,8 +77,18 @@ def test_every_known_data_set_verifies() -> None:
 
 def test_registry_knows_how_the_papers_read_each_data_set() -> None:
     known = datasets.registry()
-    assert set(known) == {"standard9", "cbsd68", "classic5", "live1", "heide11", "set5", "set14", "triangle",
-                          "enhancement", "inpainting-region"}
+    assert set(known) == {
+        "standard9",
+        "cbsd68",
+        "classic5",
+        "live1",
+        "heide11",
+        "set5",
+        "set14",
+        "triangle",
+        "enhancement",
+        "inpainting-region",
+    }
     assert [n for n, d in known.items() if d.grey] == ["live1"]
     assert {n for n, d in known.items() if d.colour == "grey"} == {"classic5", "heide11", "triangle"}
     assert all(d.source for d in known.values())
@@ -127,8 +138,10 @@ def test_a_foreign_file_in_a_known_data_set_is_an_error(tmp_path: Path, triangle
 def test_expand_takes_a_verify_hook(tmp_path: Path, triangle_copy: Path) -> None:
     flip_a_byte(triangle_copy / "triangle" / "triangle-0.5.png")
     calls: list[tuple[str, str, list[str] | None]] = []
-    specs = expand(load_manifest(manifest(tmp_path, "dataset: triangle", triangle_copy)),
-                   verify=lambda root, name, files: calls.append((root, name, files)))
+    specs = expand(
+        load_manifest(manifest(tmp_path, "dataset: triangle", triangle_copy)),
+        verify=lambda root, name, files: calls.append((root, name, files)),
+    )
     assert len(specs) == 9
     assert calls[0] == (str(triangle_copy), "triangle", None)  # a glob needs the whole data set intact
 
@@ -165,7 +178,9 @@ def test_remote_roots_are_verified_through_fsspec(tmp_path: Path) -> None:
 def test_sha256sums_lines_are_parsed_strictly() -> None:
     digest = hashlib.sha256(b"x").hexdigest()
     assert datasets.parse_sha256sums(f"{digest}  ./a/x.png\n{digest} *b/y/z.png\n") == {
-        "a": {"x.png": digest}, "b": {"y/z.png": digest}}
+        "a": {"x.png": digest},
+        "b": {"y/z.png": digest},
+    }
     with pytest.raises(ValueError, match="line 1: expected"):
         datasets.parse_sha256sums(f"{digest}  top-level.png\n")
 
@@ -221,6 +236,6 @@ fit: {iterations: 50, lr: 0.003, metric_stride: 5, stop_window: 10}
     summary = store.summary(spec.key)
     assert summary["experiment"] == "C4" and summary["image"] == "signal:256:5+50"
     for k in (1, 2):  # the first logged iteration (not row) with SE(k) <= 0.01
-        expected = next(i for i, se in zip(metrics["iteration"], metrics[f"se_{k}"]) if se <= 0.01)
+        expected = next(i for i, se in zip(metrics["iteration"], metrics[f"se_{k}"], strict=True) if se <= 0.01)
         assert summary[f"converged_k{k}"] == expected
         assert expected % 5 == 0 and expected > 0

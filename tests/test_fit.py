@@ -95,14 +95,28 @@ def test_nan_loss_names_the_iteration(problem) -> None:
 
 def test_extra_metrics_become_columns(problem) -> None:
     clean, op, y = problem
-    r = fit(SMALL_NET, op, y, clean, FitConfig(iterations=4),
-            extra_metrics={"mean": lambda out: out.mean(), "pair": lambda out: torch.stack([out.min(), out.max()])})
+    r = fit(
+        SMALL_NET,
+        op,
+        y,
+        clean,
+        FitConfig(iterations=4),
+        extra_metrics={"mean": lambda out: out.mean(), "pair": lambda out: torch.stack([out.min(), out.max()])},
+    )
     assert {"mean", "pair_1", "pair_2"} <= set(r.metrics)
     assert (r.metrics["pair_1"] <= r.metrics["mean"]).all() and (r.metrics["mean"] <= r.metrics["pair_2"]).all()
 
 
-@pytest.mark.parametrize("bad", [{"iterations": 0}, {"metric_stride": 3, "stop_window": 10}, {"snapshot_dtype": "int8"},
-                                 {"precision": "fp16"}, {"sn_refresh_every": -1}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"iterations": 0},
+        {"metric_stride": 3, "stop_window": 10},
+        {"snapshot_dtype": "int8"},
+        {"precision": "fp16"},
+        {"sn_refresh_every": -1},
+    ],
+)
 def test_bad_config_is_refused_with_the_field_name(bad: dict) -> None:
     field = next(iter(bad))
     with pytest.raises(ValueError, match=field if field != "metric_stride" else "stop_window"):
@@ -125,8 +139,11 @@ def one_thread(fn, *args, **kwargs):
 
 def power_gap(net: torch.nn.Module) -> torch.Tensor:
     """Largest relative shortfall 1 − σ̂/σ over the power-iteration layers, σ by exact SVD."""
-    gaps = [1 - m.sigma_estimate() / torch.linalg.svdvals(m.weight.flatten(1).double())[0].float()
-            for m in net.modules() if isinstance(m, LipschitzConv) and m.uses_power_iteration]
+    gaps = [
+        1 - m.sigma_estimate() / torch.linalg.svdvals(m.weight.flatten(1).double())[0].float()
+        for m in net.modules()
+        if isinstance(m, LipschitzConv) and m.uses_power_iteration
+    ]
     return torch.stack(gaps).max()
 
 
@@ -149,7 +166,9 @@ def test_power_sigma_without_refresh_lags(problem) -> None:
     net = NetConfig(name="decoder", width=16, depth=3, norm="lipschitz", lam=2.0, sn_method="power")
     kwargs = {"iterations": 200, "auto_stop": False, "spectral": False}
     with_refresh = one_thread(fit, net, op, y, clean, FitConfig(**kwargs), net_metrics={"gap": power_gap})
-    without = one_thread(fit, net, op, y, clean, FitConfig(**kwargs, sn_refresh_every=0), net_metrics={"gap": power_gap})
+    without = one_thread(
+        fit, net, op, y, clean, FitConfig(**kwargs, sn_refresh_every=0), net_metrics={"gap": power_gap}
+    )
     late = with_refresh.metrics["iteration"] >= 50
     assert without.metrics["gap"][late].mean() > 2 * with_refresh.metrics["gap"][late].mean()
 
@@ -189,8 +208,15 @@ def test_an_iteration_never_reads_a_device_value() -> None:
     net = NetConfig(name="decoder", width=8, depth=3, norm="lipschitz", lam=2.0, sn_method="power")
     op = build_operator("denoise", (3, 32, 32), seed=1, sigma=25)
     clean = torch.rand(1, 3, 32, 32)
-    cfg = FitConfig(iterations=6, stop_window=2, sn_refresh_every=2, snapshot_stride=3,
-                    input_noise_std=0.03, output_average=0.99, backtrack_every=2)
+    cfg = FitConfig(
+        iterations=6,
+        stop_window=2,
+        sn_refresh_every=2,
+        snapshot_stride=3,
+        input_noise_std=0.03,
+        output_average=0.99,
+        backtrack_every=2,
+    )
     loop = FitLoop(net, op, op.degrade(clean), clean, cfg, device="meta")
     for t in range(cfg.iterations + 1):
         loop.iteration(t)
@@ -225,14 +251,33 @@ def test_packed_fits_are_the_fits_run_alone(problem) -> None:
     gaussian = NetConfig(name="decoder", width=8, depth=3, norm="lipschitz", lam=2.0, upsample="gaussian")
     jobs = [
         FitJob(SMALL_NET, op, y, clean, FitConfig(iterations=30, seed=0, stop_window=5, sync_every=7)),
-        FitJob(gaussian, op, y, clean, FitConfig(iterations=20, seed=1, metric_stride=2, stop_window=4,
-                                                 snapshot_stride=5, lr=2e-3, optimizer="sgld", burn_in=10)),
-        FitJob(SMALL_NET, op, y, clean, FitConfig(iterations=30, seed=2, stop_window=3, stop_eps=20,
-                                                  halt_at_stop=True, sync_every=3)),
+        FitJob(
+            gaussian,
+            op,
+            y,
+            clean,
+            FitConfig(
+                iterations=20,
+                seed=1,
+                metric_stride=2,
+                stop_window=4,
+                snapshot_stride=5,
+                lr=2e-3,
+                optimizer="sgld",
+                burn_in=10,
+            ),
+        ),
+        FitJob(
+            SMALL_NET,
+            op,
+            y,
+            clean,
+            FitConfig(iterations=30, seed=2, stop_window=3, stop_eps=20, halt_at_stop=True, sync_every=3),
+        ),
     ]
     packed = one_thread(fit_many, jobs)
     alone = [one_thread(fit, j.net_cfg, j.op, j.y, j.clean, j.cfg) for j in jobs]
-    for p, a in zip(packed, alone):
+    for p, a in zip(packed, alone, strict=True):
         assert isinstance(p, FitResult)
         assert_same_fit(p, a)
     assert [r.final_iteration for r in alone] == [30, 20, alone[2].final_iteration]
@@ -249,7 +294,7 @@ def test_a_failing_fit_leaves_the_rest_of_its_pack_alone(problem) -> None:
     first, diverged, bad_shape, second = one_thread(fit_many, [good[0], nan, wrong_shape, good[1]])
     assert isinstance(diverged, FitDivergedError) and "iteration 0" in str(diverged)
     assert isinstance(bad_shape, ValueError) and "does not match" in str(bad_shape)
-    for packed, job in zip((first, second), good):
+    for packed, job in zip((first, second), good, strict=False):
         assert_same_fit(packed, one_thread(fit, job.net_cfg, job.op, job.y, job.clean, job.cfg))
 
 
@@ -333,7 +378,7 @@ def test_input_noise_is_redrawn_every_step_and_seeded(problem) -> None:
         return [z - loop.z for z in seen]
 
     first, again = inputs(), inputs()
-    for a, b in zip(first, again):
+    for a, b in zip(first, again, strict=True):
         torch.testing.assert_close(a, b)  # the same seed draws the same noise
     assert not torch.equal(first[0], first[1])  # a new draw each iteration
     every = torch.cat([d.flatten() for d in first])

@@ -30,8 +30,12 @@ from pipeline.worker import execute_fit
 
 TRIED: Counter[str] = Counter()  # cases per test
 ENDED: Counter[str] = Counter()  # how they ended: valid (a result) or a clear error
-FUZZ = settings(max_examples=300, deadline=5000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-                database=None)
+FUZZ = settings(
+    max_examples=300,
+    deadline=5000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    database=None,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,17 +63,73 @@ BASE = {
     "mlflow": {"enabled": False},
     "resources": {"num_cpus": 1},
 }
-FIELD_NAMES = sorted({"name", "images", "tasks", "model", "grid", "zip", "seeds", "repeats", "fit", "storage",
-                      "storage_options", "mlflow", "resources", "data_root", "experiment", "sample", "dataset",
-                      "files", "glob", "uris", "signal", "crop", "grey", "downsample", "task", "params", "sigma",
-                      "quality", "factor", "kind", "ratio", "p", "lam", "width", "depth", "iterations", "lr",
-                      "upsample", "up_sigma", "norm", "num_gpus", "max_retries", "freqs", "length", "amplitudes"})
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.sampled_from(["camera", "denoise", "decoder", "..", "/etc", "s3://x/..",
-                                                           "inf", "nan", "-1", "1e400", "skimage:camera"]))
-values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.one_of(st.sampled_from(FIELD_NAMES), st.text(max_size=6)),
-                                                 inner, max_size=4)), max_leaves=12)
+FIELD_NAMES = sorted(
+    {
+        "name",
+        "images",
+        "tasks",
+        "model",
+        "grid",
+        "zip",
+        "seeds",
+        "repeats",
+        "fit",
+        "storage",
+        "storage_options",
+        "mlflow",
+        "resources",
+        "data_root",
+        "experiment",
+        "sample",
+        "dataset",
+        "files",
+        "glob",
+        "uris",
+        "signal",
+        "crop",
+        "grey",
+        "downsample",
+        "task",
+        "params",
+        "sigma",
+        "quality",
+        "factor",
+        "kind",
+        "ratio",
+        "p",
+        "lam",
+        "width",
+        "depth",
+        "iterations",
+        "lr",
+        "upsample",
+        "up_sigma",
+        "norm",
+        "num_gpus",
+        "max_retries",
+        "freqs",
+        "length",
+        "amplitudes",
+    }
+)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(
+        ["camera", "denoise", "decoder", "..", "/etc", "s3://x/..", "inf", "nan", "-1", "1e400", "skimage:camera"]
+    ),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(st.sampled_from(FIELD_NAMES), st.text(max_size=6)), inner, max_size=4),
+    ),
+    max_leaves=12,
+)
 
 
 def paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
@@ -135,9 +195,25 @@ def test_mutated_manifests_validate_or_fail_clearly(doc: Any, scratch: Path, cap
 
 
 @FUZZ
-@given(text=st.one_of(st.text(max_size=200), st.binary(max_size=200),
-                      st.sampled_from(["", "---\n...", "a: [", "- 1\n- 2", "name: x\nname: y", "!!binary AAAA",
-                                       "&a [*a]", "x: !!python/name:os.system", "{a: 1}\n---\n{b: 2}"])))
+@given(
+    text=st.one_of(
+        st.text(max_size=200),
+        st.binary(max_size=200),
+        st.sampled_from(
+            [
+                "",
+                "---\n...",
+                "a: [",
+                "- 1\n- 2",
+                "name: x\nname: y",
+                "!!binary AAAA",
+                "&a [*a]",
+                "x: !!python/name:os.system",
+                "{a: 1}\n---\n{b: 2}",
+            ]
+        ),
+    )
+)
 def test_arbitrary_text_as_a_manifest_fails_clearly(text: str | bytes, scratch: Path, capsys) -> None:
     TRIED["manifest (text)"] += 1
     validate(scratch / "t.yaml", text, capsys)
@@ -146,8 +222,13 @@ def test_arbitrary_text_as_a_manifest_fails_clearly(text: str | bytes, scratch: 
 # --- images --------------------------------------------------------------------------------------------------
 
 MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F"]
-FORMATS = {"PNG": {"1", "L", "LA", "P", "RGB", "RGBA", "I;16"}, "JPEG": {"L", "RGB", "CMYK"},
-           "BMP": {"1", "L", "P", "RGB"}, "TIFF": set(MODES), "GIF": {"L", "P"}}
+FORMATS = {
+    "PNG": {"1", "L", "LA", "P", "RGB", "RGBA", "I;16"},
+    "JPEG": {"L", "RGB", "CMYK"},
+    "BMP": {"1", "L", "P", "RGB"},
+    "TIFF": set(MODES),
+    "GIF": {"L", "P"},
+}
 
 
 @st.composite
@@ -160,16 +241,30 @@ def image_files(draw: st.DrawFn) -> tuple[str, bytes]:
     if kind == "noise":
         return kind, draw(st.binary(min_size=1, max_size=300))
     if kind == "text":
-        return kind, draw(st.sampled_from([b"hello", b"<svg xmlns='http://www.w3.org/2000/svg'/>", b"%PDF-1.4",
-                                           b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM"]))
+        return kind, draw(
+            st.sampled_from(
+                [
+                    b"hello",
+                    b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+                    b"%PDF-1.4",
+                    b"\x89PNG\r\n\x1a\n",
+                    b"\xff\xd8\xff",
+                    b"GIF89a",
+                    b"BM",
+                ]
+            )
+        )
     fmt = draw(st.sampled_from(sorted(FORMATS)))
     mode = draw(st.sampled_from(sorted(FORMATS[fmt])))
     width, height = draw(st.integers(1, 40)), draw(st.integers(1, 40))
     colour = draw(st.integers(0, 255))
     img = Image.new(mode, (width, height), colour if mode not in ("RGB", "RGBA", "CMYK", "LA") else None)
     if mode in ("RGB", "RGBA", "CMYK", "LA"):
-        img = Image.frombytes(mode, (width, height), draw(st.binary(min_size=len(mode) * width * height,
-                                                                    max_size=len(mode) * width * height)))
+        img = Image.frombytes(
+            mode,
+            (width, height),
+            draw(st.binary(min_size=len(mode) * width * height, max_size=len(mode) * width * height)),
+        )
     buf = io.BytesIO()
     img.save(buf, format=fmt)
     data = buf.getvalue()
@@ -217,17 +312,28 @@ def png(width: int, height: int) -> bytes:
 @given(case=image_files())
 @example(case=("image PNG RGB 40x40", png(40, 40)))  # so every run reaches a done fit, too
 @example(case=("image PNG RGB 12x40", png(12, 40)))  # one side under the crop
-def test_a_tiny_fit_on_any_file_is_done_or_failed_with_its_reason(case: tuple[str, bytes], scratch: Path,
-                                                                 fit_store: Store) -> None:
+def test_a_tiny_fit_on_any_file_is_done_or_failed_with_its_reason(
+    case: tuple[str, bytes], scratch: Path, fit_store: Store
+) -> None:
     """The body of every sweep worker, on the fuzzed file: it records the fit, never raises."""
     label, data = case
     TRIED["image (fit)"] += 1
     image = scratch / f"img-{TRIED['image (fit)']}.bin"
     image.write_bytes(data)
-    manifest = load_manifest(yaml.safe_dump(BASE | {
-        "images": [{"uris": [str(image)], "crop": 16}], "tasks": [{"task": "denoise", "params": {"sigma": 25}}],
-        "grid": {}, "zip": [], "seeds": [0], "fit": {"iterations": 2, "stop_window": 1, "snapshot_stride": 1},
-        "storage": fit_store.uri}))
+    manifest = load_manifest(
+        yaml.safe_dump(
+            BASE
+            | {
+                "images": [{"uris": [str(image)], "crop": 16}],
+                "tasks": [{"task": "denoise", "params": {"sigma": 25}}],
+                "grid": {},
+                "zip": [],
+                "seeds": [0],
+                "fit": {"iterations": 2, "stop_window": 1, "snapshot_stride": 1},
+                "storage": fit_store.uri,
+            }
+        )
+    )
     [spec] = expand_specs(manifest)
     record = execute_fit(spec, fit_store)
     done, failed = fit_store.is_done(spec.key), spec.key in fit_store.failed()

@@ -52,8 +52,15 @@ def by_kind(kind: str) -> list[dict[str, Any]]:
 
 def test_infra_holds_the_promised_files() -> None:
     names = {p.relative_to(INFRA).as_posix() for p in INFRA.rglob("*") if p.is_file()}
-    assert {"Dockerfile", "ray-cluster.aws.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob.yaml",
-            "mlflow/mlflow.yaml", "mlflow/Dockerfile", "README.md"} <= names
+    assert {
+        "Dockerfile",
+        "ray-cluster.aws.yaml",
+        "kuberay/raycluster.yaml",
+        "kuberay/rayjob.yaml",
+        "mlflow/mlflow.yaml",
+        "mlflow/Dockerfile",
+        "README.md",
+    } <= names
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: p.relative_to(INFRA).as_posix())

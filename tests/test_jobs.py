@@ -14,9 +14,13 @@ from pipeline.cli import main as dip
 from pipeline.jobs import base_job_id, check_submittable, is_remote, submit
 from pipeline.manifest import load_manifest
 
-DOC = {"name": "sub", "images": [{"sample": "camera", "crop": 32}],
-       "tasks": [{"task": "denoise", "params": {"sigma": 25}}], "model": {"name": "decoder", "width": 4, "depth": 3},
-       "storage": "s3://lab/results/sub"}
+DOC = {
+    "name": "sub",
+    "images": [{"sample": "camera", "crop": 32}],
+    "tasks": [{"task": "denoise", "params": {"sigma": 25}}],
+    "model": {"name": "decoder", "width": 4, "depth": 3},
+    "storage": "s3://lab/results/sub",
+}
 
 
 def test_the_job_id_is_the_manifest_content_hash() -> None:

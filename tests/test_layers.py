@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dipmodel.layers import (
+    SN_METHODS,
     LipschitzConv,
     LipschitzNorm,
     Upsample,
@@ -25,7 +26,6 @@ from dipmodel.layers import (
     make_norm,
     measured_response,
     paper_response,
-    SN_METHODS,
     spectral_norm_exact,
     spectral_norm_gram,
 )

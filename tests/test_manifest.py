@@ -151,8 +151,13 @@ def test_speed_options_enter_the_key_only_when_they_change_the_result(tmp_path: 
     """Keys stored before the speed options existed stay valid; bf16 is a different fit, compile is not."""
     spec = expand(load_manifest(write(tmp_path)))[0]
     content = spec.model_dump()
-    old = content | {"fit": {k: v for k, v in content["fit"].items()
-                             if k not in ("precision", "channels_last", "compile", "sn_refresh_every")}}
+    old = content | {
+        "fit": {
+            k: v
+            for k, v in content["fit"].items()
+            if k not in ("precision", "channels_last", "compile", "sn_refresh_every")
+        }
+    }
     assert fit_key(old) == spec.key
     assert fit_key(content | {"fit": content["fit"] | {"compile": True, "channels_last": True}}) == spec.key
     assert fit_key(content | {"fit": content["fit"] | {"precision": "bf16"}}) != spec.key
@@ -217,7 +222,10 @@ def test_the_authors_network_options_validate_and_expand(tmp_path: Path) -> None
     assert fit_key(FitSpec.model_validate_json(spec.model_dump_json()).model_dump()) == spec.key
     default = one_spec(write(tmp_path, file="d.yaml"))
     assert (default.network["input"], default.network["bound_head"], default.network["detach_sigma"]) == (
-        "noise", False, False)
+        "noise",
+        False,
+        False,
+    )
     for field in ("input", "bound_head", "detach_sigma"):  # each enters the key
         value = "fourier" if field == "input" else "true"
         other = write(tmp_path, file=f"{field}.yaml", lam=f"  lam: [2]\n  {field}: [{value}]")
@@ -282,8 +290,12 @@ BAD = {  # id: (lines to change, start of the line blamed, field path, words of 
     "lam-zero-in-model": ({"width": "  lam: 0", "lam": "  width: [8]"}, "lam", "model.lam", "lam must be positive"),
     "lam-negative-in-grid": ({"lam": "  lam: [2, -1]"}, "lam", "grid.lam[1]", "no bound), got -1.0"),
     "lam-nan-in-grid": ({"lam": "  lam: [null, .nan]"}, "lam", "grid.lam[1]", "lam must be positive"),
-    "lam-zero-in-zip": ({"lam": "  upsample: [bilinear]", "spare": "zip: [{lam: [1, 0], lr: [0.01, 0.02]}]"},
-                        "zip", "zip[0].lam[1]", "lam must be positive"),
+    "lam-zero-in-zip": (
+        {"lam": "  upsample: [bilinear]", "spare": "zip: [{lam: [1, 0], lr: [0.01, 0.02]}]"},
+        "zip",
+        "zip[0].lam[1]",
+        "lam must be positive",
+    ),
 }
 
 
@@ -310,9 +322,7 @@ def test_yaml_syntax_error_has_its_line(tmp_path: Path) -> None:
 
 
 def test_every_error_is_reported_together(tmp_path: Path) -> None:
-    path = write(
-        tmp_path, name="name: Bad", width="  widht: 8", sigma="      sigma: [15, loud]", spare="colour: red"
-    )
+    path = write(tmp_path, name="name: Bad", width="  widht: 8", sigma="      sigma: [15, loud]", spare="colour: red")
     with pytest.raises(ManifestError) as err:
         load_manifest(path)
     problems = err.value.problems
@@ -442,11 +452,16 @@ seeds: [0]
 def test_each_signal_is_one_input(tmp_path: Path) -> None:
     two = SIGNAL.replace("# spare", "").replace(
         "  - signal: {length: 256, freqs: [5, 50]}",
-        "  - signal: {length: 256, freqs: [5, 50]}\n  - signal: {}\n  - signal: {freqs: [3], amplitudes: [0.5]}")
+        "  - signal: {length: 256, freqs: [5, 50]}\n  - signal: {}\n  - signal: {freqs: [3], amplitudes: [0.5]}",
+    )
     specs = expand(load_manifest(write(tmp_path, two, seeds="seeds: [0, 1]")))
     # the first two are the same signal (the defaults are C&M's), so they share their fits
     assert [(s.image_name, s.seed) for s in specs] == [
-        ("signal:256:5+50", 0), ("signal:256:5+50", 1), ("signal:256:3:0.5", 0), ("signal:256:3:0.5", 1)]
+        ("signal:256:5+50", 0),
+        ("signal:256:5+50", 1),
+        ("signal:256:3:0.5", 0),
+        ("signal:256:3:0.5", 1),
+    ]
     assert specs[0].signal.amplitudes == [1.0, 1.0] and specs[2].signal.amplitudes == [0.5]
     assert all(s.fit["spectral"] is False and s.dataset is None and s.crop is None for s in specs)
 
@@ -458,21 +473,45 @@ def test_explicit_unit_amplitudes_are_the_default_signal(tmp_path: Path) -> None
 
 
 BAD_SIGNAL = {  # id: (lines to change, start of the line blamed, field path, words of the message)
-    "task": ({"task": "  - task: denoise\n    params: {sigma: 25}"}, "- signal", "images[0].signal",
-             "takes task clean only; tasks[0] is denoise"),
-    "network": ({"model": "model: {name: decoder}"}, "model", "model.name",
-                "needs a 1-D network (dip_conv_1d, dip_linear_1d)"),
-    "image-on-1d-network": ({"signal": "  - signal: {}\n  - sample: camera"}, "model", "model.name",
-                            "dip_conv_1d fits 1-D signals; images[1] holds images"),
+    "task": (
+        {"task": "  - task: denoise\n    params: {sigma: 25}"},
+        "- signal",
+        "images[0].signal",
+        "takes task clean only; tasks[0] is denoise",
+    ),
+    "network": (
+        {"model": "model: {name: decoder}"},
+        "model",
+        "model.name",
+        "needs a 1-D network (dip_conv_1d, dip_linear_1d)",
+    ),
+    "image-on-1d-network": (
+        {"signal": "  - signal: {}\n  - sample: camera"},
+        "model",
+        "model.name",
+        "dip_conv_1d fits 1-D signals; images[1] holds images",
+    ),
     "crop": ({"signal": "  - signal: {}\n    crop: 64"}, "crop", "images[0].crop", "not to a 1-D signal"),
-    "nyquist": ({"signal": "  - signal: {length: 64, freqs: [5, 32]}"}, "- signal", "images[0].signal.freqs[1]",
-                "not below length/2 = 32"),
+    "nyquist": (
+        {"signal": "  - signal: {length: 64, freqs: [5, 32]}"},
+        "- signal",
+        "images[0].signal.freqs[1]",
+        "not below length/2 = 32",
+    ),
     "order": ({"signal": "  - signal: {freqs: [50, 5]}"}, "- signal", "images[0].signal.freqs", "must increase"),
-    "amplitudes": ({"signal": "  - signal: {amplitudes: [1]}"}, "- signal", "images[0].signal.amplitudes",
-                   "one amplitude per frequency (2)"),
+    "amplitudes": (
+        {"signal": "  - signal: {amplitudes: [1]}"},
+        "- signal",
+        "images[0].signal.amplitudes",
+        "one amplitude per frequency (2)",
+    ),
     "spectral": ({"stop_window": "  stop_window: 5\n  spectral: true"}, "spectral", "fit.spectral", "spectral: false"),
-    "two-sources": ({"signal": "  - signal: {}\n    sample: camera"}, "- signal", "images[0]",
-                    "exactly one of sample, dataset, uris, signal or impulse"),
+    "two-sources": (
+        {"signal": "  - signal: {}\n    sample: camera"},
+        "- signal",
+        "images[0]",
+        "exactly one of sample, dataset, uris, signal or impulse",
+    ),
 }
 
 
@@ -496,21 +535,32 @@ seeds: [0]
 def test_impulse_measurements_expand_per_stride_and_layer(tmp_path: Path) -> None:
     specs = expand(load_manifest(write(tmp_path, IMPULSE)))
     assert [(s.task_params["stride"], s.network["upsample"]) for s in specs] == [
-        (2, "nearest"), (2, "bilinear"), (4, "nearest"), (4, "bilinear")]
+        (2, "nearest"),
+        (2, "bilinear"),
+        (4, "nearest"),
+        (4, "bilinear"),
+    ]
     assert all(s.image_name == "impulse:64" and s.impulse == 64 and s.crop is None for s in specs)
     assert len({s.key for s in specs}) == 4
 
 
 BAD_IMPULSE = {  # id: (lines to change, start of the line blamed, field path, words of the message)
-    "task": ({"task": "  - task: clean", "params": "    params: {}"}, "- impulse", "images[0].impulse",
-             "takes task upsampling_response only; tasks[0] is clean"),
-    "image": ({"impulse": "  - sample: camera"}, "- task", "tasks[0].task",
-              "images[0] is not one"),
+    "task": (
+        {"task": "  - task: clean", "params": "    params: {}"},
+        "- impulse",
+        "images[0].impulse",
+        "takes task upsampling_response only; tasks[0] is clean",
+    ),
+    "image": ({"impulse": "  - sample: camera"}, "- task", "tasks[0].task", "images[0] is not one"),
     "crop": ({"impulse": "  - impulse: 64\n    crop: 32"}, "crop", "images[0].crop", "not to a 1-D signal"),
     "short": ({"impulse": "  - impulse: 4"}, "- impulse", "images[0].impulse", "greater than or equal to 8"),
     "stride": ({"params": "    params: {stride: 0}"}, "params", "tasks[0].params.stride", "greater than 0"),
-    "per-layer-sigma": ({"upsample": "  upsample: [gaussian]\n  up_sigma: [[0.1, 0.1, 0.1, 0.5, 0.5]]"}, "up_sigma",
-                        "grid.up_sigma[0]", "measures one upsampling layer: give one up_sigma"),
+    "per-layer-sigma": (
+        {"upsample": "  upsample: [gaussian]\n  up_sigma: [[0.1, 0.1, 0.1, 0.5, 0.5]]"},
+        "up_sigma",
+        "grid.up_sigma[0]",
+        "measures one upsampling layer: give one up_sigma",
+    ),
 }
 
 

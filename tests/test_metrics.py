@@ -217,8 +217,9 @@ def test_fbc_ignores_bins_beyond_half_the_width(rng: np.random.Generator, size: 
     h, w = size
     target = rng.random((1, h, w))
     output = np_radial_filter(target[0], np_centred_radius(h, w) <= w // 2)[None]  # remove every bin beyond
-    torch.testing.assert_close(M.fbc(t64(output), t64(target)), torch.ones(1, 5, dtype=torch.float64),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        M.fbc(t64(output), t64(target)), torch.ones(1, 5, dtype=torch.float64), atol=1e-6, rtol=0
+    )
 
 
 def test_fbc_first_ring_holds_the_zero_frequency(rng: np.random.Generator) -> None:
@@ -299,7 +300,12 @@ AUTHORS_FBC = {
     ("f16", "f16_noisy"): (0.948014665217, 0.852519701861, 0.736040121659, 0.565959933042, 0.382640828084),
     ("kodim01_blurred", "kodim01"): (0.657521953999, 0.236425995593, 0.123806281538, 0.114015524598, 0.0958246537656),
     ("cbsd68_101085_blurred", "cbsd68_101085"): (
-        0.794716241411, 0.39784840759, 0.212517851895, 0.168939406067, 0.154705851941),
+        0.794716241411,
+        0.39784840759,
+        0.212517851895,
+        0.168939406067,
+        0.154705851941,
+    ),
 }
 # float64 agrees to rounding; float32 (as a GPU fit computes them) to about 1e-6.
 TOLERANCE = {torch.float64: (1e-9, 1e-9), torch.float32: (1e-4, 1e-5)}  # (relative, FBC absolute)
@@ -323,8 +329,9 @@ def test_blur_sharpness_ratio_equal_the_authors(authors_images: dict, dtype: tor
         assert got == pytest.approx(AUTHORS_BLUR_SHARP_RATIO[name], rel=rel), name
     square = torch.stack([torch.from_numpy(authors_images[n]).to(dtype) for n in ("f16", "f16_noisy", "f16_blurred")])
     batched = M.blur_sharp_ratio(square).tolist()  # a batch gives each image's own value
-    assert batched == pytest.approx([AUTHORS_BLUR_SHARP_RATIO[n][2] for n in ("f16", "f16_noisy", "f16_blurred")],
-                                    rel=rel)
+    assert batched == pytest.approx(
+        [AUTHORS_BLUR_SHARP_RATIO[n][2] for n in ("f16", "f16_noisy", "f16_blurred")], rel=rel
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

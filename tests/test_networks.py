@@ -179,8 +179,10 @@ def test_lambda_must_be_positive(lam: float) -> None:
     assert NetConfig(name="decoder", lam=0.5).lam == 0.5
 
 
-@pytest.mark.parametrize("lam, norm, expected", [(None, "auto", "batch"), (2.0, "auto", "lipschitz"),
-                                                 (2.0, "batch", "batch"), (None, "lipschitz", "lipschitz")])
+@pytest.mark.parametrize(
+    "lam, norm, expected",
+    [(None, "auto", "batch"), (2.0, "auto", "lipschitz"), (2.0, "batch", "batch"), (None, "lipschitz", "lipschitz")],
+)
 def test_norm_follows_lambda_unless_given(lam: float | None, norm: str, expected: str) -> None:
     """Batch norm divides by the batch std and so undoes a Lipschitz bound: with lam, Lipschitz normalisation."""
     assert NetConfig(name="decoder", lam=lam, norm=norm).norm == expected
@@ -381,8 +383,11 @@ def test_decoder_bounds_12_of_its_13_convolutions() -> None:
 def applied_sigmas(net: DIPNet) -> list[tuple[float, int]]:
     """(σ, input length) of each upsampling layer in the order the forward pass calls them."""
     calls: list[tuple[float, int]] = []
-    hooks = [m.register_forward_hook(lambda m, x, _: calls.append((m.sigma, x[0].shape[-1])))
-             for m in net.modules() if isinstance(m, Upsample)]
+    hooks = [
+        m.register_forward_hook(lambda m, x, _: calls.append((m.sigma, x[0].shape[-1])))
+        for m in net.modules()
+        if isinstance(m, Upsample)
+    ]
     net(net.make_input(torch.Generator().manual_seed(0)))
     for hook in hooks:
         hook.remove()
@@ -405,8 +410,9 @@ def test_per_layer_sigma_reaches_each_upsampling_layer_coarsest_first(name: str)
 
 def test_the_authors_decoder_sigmas() -> None:
     """decoder.py: sigmas = [0.1, 0.1, 0.1, 0.5, 0.5], sigmas[i] for the i-th unetUp (coarsest first)."""
-    net = build_network(NetConfig(name="decoder", width=8, upsample="gaussian", up_sigma=(0.1, 0.1, 0.1, 0.5, 0.5)),
-                        (3, 64, 64))
+    net = build_network(
+        NetConfig(name="decoder", width=8, upsample="gaussian", up_sigma=(0.1, 0.1, 0.1, 0.5, 0.5)), (3, 64, 64)
+    )
     assert [s for s, _ in applied_sigmas(net)] == [0.1, 0.1, 0.1, 0.5, 0.5]
 
 
@@ -442,8 +448,16 @@ def test_detach_sigma_reaches_every_bounded_convolution() -> None:
 
 def test_the_authors_options_survive_asdict_and_json() -> None:
     """Records store asdict(cfg) as JSON; a per-layer σ comes back as a list and becomes a tuple again."""
-    cfg = NetConfig(name="decoder", lam=2.0, norm="lipschitz", upsample="gaussian", up_sigma=[0.1, 0.1, 0.1, 0.5, 0.5],
-                    input="fourier", bound_head=True, detach_sigma=True)
+    cfg = NetConfig(
+        name="decoder",
+        lam=2.0,
+        norm="lipschitz",
+        upsample="gaussian",
+        up_sigma=[0.1, 0.1, 0.1, 0.5, 0.5],
+        input="fourier",
+        bound_head=True,
+        detach_sigma=True,
+    )
     again = NetConfig(**json.loads(json.dumps(dataclasses.asdict(cfg))))
     assert again == cfg and again.up_sigma == (0.1, 0.1, 0.1, 0.5, 0.5)
     defaults = NetConfig(name="decoder")

@@ -43,9 +43,7 @@ def smooth_image(shape: tuple[int, int, int]) -> Tensor:
     """(1, C, H, W) image of a few low-frequency waves, well inside [0, 1]."""
     c, h, w = shape
     yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
-    waves = [
-        torch.sin(2 * math.pi * (1 + k) * xx) * torch.cos(math.pi * (4 - k) * yy) for k in range(c)
-    ]
+    waves = [torch.sin(2 * math.pi * (1 + k) * xx) * torch.cos(math.pi * (4 - k) * yy) for k in range(c)]
     planes = [0.5 + 0.2 * wave for wave in waves]
     return torch.stack(planes)[None]
 
@@ -89,9 +87,7 @@ def test_seed_changes_only_random_observations(case: str, generator: torch.Gener
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_forward_model_is_deterministic_stateless_and_shaped(
-    case: str, generator: torch.Generator
-) -> None:
+def test_forward_model_is_deterministic_stateless_and_shaped(case: str, generator: torch.Generator) -> None:
     op, x = make(case), torch.rand((2, *SHAPE), generator=generator)
     before = buffers(op)
     a = op.A(x)
@@ -201,10 +197,7 @@ def test_lowfreq_noise_power_lies_below_twice_the_cutoff(seed: int, cutoff: floa
 
 def test_jpeg_error_falls_with_quality(generator: torch.Generator) -> None:
     x = textured_image(SHAPE, generator)
-    err = {
-        q: (build_operator("jpeg", SHAPE, quality=q).degrade(x) - x).square().mean().item()
-        for q in (10, 90)
-    }
+    err = {q: (build_operator("jpeg", SHAPE, quality=q).degrade(x) - x).square().mean().item() for q in (10, 90)}
     assert err[10] > err[90] > 0
 
 

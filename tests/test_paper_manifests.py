@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "manifests" / "paper"
 DATA = Path(os.environ.get("DIP_DATA_ROOT") or REPO.parent / "shared" / "datasets")
 
-# our experiment ids (C = Chakrabarty & Maji 2019, S = Shi et al. 2022); C8 (the upsampling layers' frequency response) measures layers instead of fitting.
+# our experiment ids (C = Chakrabarty & Maji 2019, S = Shi et al. 2022); C8 (the upsampling
+# layers' frequency response) measures layers instead of fitting.
 EXPERIMENTS = [f"C{i}" for i in range(1, 10)] + [f"S{i}" for i in range(1, 12)]
 MEASUREMENTS = {"C8"}  # no network is trained: one CPU does the paper form in seconds
 
@@ -50,7 +51,9 @@ def load(name: str, monkeypatch: pytest.MonkeyPatch) -> Manifest:
 
 def test_every_experiment_has_a_paper_and_a_smoke_form() -> None:
     ids = {name.split("-", 1)[0] for name in ALL}
-    assert ids == set(EXPERIMENTS), f"missing {sorted(set(EXPERIMENTS) - ids)}, unexpected {sorted(ids - set(EXPERIMENTS))}"
+    assert ids == set(EXPERIMENTS), (
+        f"missing {sorted(set(EXPERIMENTS) - ids)}, unexpected {sorted(ids - set(EXPERIMENTS))}"
+    )
     assert sorted(paper_form(s) for s in SMOKE) == FULL, "every paper manifest needs a .smoke.yaml beside it"
     assert set(NOT_EXPRESSIBLE) <= set(ALL), "an exception names a manifest that does not exist"
 

@@ -26,14 +26,26 @@ from pipeline.tracking import Tracker
 from pipeline.worker import execute_fit
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGE_FIT = {"images": [{"sample": "camera", "crop": 32}], "tasks": [{"task": "denoise", "params": {"sigma": 25}}],
-             "model": {"name": "decoder", "width": 8, "depth": 3, "lam": 2}, "seeds": [0],
-             "fit": {"iterations": 10, "lr": 0.01}}
-SIGNAL_FIT = {"images": [{"signal": {"length": 256, "freqs": [5, 50]}}], "tasks": [{"task": "clean"}],
-              "model": {"name": "dip_linear_1d", "width": 16, "depth": 3}, "seeds": [0],
-              "fit": {"iterations": 20, "lr": 0.003, "metric_stride": 5, "stop_window": 10}}
-RESPONSE = {"images": [{"impulse": 64}], "tasks": [{"task": "upsampling_response", "params": {"stride": 2}}],
-            "model": {"name": "decoder", "upsample": "nearest"}, "seeds": [0]}
+IMAGE_FIT = {
+    "images": [{"sample": "camera", "crop": 32}],
+    "tasks": [{"task": "denoise", "params": {"sigma": 25}}],
+    "model": {"name": "decoder", "width": 8, "depth": 3, "lam": 2},
+    "seeds": [0],
+    "fit": {"iterations": 10, "lr": 0.01},
+}
+SIGNAL_FIT = {
+    "images": [{"signal": {"length": 256, "freqs": [5, 50]}}],
+    "tasks": [{"task": "clean"}],
+    "model": {"name": "dip_linear_1d", "width": 16, "depth": 3},
+    "seeds": [0],
+    "fit": {"iterations": 20, "lr": 0.003, "metric_stride": 5, "stop_window": 10},
+}
+RESPONSE = {
+    "images": [{"impulse": 64}],
+    "tasks": [{"task": "upsampling_response", "params": {"stride": 2}}],
+    "model": {"name": "decoder", "upsample": "nearest"},
+    "seeds": [0],
+}
 
 
 def manifest_file(folder: Path, name: str, doc: dict[str, Any], storage: str, **extra: Any) -> Path:
@@ -56,8 +68,10 @@ def three_kinds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, dict[s
     """An image fit, a 1-D signal fit and a layer-response measurement in one store."""
     folder = tmp_path_factory.mktemp("record")
     store = Store(str(folder / "results"))
-    specs = {kind: run_fits(manifest_file(folder, kind, doc, store.uri), store)[0]
-             for kind, doc in (("image", IMAGE_FIT), ("signal", SIGNAL_FIT), ("response", RESPONSE))}
+    specs = {
+        kind: run_fits(manifest_file(folder, kind, doc, store.uri), store)[0]
+        for kind, doc in (("image", IMAGE_FIT), ("signal", SIGNAL_FIT), ("response", RESPONSE))
+    }
     return store, specs
 
 
@@ -66,15 +80,30 @@ def test_every_kind_round_trips_through_collect_and_load_fits(three_kinds: tuple
     table = store.collect()  # the markers as written now carry their kind
     written = pq.read_table(store.fs.open(f"{store.root}/summary.parquet", "rb"))
     assert written.equals(table)
-    expected_types = {"key": pa.string(), "kind": pa.string(), "seed": pa.int64(), "crop": pa.int64(),
-                      "grey": pa.bool_(), "lam": pa.float64(), "width": pa.int64(), "iterations": pa.int64(),
-                      "final_psnr": pa.float64(), "iterations_run": pa.int64(), "param_sigma": pa.float64(),
-                      "param_stride": pa.int64(), "converged_k1": pa.int64(), "max_error_exact": pa.float64()}
+    expected_types = {
+        "key": pa.string(),
+        "kind": pa.string(),
+        "seed": pa.int64(),
+        "crop": pa.int64(),
+        "grey": pa.bool_(),
+        "lam": pa.float64(),
+        "width": pa.int64(),
+        "iterations": pa.int64(),
+        "final_psnr": pa.float64(),
+        "iterations_run": pa.int64(),
+        "param_sigma": pa.float64(),
+        "param_stride": pa.int64(),
+        "converged_k1": pa.int64(),
+        "max_error_exact": pa.float64(),
+    }
     assert {name: table.schema.field(name).type for name in expected_types} == expected_types
 
     fits = load_fits(store).set_index("key")
     assert {kind: fits.loc[spec.key, "kind"] for kind, spec in specs.items()} == {
-        "image": "image", "signal": "signal", "response": "response"}
+        "image": "image",
+        "signal": "signal",
+        "response": "response",
+    }
     assert fits["one_d"].to_dict() == {spec.key: kind == "signal" for kind, spec in specs.items()}
     image, signal, response = (fits.loc[specs[k].key] for k in ("image", "signal", "response"))
     assert (image["lam"], image["param_sigma"], image["seed"]) == (2.0, 25.0, 0)
@@ -87,9 +116,14 @@ def test_every_kind_round_trips_through_collect_and_load_fits(three_kinds: tuple
 def old_marker(store: Store, key: str, image: str, task: str, **columns: Any) -> None:
     """A fit stored as before rows had a kind (its summary exactly as the worker wrote it then)."""
     summary = {"key": key, "sweep": "old", "image": image, "task": task, "seed": 0, "model": "decoder"} | columns
-    store.write_fit(key, {"image_name": image, "task": task}, summary,
-                    {"iteration": np.arange(3, dtype=np.int64), "psnr_target": np.float32([1, 2, 3])},
-                    {"snapshot_iterations": np.array([], dtype=np.int64)}, {})
+    store.write_fit(
+        key,
+        {"image_name": image, "task": task},
+        summary,
+        {"iteration": np.arange(3, dtype=np.int64), "psnr_target": np.float32([1, 2, 3])},
+        {"snapshot_iterations": np.array([], dtype=np.int64)},
+        {},
+    )
 
 
 def test_markers_without_kind_get_it_from_task_and_image(tmp_path: Path) -> None:
@@ -120,11 +154,25 @@ def test_mlflow_gets_the_record_flattened_once(three_kinds: tuple[Store, dict[st
     parent = tracker.sweep_run("image", {})
     log_stored_fit(tracker, parent, store, spec.key)
     [run] = mlflow.MlflowClient(tracker.tracking_uri).search_runs(
-        [tracker.experiment_id], f"tags.dip.fit_key = '{spec.key}'")
+        [tracker.experiment_id], f"tags.dip.fit_key = '{spec.key}'"
+    )
     # Params as MLflow stores them (text), from the spec itself; None settings are not logged.
-    expected = {"image": "sample:camera", "kind": "image", "task": "denoise", "seed": "0", "crop": "32",
-                "grey": str(spec.grey), "method": "dip", "model": "decoder", "width": "8", "depth": "3",
-                "lam": "2.0", "iterations": "10", "lr": "0.01", "param_sigma": "25.0"}
+    expected = {
+        "image": "sample:camera",
+        "kind": "image",
+        "task": "denoise",
+        "seed": "0",
+        "crop": "32",
+        "grey": str(spec.grey),
+        "method": "dip",
+        "model": "decoder",
+        "width": "8",
+        "depth": "3",
+        "lam": "2.0",
+        "iterations": "10",
+        "lr": "0.01",
+        "param_sigma": "25.0",
+    }
     assert expected.items() <= run.data.params.items()
     assert "key" not in run.data.params and "None" not in run.data.params.values()
     summary = store.summary(spec.key)
@@ -132,9 +180,13 @@ def test_mlflow_gets_the_record_flattened_once(three_kinds: tuple[Store, dict[st
     assert not {"seed", "width", "lam"} & set(run.data.metrics)  # settings are params, not metrics
 
 
-def test_report_reads_a_manifest_and_store_on_s3(three_kinds: tuple[Store, dict[str, FitSpec]], tmp_path: Path,
-                                                 s3_store_uri: tuple[str, dict], s3_server: str,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_report_reads_a_manifest_and_store_on_s3(
+    three_kinds: tuple[Store, dict[str, FitSpec]],
+    tmp_path: Path,
+    s3_store_uri: tuple[str, dict],
+    s3_server: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     uri, options = s3_store_uri
     path = manifest_file(tmp_path, "remote", IMAGE_FIT, uri, storage_options=options)
     bucket = uri.removeprefix("s3://").split("/")[0]
@@ -151,15 +203,23 @@ def test_report_reads_a_manifest_and_store_on_s3(three_kinds: tuple[Store, dict[
     assert "# Report: remote" in index and f"Storage `{uri}`" in index and "fits done: 1" in index
 
 
-@pytest.mark.parametrize(("source", "manifest"), [("m.yaml", True), ("s3://b/sweeps/m.yml", True),
-                                                  ("s3://b/results", False), ("results/", False),
-                                                  ("file:///x/m.yaml", True)])
+@pytest.mark.parametrize(
+    ("source", "manifest"),
+    [
+        ("m.yaml", True),
+        ("s3://b/sweeps/m.yml", True),
+        ("s3://b/results", False),
+        ("results/", False),
+        ("file:///x/m.yaml", True),
+    ],
+)
 def test_a_yaml_source_is_a_manifest_anything_else_a_store(source: str, manifest: bool) -> None:
     assert is_manifest(source) is manifest
 
 
 def test_the_report_needs_neither_sweep_nor_mlflow() -> None:
-    code = ("import pipeline.report, sys; "
-            "assert 'mlflow' not in sys.modules and 'pipeline.sweep' not in sys.modules, sorted(sys.modules)")
+    code = (
+        "import pipeline.report, sys; "
+        "assert 'mlflow' not in sys.modules and 'pipeline.sweep' not in sys.modules, sorted(sys.modules)"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, env=os.environ | {"PYTHONPATH": str(REPO)})
-

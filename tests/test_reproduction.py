@@ -34,8 +34,13 @@ def run_experiment(tmp_path: Path, manifest: str, **changes: object) -> Path:
 def test_c4_conv_separates_the_frequencies_and_linear_does_not(ray_cluster, tmp_path: Path) -> None:
     doc = yaml.safe_load((PAPER / "C4-signal-1d.yaml").read_text())
     zipped = {k: v[:2] for k, v in doc["zip"][0].items()}  # DIP-Conv-1D and DIP-Linear-1D, 256 wide
-    report = run_experiment(tmp_path, "C4-signal-1d.yaml", zip=[zipped], resources={"num_gpus": 0},
-                            fit=doc["fit"] | {"iterations": 700, "snapshot_stride": 50})
+    report = run_experiment(
+        tmp_path,
+        "C4-signal-1d.yaml",
+        zip=[zipped],
+        resources={"num_gpus": 0},
+        fit=doc["fit"] | {"iterations": 700, "snapshot_stride": 50},
+    )
     [table] = list((report / "tables").glob("*converge*.csv"))
     frame = pd.read_csv(table)
     print("\n" + (report / "tables" / table.with_suffix(".md").name).read_text())
@@ -62,7 +67,9 @@ def test_c8_layers_follow_their_filters_and_the_papers_forms(ray_cluster, tmp_pa
         assert (paper_error <= (math.pi / (2 * stride)) ** 2 / 4).all()
         edge = frame.loc[stride, "measured at k = 1/(2·stride)"]
         assert edge["bilinear"] < edge["nearest"]  # the smoother prior attenuates more
-    assert (frame.loc[2, "max |measured / paper − 1|"].dropna() > frame.loc[4, "max |measured / paper − 1|"].dropna()).all()
+    assert (
+        frame.loc[2, "max |measured / paper − 1|"].dropna() > frame.loc[4, "max |measured / paper − 1|"].dropna()
+    ).all()
 
 
 @pytest.mark.slow

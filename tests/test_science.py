@@ -29,8 +29,14 @@ def c4_convergence(name: str, iterations: int) -> tuple[int, int]:
     x0 = (torch.sin(2 * torch.pi * 5 * t) + torch.sin(2 * torch.pi * 50 * t))[None, None]
     op = build_operator("clean", (1, 1, length))
     net = NetConfig(name=name, out_channels=1)  # paper size: 10 layers of 256 channels / units
-    result = fit(net, op, x0, None, FitConfig(iterations=iterations, lr=1e-3, auto_stop=False, spectral=False),
-                 extra_metrics={"se": lambda out: M.amplitude_error(out[0, 0], x0[0, 0], [5, 50])})
+    result = fit(
+        net,
+        op,
+        x0,
+        None,
+        FitConfig(iterations=iterations, lr=1e-3, auto_stop=False, spectral=False),
+        extra_metrics={"se": lambda out: M.amplitude_error(out[0, 0], x0[0, 0], [5, 50])},
+    )
     se = torch.from_numpy(np.stack([result.metrics["se_1"], result.metrics["se_2"]], axis=1))
     k1, k2 = (int(i) for i in M.first_convergence(se, delta=0.01))
     return k1, k2
@@ -97,9 +103,11 @@ def test_lipschitz_bound_slows_the_decay(unconstrained, constrained) -> None:
     """Shi Fig. 5: without a bound the fit over-fits the noise; with λ = 2 it decays less."""
     drop_free = unconstrained.best_psnr - unconstrained.final_psnr
     drop_lam = constrained.best_psnr - constrained.final_psnr
-    print(f"\nunconstrained: peak {unconstrained.best_psnr:.2f} dB at {unconstrained.best_iteration}, "
-          f"final {unconstrained.final_psnr:.2f} dB (drop {drop_free:.2f}); λ=2: peak {constrained.best_psnr:.2f} dB "
-          f"at {constrained.best_iteration}, final {constrained.final_psnr:.2f} dB (drop {drop_lam:.2f})")
+    print(
+        f"\nunconstrained: peak {unconstrained.best_psnr:.2f} dB at {unconstrained.best_iteration}, "
+        f"final {unconstrained.final_psnr:.2f} dB (drop {drop_free:.2f}); λ=2: peak {constrained.best_psnr:.2f} dB "
+        f"at {constrained.best_iteration}, final {constrained.final_psnr:.2f} dB (drop {drop_lam:.2f})"
+    )
     assert drop_free > 1.0, "the unconstrained Decoder over-fits the noise"
     assert drop_lam < drop_free / 2
 
@@ -115,8 +123,33 @@ def test_the_lambda_2_camera_fit_ends_near_its_oracle(tmp_path: Path) -> None:
     from pipeline.cli import main
 
     torch.set_num_threads(1)
-    assert main(["fit", "skimage:camera", "--crop", "64", "--task", "denoise", "--sigma", "15", "--lam", "2",
-                 "--width", "32", "--depth", "5", "--iters", "1500", "--seed", "0", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "skimage:camera",
+                "--crop",
+                "64",
+                "--task",
+                "denoise",
+                "--sigma",
+                "15",
+                "--lam",
+                "2",
+                "--width",
+                "32",
+                "--depth",
+                "5",
+                "--iters",
+                "1500",
+                "--seed",
+                "0",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["best_psnr"] > 28  # it did fit the image (the noisy input is at 24.6 dB)
     assert summary["best_psnr"] - summary["final_psnr"] < 1.0, summary

@@ -27,8 +27,9 @@ from pipeline.manifest import FitSpec, ManifestError, load_manifest
 from pipeline.storage import Store
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted(p for folder in ("dipmodel", "pipeline", "bench", "devservices")
-                 for p in (ROOT / folder).rglob("*.py"))
+SOURCES = sorted(
+    p for folder in ("dipmodel", "pipeline", "bench", "devservices") for p in (ROOT / folder).rglob("*.py")
+)
 
 
 # --- no pickle, no unsafe YAML ----------------------------------------------------------------------
@@ -63,8 +64,15 @@ def test_code_never_unpickles_or_loads_yaml_unsafely(path: Path) -> None:
         if name == "torch.load":
             flag = keywords.get("weights_only")
             assert isinstance(flag, ast.Constant) and flag.value is True, f"{path.name}:{node.lineno}: torch.load"
-        assert name not in {"yaml.load", "yaml.load_all", "yaml.unsafe_load", "yaml.full_load", "pd.read_pickle",
-                            "yaml.unsafe_load_all", "yaml.full_load_all"}, f"{path.name}:{node.lineno}: {name}"
+        assert name not in {
+            "yaml.load",
+            "yaml.load_all",
+            "yaml.unsafe_load",
+            "yaml.full_load",
+            "pd.read_pickle",
+            "yaml.unsafe_load_all",
+            "yaml.full_load_all",
+        }, f"{path.name}:{node.lineno}: {name}"
         if name in {"yaml.Loader", "yaml.UnsafeLoader", "yaml.FullLoader"}:
             pytest.fail(f"{path.name}:{node.lineno}: {name}")
 
@@ -125,11 +133,14 @@ def jpeg_header_only(width: int, height: int) -> bytes:
     return b"\xff\xd8" + b"\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof + b"\xff\xd9"
 
 
-@pytest.mark.parametrize("data, side", [
-    (png_header_only(100_000, 100_000), "100000x100000"),  # 10 Gpx: PIL's own bomb check refuses it
-    (png_header_only(9_000, 8_000), "9000x8000"),  # 72 Mpx: below PIL's threshold, above ours
-    (jpeg_header_only(65_000, 65_000), "65000x65000"),
-])
+@pytest.mark.parametrize(
+    "data, side",
+    [
+        (png_header_only(100_000, 100_000), "100000x100000"),  # 10 Gpx: PIL's own bomb check refuses it
+        (png_header_only(9_000, 8_000), "9000x8000"),  # 72 Mpx: below PIL's threshold, above ours
+        (jpeg_header_only(65_000, 65_000), "65000x65000"),
+    ],
+)
 def test_huge_images_are_refused_before_decoding(data: bytes, side: str) -> None:
     start = time.perf_counter()
     with pytest.raises(ImageError) as err:
@@ -163,25 +174,32 @@ def test_oversized_files_are_refused_without_reading_them_whole(tmp_path: Path, 
 
 
 def manifest_text(**changes) -> str:
-    doc = {"name": "paths", "images": [{"sample": "camera", "crop": 32}],
-           "tasks": [{"task": "denoise", "params": {"sigma": 25}}],
-           "model": {"name": "decoder", "width": 4, "depth": 3}, "storage": "s3://lab/results/paths"}
+    doc = {
+        "name": "paths",
+        "images": [{"sample": "camera", "crop": 32}],
+        "tasks": [{"task": "denoise", "params": {"sigma": 25}}],
+        "model": {"name": "decoder", "width": 4, "depth": 3},
+        "storage": "s3://lab/results/paths",
+    }
     for key, value in changes.items():
         doc[key] = value
     return yaml.safe_dump(doc)
 
 
-@pytest.mark.parametrize("change, where", [
-    ({"images": [{"dataset": "../etc"}]}, "images[0].dataset"),
-    ({"images": [{"dataset": "a/b"}]}, "images[0].dataset"),
-    ({"images": [{"dataset": "set5", "files": ["ok.png", "../../secret.png"]}]}, "images[0].files[1]"),
-    ({"images": [{"dataset": "set5", "files": ["/etc/passwd"]}]}, "images[0].files[0]"),
-    ({"images": [{"dataset": "set5", "glob": "../*"}]}, "images[0].glob"),
-    ({"storage": "s3://lab/results/../other"}, "storage"),
-    ({"storage": "/tmp/results/../../etc"}, "storage"),
-    ({"data_root": "s3://lab/data/.."}, "data_root"),
-    ({"images": [{"uris": ["s3://lab/a.png", "s3://lab/../b.png"]}]}, "images[0].uris[1]"),
-])
+@pytest.mark.parametrize(
+    "change, where",
+    [
+        ({"images": [{"dataset": "../etc"}]}, "images[0].dataset"),
+        ({"images": [{"dataset": "a/b"}]}, "images[0].dataset"),
+        ({"images": [{"dataset": "set5", "files": ["ok.png", "../../secret.png"]}]}, "images[0].files[1]"),
+        ({"images": [{"dataset": "set5", "files": ["/etc/passwd"]}]}, "images[0].files[0]"),
+        ({"images": [{"dataset": "set5", "glob": "../*"}]}, "images[0].glob"),
+        ({"storage": "s3://lab/results/../other"}, "storage"),
+        ({"storage": "/tmp/results/../../etc"}, "storage"),
+        ({"data_root": "s3://lab/data/.."}, "data_root"),
+        ({"images": [{"uris": ["s3://lab/a.png", "s3://lab/../b.png"]}]}, "images[0].uris[1]"),
+    ],
+)
 def test_manifest_paths_that_escape_are_named_errors(change: dict, where: str) -> None:
     with pytest.raises(ManifestError) as err:
         load_manifest(manifest_text(**change))
@@ -210,8 +228,19 @@ def test_stores_and_fit_keys_cannot_traverse(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="not a valid key"):
             store.write_failure(key, {}, "r", "E", 1)
     assert not any(tmp_path.rglob("*.json"))
-    spec = {"sweep": "s", "image_uri": "x", "image_name": "x", "dataset": None, "crop": None, "grey": False,
-            "task": "clean", "task_params": {}, "network": {}, "fit": {}, "seed": 0}
+    spec = {
+        "sweep": "s",
+        "image_uri": "x",
+        "image_name": "x",
+        "dataset": None,
+        "crop": None,
+        "grey": False,
+        "task": "clean",
+        "task_params": {},
+        "network": {},
+        "fit": {},
+        "seed": 0,
+    }
     FitSpec(**spec, key="0123456789abcdef")
     with pytest.raises(ValueError, match="key"):
         FitSpec(**spec, key="../../etc/passwd")
@@ -278,11 +307,17 @@ def test_servers_started_here_bind_loopback(path: Path) -> None:
         if isinstance(node, ast.keyword) and node.arg in HOST_NAMES:
             named.append((node.arg, node.value))
         elif isinstance(node, ast.Dict):
-            named += [(k.value, v) for k, v in zip(node.keys, node.values)
-                      if isinstance(k, ast.Constant) and k.value in HOST_NAMES]
+            named += [
+                (k.value, v)
+                for k, v in zip(node.keys, node.values, strict=True)
+                if isinstance(k, ast.Constant) and k.value in HOST_NAMES
+            ]
         elif isinstance(node, ast.List):
-            named += [(f.value, v) for f, v in zip(node.elts, node.elts[1:])
-                      if isinstance(f, ast.Constant) and f.value in HOST_FLAGS]
+            named += [
+                (f.value, v)
+                for f, v in zip(node.elts, node.elts[1:], strict=False)
+                if isinstance(f, ast.Constant) and f.value in HOST_FLAGS
+            ]
     for name, value in named:
         host = value.value if isinstance(value, ast.Constant) else ast.unparse(value)
         assert host == "127.0.0.1", f"{path.name}:{value.lineno}: {name} = {host!r}, not 127.0.0.1"
@@ -290,8 +325,9 @@ def test_servers_started_here_bind_loopback(path: Path) -> None:
 
 def test_a_local_ray_listens_on_loopback_only(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS"}}
-    out = subprocess.run([sys.executable, "-c", LISTENERS], capture_output=True, text=True, env=env,
-                         cwd=ROOT, timeout=180)
+    out = subprocess.run(
+        [sys.executable, "-c", LISTENERS], capture_output=True, text=True, env=env, cwd=ROOT, timeout=180
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["listening"], "found no listening socket: the check is blind"

@@ -42,13 +42,26 @@ def make_fit(seed: int = 0, **summary_extra: Any) -> dict[str, Any]:
     return {
         "key": key,
         "spec": {"image_name": "peppers.png", "task": "denoise", "task_params": {"sigma": 25}, "seed": seed},
-        "summary": {"key": key, "image": "peppers", "task": "denoise", "param_sigma": 25, "seed": seed,
-                    "lam": np.float32(2.0), "best_psnr": float(rng.uniform(20, 30)), "stop_iteration": None}
+        "summary": {
+            "key": key,
+            "image": "peppers",
+            "task": "denoise",
+            "param_sigma": 25,
+            "seed": seed,
+            "lam": np.float32(2.0),
+            "best_psnr": float(rng.uniform(20, 30)),
+            "stop_iteration": None,
+        }
         | summary_extra,
-        "metrics": {"iteration": np.arange(0, 50, 10, dtype=np.int32), "psnr": rng.random(5, dtype=np.float32),
-                    "fbc_0": rng.random(5)},
-        "trajectory": {"snapshots": rng.random((3, 1, 8, 8)).astype(np.float16),
-                       "snapshot_iterations": np.array([0, 20, 40], dtype=np.int64)},
+        "metrics": {
+            "iteration": np.arange(0, 50, 10, dtype=np.int32),
+            "psnr": rng.random(5, dtype=np.float32),
+            "fbc_0": rng.random(5),
+        },
+        "trajectory": {
+            "snapshots": rng.random((3, 1, 8, 8)).astype(np.float16),
+            "snapshot_iterations": np.array([0, 20, 40], dtype=np.int64),
+        },
         "images": {"final": b"\x89PNG final" + bytes([seed]), "best": b"\x89PNG best"},
     }
 

@@ -26,9 +26,18 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 FIT_FILES = {"spec.json", "metrics.parquet", "trajectory.npz", "final.png", "clean.png"}
 
 
-def tiny_manifest(tmp_path: Path, storage: str, *, name: str = "tiny", mlflow: dict | None = None,
-                  storage_options: dict | None = None, iterations: int = 20, images: dict | None = None,
-                  lams: list | None = None, seeds: list[int] | None = None) -> Path:
+def tiny_manifest(
+    tmp_path: Path,
+    storage: str,
+    *,
+    name: str = "tiny",
+    mlflow: dict | None = None,
+    storage_options: dict | None = None,
+    iterations: int = 20,
+    images: dict | None = None,
+    lams: list | None = None,
+    seeds: list[int] | None = None,
+) -> Path:
     """A 4-fit manifest (2 images × λ ∈ {none, 2}) that runs in seconds."""
     doc = {
         "name": name,
@@ -49,8 +58,11 @@ def tiny_manifest(tmp_path: Path, storage: str, *, name: str = "tiny", mlflow: d
 
 
 def test_local_sweep_end_to_end_and_rerun_does_nothing(ray_cluster, tmp_path: Path) -> None:
-    path = tiny_manifest(tmp_path, str(tmp_path / "results"),
-                         mlflow={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "tiny"})
+    path = tiny_manifest(
+        tmp_path,
+        str(tmp_path / "results"),
+        mlflow={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "tiny"},
+    )
     manifest = load_manifest(path)
     outcome = sweep.run_sweep(manifest, progress=False)
     assert (outcome.done, outcome.failed) == (4, 0)
@@ -95,7 +107,8 @@ def test_s3_and_local_storage_give_the_same_results(ray_cluster, tmp_path: Path,
         sa, sb = a.summary(key), b.summary(key)
         assert sa["final_psnr"] == pytest.approx(sb["final_psnr"], abs=1e-5)
         assert a.read_metrics(key).column("psnr_clean").to_pylist() == pytest.approx(
-            b.read_metrics(key).column("psnr_clean").to_pylist(), abs=1e-5)
+            b.read_metrics(key).column("psnr_clean").to_pylist(), abs=1e-5
+        )
 
 
 def test_images_from_a_data_set_on_s3(ray_cluster, tmp_path: Path, s3_store_uri) -> None:
@@ -112,8 +125,9 @@ def test_images_from_a_data_set_on_s3(ray_cluster, tmp_path: Path, s3_store_uri)
         buf = io.BytesIO()
         Image.new("RGB", (32, 32), colour).save(buf, format="PNG")
         fs.pipe(f"{bucket}/data/mini/{name}", buf.getvalue())
-    path = tiny_manifest(tmp_path, uri, name="s3data", storage_options=options, lams=[2],
-                         images={"dataset": "mini", "crop": 32})
+    path = tiny_manifest(
+        tmp_path, uri, name="s3data", storage_options=options, lams=[2], images={"dataset": "mini", "crop": 32}
+    )
     doc = yaml.safe_load(path.read_text()) | {"data_root": f"s3://{bucket}/data"}
     path.write_text(yaml.safe_dump(doc))
     manifest = load_manifest(path)
@@ -124,8 +138,14 @@ def test_images_from_a_data_set_on_s3(ray_cluster, tmp_path: Path, s3_store_uri)
 def test_mlflow_server_gets_a_parent_and_nested_runs(ray_cluster, tmp_path: Path, mlflow_server: str) -> None:
     import mlflow
 
-    manifest = load_manifest(tiny_manifest(tmp_path, str(tmp_path / "r"), name="tracked",
-                                           mlflow={"tracking_uri": mlflow_server, "experiment": "tracked"}))
+    manifest = load_manifest(
+        tiny_manifest(
+            tmp_path,
+            str(tmp_path / "r"),
+            name="tracked",
+            mlflow={"tracking_uri": mlflow_server, "experiment": "tracked"},
+        )
+    )
     assert sweep.run_sweep(manifest, progress=False).done == 4
     mlflow.set_tracking_uri(mlflow_server)
     runs = mlflow.search_runs(experiment_names=["tracked"])
@@ -137,15 +157,28 @@ def test_mlflow_server_gets_a_parent_and_nested_runs(ray_cluster, tmp_path: Path
     assert children["metrics.final_psnr"].notna().all()
 
 
-def test_mlflow_down_then_sync_backfills_without_duplicates(ray_cluster, tmp_path: Path, unused_port: int,
-                                                           mlflow_server: str) -> None:
+def test_mlflow_down_then_sync_backfills_without_duplicates(
+    ray_cluster, tmp_path: Path, unused_port: int, mlflow_server: str
+) -> None:
     import mlflow
 
-    down = load_manifest(tiny_manifest(tmp_path, str(tmp_path / "r"), name="offline", mlflow={
-        "tracking_uri": f"http://127.0.0.1:{unused_port}", "experiment": "offline"}))
+    down = load_manifest(
+        tiny_manifest(
+            tmp_path,
+            str(tmp_path / "r"),
+            name="offline",
+            mlflow={"tracking_uri": f"http://127.0.0.1:{unused_port}", "experiment": "offline"},
+        )
+    )
     assert sweep.run_sweep(down, progress=False).done == 4  # fits complete without MLflow
-    up = load_manifest(tiny_manifest(tmp_path, str(tmp_path / "r"), name="offline", mlflow={
-        "tracking_uri": mlflow_server, "experiment": "offline"}))
+    up = load_manifest(
+        tiny_manifest(
+            tmp_path,
+            str(tmp_path / "r"),
+            name="offline",
+            mlflow={"tracking_uri": mlflow_server, "experiment": "offline"},
+        )
+    )
     assert sweep.sync_mlflow(up) == (4, 0)
     assert sweep.sync_mlflow(up) == (0, 4)
     mlflow.set_tracking_uri(mlflow_server)
@@ -159,8 +192,9 @@ def test_a_bad_image_fails_only_its_own_fits(ray_cluster, tmp_path: Path) -> Non
     good, bad = tmp_path / "good.png", tmp_path / "bad.png"
     Image.new("RGB", (40, 40), (90, 120, 200)).save(good)
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    manifest = load_manifest(tiny_manifest(tmp_path, str(tmp_path / "r"),
-                                           images={"uris": [str(good), str(bad)], "crop": 32}))
+    manifest = load_manifest(
+        tiny_manifest(tmp_path, str(tmp_path / "r"), images={"uris": [str(good), str(bad)], "crop": 32})
+    )
     outcome = sweep.run_sweep(manifest, progress=False)
     assert (outcome.done, outcome.failed) == (2, 2)
     st = sweep.status(manifest)
@@ -198,7 +232,8 @@ def test_packed_sweep_runs_every_fit_once_as_an_unpacked_one_does(ray_cluster, t
     for key in one.done_keys():
         assert packed.summary(key)["final_psnr"] == pytest.approx(one.summary(key)["final_psnr"], abs=1e-5)
         assert packed.read_metrics(key).column("psnr_clean").to_pylist() == pytest.approx(
-            one.read_metrics(key).column("psnr_clean").to_pylist(), abs=1e-5)
+            one.read_metrics(key).column("psnr_clean").to_pylist(), abs=1e-5
+        )
 
 
 # --- the dispatcher: calls lost with their actor go to another, and the actor comes back ----------
@@ -235,8 +270,9 @@ def run_dispatch(dispatch: sweep.Dispatch, timeout: float = 120) -> list[tuple[o
     return out
 
 
-def test_a_call_lost_with_its_actor_runs_elsewhere_and_the_restarted_actor_gets_work(ray_cluster,
-                                                                                   tmp_path: Path) -> None:
+def test_a_call_lost_with_its_actor_runs_elsewhere_and_the_restarted_actor_gets_work(
+    ray_cluster, tmp_path: Path
+) -> None:
     specs = sweep.expand_specs(load_manifest(tiny_manifest(tmp_path, str(tmp_path / "r"), seeds=[0, 1, 2])))
     dying, steady = stand_in_worker(tmp_path, dies_on={1}), stand_in_worker(tmp_path, dies_on=set())
     out = run_dispatch(sweep.Dispatch([([dying, steady], [[s] for s in specs])], max_retries=1))
@@ -247,20 +283,24 @@ def test_a_call_lost_with_its_actor_runs_elsewhere_and_the_restarted_actor_gets_
 
 
 def test_a_call_lost_more_than_max_retries_times_is_given_up(ray_cluster, tmp_path: Path) -> None:
-    [spec] = sweep.expand_specs(load_manifest(tiny_manifest(tmp_path, str(tmp_path / "r"), lams=[2],
-                                                            images={"sample": "camera", "crop": 32})))
+    [spec] = sweep.expand_specs(
+        load_manifest(tiny_manifest(tmp_path, str(tmp_path / "r"), lams=[2], images={"sample": "camera", "crop": 32}))
+    )
     always = stand_in_worker(tmp_path, dies_on={1, 2, 3, 4})
     out = run_dispatch(sweep.Dispatch([([always], [[spec]])], max_retries=2))
     assert out == [(spec, None)] and always.calls() == 3  # the first attempt and two retries
 
 
-@pytest.mark.parametrize("problem, field", [
-    ({"fit": {"iterations": "many"}}, "fit.iterations"),
-    ({"colour": "blue"}, "colour"),
-    ({"grid": {"lam": []}}, "grid.lam"),
-    ({"images": [{"dataset": "no-such-set"}]}, "no-such-set"),
-    ({"grid": {"lam": [2, 0]}}, "grid.lam[1]: lam must be positive"),
-])
+@pytest.mark.parametrize(
+    "problem, field",
+    [
+        ({"fit": {"iterations": "many"}}, "fit.iterations"),
+        ({"colour": "blue"}, "colour"),
+        ({"grid": {"lam": []}}, "grid.lam"),
+        ({"images": [{"dataset": "no-such-set"}]}, "no-such-set"),
+        ({"grid": {"lam": [2, 0]}}, "grid.lam[1]: lam must be positive"),
+    ],
+)
 def test_invalid_manifests_fail_before_any_fit(tmp_path: Path, capsys, problem: dict, field: str) -> None:
     path = tiny_manifest(tmp_path, str(tmp_path / "r"))
     doc = yaml.safe_load(path.read_text()) | problem
@@ -297,8 +337,11 @@ def test_stored_spec_records_the_channels_the_network_had(tmp_path: Path) -> Non
 
 
 def test_unreachable_storage_fails_before_any_fit(tmp_path: Path, capsys) -> None:
-    path = tiny_manifest(tmp_path, "s3://nowhere/results", storage_options={
-        "key": "k", "secret": "s", "client_kwargs": {"endpoint_url": "http://127.0.0.1:1"}})
+    path = tiny_manifest(
+        tmp_path,
+        "s3://nowhere/results",
+        storage_options={"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": "http://127.0.0.1:1"}},
+    )
     start = time.monotonic()
     assert dip(["sweep", "run", str(path)]) == 2
     assert "s3://nowhere/results" in capsys.readouterr().err
@@ -310,8 +353,13 @@ def test_unreachable_storage_fails_before_any_fit(tmp_path: Path, capsys) -> Non
 
 def start_sweep(path: Path, log: Path) -> subprocess.Popen:
     env = os.environ | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "sweep", "run", str(path)],
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "sweep", "run", str(path)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
@@ -375,8 +423,12 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(tmp_path: Path) -> None:
     finally:
         kill_session(proc)
     assert "rerun the same command to resume" in (tmp_path / "first.log").read_text()
-    assert subprocess.run([sys.executable, "-m", "pipeline.cli", "sweep", "run", str(path)],
-                          capture_output=True, timeout=400).returncode == 0
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "sweep", "run", str(path)], capture_output=True, timeout=400
+        ).returncode
+        == 0
+    )
     keys = {s.key for s in sweep.make_plan(load_manifest(path)).specs}
     assert set(done_markers(root)) == keys
 
@@ -385,8 +437,11 @@ def worker_pids(session: int) -> list[int]:
     """Processes of the sweep's Ray workers that are running a fit right now (Ray names them
     ray::FitWorker.run): those of the driver's session only, never another sweep's on this machine."""
     out = subprocess.run(["ps", "-eo", "pid,sid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines()
-            if "ray::FitWorker.run" in line and int(line.split()[1]) == session]
+    return [
+        int(line.split()[0])
+        for line in out.splitlines()
+        if "ray::FitWorker.run" in line and int(line.split()[1]) == session
+    ]
 
 
 @pytest.mark.slow

@@ -29,9 +29,13 @@ def metrics_table(iterations: int, columns: int, stride: int = 5, seed: int = 0)
 
 def log(tracker: Tracker, parent: str, key: str, iterations: int = 20, **overrides: Any) -> str:
     """log_fit with small defaults, so each test spells out only what it checks."""
-    args: dict[str, Any] = {"params": {"lam": 2.0}, "summary": {"best_psnr": 30.0},
-                            "metrics": metrics_table(iterations, 2), "images": {},
-                            "storage_uri": f"file:///s/{key}"}
+    args: dict[str, Any] = {
+        "params": {"lam": 2.0},
+        "summary": {"best_psnr": 30.0},
+        "metrics": metrics_table(iterations, 2),
+        "images": {},
+        "storage_uri": f"file:///s/{key}",
+    }
     return tracker.log_fit(parent, key, **(args | overrides))
 
 
@@ -57,27 +61,36 @@ def test_sweep_run_is_found_again(tracker: Tracker) -> None:
     other = tracker.sweep_run("sweep-b", {})
 
     assert again == first != other
-    runs = mlflow.search_runs(experiment_ids=[tracker.experiment_id], output_format="list",
-                              filter_string="tags.dip.kind = 'sweep' AND tags.dip.sweep = 'sweep-a'")
+    runs = mlflow.search_runs(
+        experiment_ids=[tracker.experiment_id],
+        output_format="list",
+        filter_string="tags.dip.kind = 'sweep' AND tags.dip.sweep = 'sweep-a'",
+    )
     assert [r.info.run_id for r in runs] == [first]
     assert runs[0].data.params == {"storage": "file:///s", "fits": "4"}
 
 
-def test_log_fit_records_params_metrics_and_images(
-    tracker: Tracker, mlflow_server: str, tmp_path: Path
-) -> None:
+def test_log_fit_records_params_metrics_and_images(tracker: Tracker, mlflow_server: str, tmp_path: Path) -> None:
     parent = tracker.sweep_run("s", {})
     table = metrics_table(40, 3)
-    run_id = log(tracker, parent, "k1", params={"lam": 2.0, "net": {"width": 8}, "note": "x" * 7000},
-                 summary={"best_psnr": 31.5, "stop_iteration": 120, "skipped": None, "nan": float("nan")},
-                 metrics=table, images={"final": IMAGE, "best.png": IMAGE[::-1]})
+    run_id = log(
+        tracker,
+        parent,
+        "k1",
+        params={"lam": 2.0, "net": {"width": 8}, "note": "x" * 7000},
+        summary={"best_psnr": 31.5, "stop_iteration": 120, "skipped": None, "nan": float("nan")},
+        metrics=table,
+        images={"final": IMAGE, "best.png": IMAGE[::-1]},
+    )
 
     [run] = fit_runs(tracker, parent, "k1")
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     assert run.data.tags["dip.kind"] == "fit" and run.data.tags["dip.storage_uri"] == "file:///s/k1"
     assert run.data.params == {"lam": "2.0", "net": "{'width': 8}", "note": "x" * MAX_PARAM_VAL_LENGTH}
-    assert {k: run.data.metrics[k] for k in ("best_psnr", "stop_iteration")} == {"best_psnr": 31.5,
-                                                                               "stop_iteration": 120}
+    assert {k: run.data.metrics[k] for k in ("best_psnr", "stop_iteration")} == {
+        "best_psnr": 31.5,
+        "stop_iteration": 120,
+    }
     assert "skipped" not in run.data.metrics and "nan" not in run.data.metrics
 
     client = mlflow.MlflowClient(mlflow_server)
@@ -88,8 +101,9 @@ def test_log_fit_records_params_metrics_and_images(
 
     listed = {a.path for a in client.list_artifacts(run_id, "images")}
     assert listed == {"images/final.png", "images/best.png"}
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="images/final.png",
-                                                dst_path=str(tmp_path), tracking_uri=mlflow_server)
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="images/final.png", dst_path=str(tmp_path), tracking_uri=mlflow_server
+    )
     assert Path(local).read_bytes() == IMAGE
 
 
@@ -112,8 +126,9 @@ def test_logged_keys_counts_finished_runs_and_unfinished_ones_are_replaced(
         log(tracker, parent, key)
     log(tracker, other_sweep, "z")
     client = mlflow.MlflowClient(mlflow_server)
-    crashed = client.create_run(tracker.experiment_id, tags={
-        "mlflow.parentRunId": parent, "dip.kind": "fit", "dip.fit_key": "c"}).info.run_id
+    crashed = client.create_run(
+        tracker.experiment_id, tags={"mlflow.parentRunId": parent, "dip.kind": "fit", "dip.fit_key": "c"}
+    ).info.run_id
     client.log_metric(crashed, "m0", 1.0, step=0)  # half-logged, left RUNNING
 
     assert tracker.logged_keys(parent) == {"a", "b"}
@@ -125,9 +140,7 @@ def test_logged_keys_counts_finished_runs_and_unfinished_ones_are_replaced(
     assert tracker.logged_keys(parent) == {"a", "b", "c"}
 
 
-def test_metrics_travel_in_batches(
-    tracker: Tracker, mlflow_server: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_metrics_travel_in_batches(tracker: Tracker, mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """2,500 values (500 iterations × 5 columns) take at most 3 log-batch requests.
 
     Counted at the HTTP layer with a pass-through wrapper: every request still reaches the server.

@@ -62,7 +62,7 @@ def _resolve_images(
             found = [list_files(root, f"{dataset}/{glob_escape(f)}") for f in images.files]
             missing: list[Problem] = [
                 (("images", index, "files", j), f"no file {f!r} in dataset {dataset!r} under data root {root}")
-                for j, (f, hits) in enumerate(zip(images.files, found))
+                for j, (f, hits) in enumerate(zip(images.files, found, strict=True))
                 if not hits
             ]
             relative = [r for hits in found for r in hits]
@@ -90,8 +90,10 @@ def _verification_problems(
     except datasets.DatasetError as err:
         files = images.files or []
         return [
-            (("images", index, "files", files.index(p.file)) if p.file in files else ("images", index, "dataset"),
-             p.message)
+            (
+                ("images", index, "files", files.index(p.file)) if p.file in files else ("images", index, "dataset"),
+                p.message,
+            )
             for p in err.problems
         ]
     return []
@@ -138,6 +140,14 @@ def expand(
             }  # fmt: skip
             key = fit_key(content)
             if key not in specs:
-                specs[key] = FitSpec(sweep=manifest.name, image_uri=uri, dataset=image_set.dataset, signal=signal,
-                                     impulse=image_set.impulse, experiment=manifest.experiment, key=key, **content)
+                specs[key] = FitSpec(
+                    sweep=manifest.name,
+                    image_uri=uri,
+                    dataset=image_set.dataset,
+                    signal=signal,
+                    impulse=image_set.impulse,
+                    experiment=manifest.experiment,
+                    key=key,
+                    **content,
+                )
     return list(specs.values())

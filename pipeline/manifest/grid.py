@@ -26,7 +26,8 @@ NET_TYPES: dict[str, Any] = get_type_hints(NetConfig)
 FIT_CONFIG_TYPES: dict[str, Any] = {k: v for k, v in get_type_hints(FitConfig).items() if k != "seed"}
 # The fit section, grid and zip also choose the method: "dip" (the network fit) or a classical one.
 METHOD_TYPES: dict[str, Any] = {"method": Literal[("dip", *METHODS)]} | {
-    k: v for k, v in get_type_hints(ClassicalConfig).items() if k != "method"}
+    k: v for k, v in get_type_hints(ClassicalConfig).items() if k != "method"
+}
 FIT_TYPES = FIT_CONFIG_TYPES | METHOD_TYPES
 SETTING_ADAPTERS = {name: TypeAdapter(t) for name, t in (NET_TYPES | FIT_TYPES).items()}
 NET_ADAPTER = TypeAdapter(NetConfig)
@@ -122,4 +123,3 @@ def _blame(message: str, values: dict[str, Any]) -> str:
     """The field a dataclass's own check complains about: the first field named in its message."""
     hits = [(m.start(), f) for f in values if (m := re.search(rf"\b{f}\b", message))]
     return min(hits)[1] if hits else ""
-

@@ -47,8 +47,11 @@ def key_fit_fields(fit: dict[str, Any]) -> dict[str, Any]:
     left out, and fields added after version-1 keys existed (SGLD settings, precision) left out
     at their defaults, so keys made before they existed still name the same fits."""
     later = LATER_FIT_DEFAULTS | {k: default for k, (default, _) in SPEED_FIELDS.items()}
-    return {k: v for k, v in fit.items()
-            if not (k in SPEED_FIELDS and not SPEED_FIELDS[k][1]) and not (k in later and v == later[k])}
+    return {
+        k: v
+        for k, v in fit.items()
+        if not (k in SPEED_FIELDS and not SPEED_FIELDS[k][1]) and not (k in later and v == later[k])
+    }
 
 
 def fit_key(spec_content: dict[str, Any]) -> str:
@@ -69,4 +72,3 @@ def fit_key(spec_content: dict[str, Any]) -> str:
     content |= {k: spec_content[k] for k in OPTIONAL_KEY_FIELDS if spec_content.get(k) is not None}
     text = json.dumps(canonical(content), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-

@@ -50,8 +50,11 @@ def _check_expanded_size(root: yaml.Node | None, label: str) -> None:
             raise ManifestError([f"{label}:{node.start_mark.line + 1}: YAML alias refers to a node that contains it"])
         if count > MAX_EXPANDED_NODES:
             raise ManifestError([f"{label}: YAML aliases expand to more than {MAX_EXPANDED_NODES} values"])
-        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
-            node.value if isinstance(node, yaml.SequenceNode) else [])
+        children = (
+            [n for pair in node.value for n in pair]
+            if isinstance(node, yaml.MappingNode)
+            else (node.value if isinstance(node, yaml.SequenceNode) else [])
+        )
         stack += [(child, ancestors + (id(node),)) for child in children]
 
 

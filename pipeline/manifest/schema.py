@@ -63,7 +63,8 @@ _PATH_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # The operators' parameters (dipmodel.operators.TASK_PARAMS), and C&M App. E (C8)'s measurement:
 # no fit; the model's upsampling layer is measured on an impulse against its closed form.
 _TASK_PARAMS: dict[str, dict[str, Any]] = {t: {p.name: p.type for p in ps} for t, ps in TASK_PARAMS.items()} | {
-    "upsampling_response": {"stride": PositiveInt}}
+    "upsampling_response": {"stride": PositiveInt}
+}
 Task = Literal[tuple(_TASK_PARAMS)]  # type: ignore[valid-type]  # built from the task table
 _PARAM_ADAPTERS = {t: {p: TypeAdapter(typ) for p, typ in ps.items()} for t, ps in _TASK_PARAMS.items()}
 _SCALAR_SCHEMA: dict[str, Any] = {"type": ["string", "number", "boolean", "null"]}
@@ -101,7 +102,7 @@ class SignalSpec(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> SignalSpec:
         problems: list[Problem] = []
-        if any(b <= a for a, b in zip(self.freqs, self.freqs[1:])):
+        if any(b <= a for a, b in zip(self.freqs, self.freqs[1:], strict=False)):
             problems.append((("freqs",), "frequencies must increase (se_1, converged_k1 are the lowest)"))
         half = f"length/2 = {self.length / 2:g}"
         problems += [
@@ -179,15 +180,19 @@ class ImageSet(BaseModel):
     @classmethod
     def _dataset_is_one_folder(cls, name: str | None) -> str | None:
         if name is not None and not _PATH_COMPONENT.fullmatch(name):
-            raise PydanticCustomError("manifest", "a data set is one folder name under the data root (letters, "
-                                      "digits, . _ -), not {name!r}", {"name": name})
+            raise PydanticCustomError(
+                "manifest",
+                "a data set is one folder name under the data root (letters, digits, . _ -), not {name!r}",
+                {"name": name},
+            )
         return name
 
     @field_validator("files")
     @classmethod
     def _files_stay_inside(cls, names: list[str] | None) -> list[str] | None:
-        raise_if([((j,), problem) for j, n in enumerate(names or []) if (problem := _escape_problem(n))],
-                  "ImageSet.files")
+        raise_if(
+            [((j,), problem) for j, n in enumerate(names or []) if (problem := _escape_problem(n))], "ImageSet.files"
+        )
         return names
 
     @field_validator("glob")
@@ -207,8 +212,14 @@ class ImageSet(BaseModel):
         if self.files is not None and self.glob is not None:
             raise PydanticCustomError("manifest", "give files or glob, not both")
         if self.signal is not None or self.impulse is not None:
-            raise_if([((f,), "applies to images, not to a 1-D signal") for f in ("downsample", "crop", "grey")
-                       if getattr(self, f)], "ImageSet")
+            raise_if(
+                [
+                    ((f,), "applies to images, not to a 1-D signal")
+                    for f in ("downsample", "crop", "grey")
+                    if getattr(self, f)
+                ],
+                "ImageSet",
+            )
         if self.grey is None:  # the data set's convention, e.g. LIVE1 is evaluated on the Y channel
             known = datasets.registry().get(self.dataset or "")
             self.grey = known is not None and known.grey
@@ -296,8 +307,10 @@ class Resources(BaseModel):
     @field_validator("custom")
     @classmethod
     def _positive_amounts(cls, amounts: dict[str, float]) -> dict[str, float]:
-        raise_if([((name,), "a resource amount must be positive") for name, n in amounts.items() if not n > 0],
-                  "Resources.custom")
+        raise_if(
+            [((name,), "a resource amount must be positive") for name, n in amounts.items() if not n > 0],
+            "Resources.custom",
+        )
         return amounts
 
 
@@ -316,8 +329,9 @@ class Manifest(BaseModel):
     images: list[ImageSet] = Field(min_length=1)
     tasks: list[TaskSpec] = Field(min_length=1)
     model: dict[str, Any] = Field(
-        description=("NetConfig fields (name, width, depth, upsample, up_sigma, norm, lam, input, bound_head, "
-                     "detach_sigma, ...)"),
+        description=(
+            "NetConfig fields (name, width, depth, upsample, up_sigma, norm, lam, input, bound_head, detach_sigma, ...)"
+        ),
         json_schema_extra=_names_schema(NET_TYPES),
     )
     grid: dict[str, list[Any]] = Field(
@@ -332,8 +346,10 @@ class Manifest(BaseModel):
     repeats: PositiveInt | None = Field(None, description="seeds 0..repeats-1 (instead of seeds)")
     fit: dict[str, Any] = Field(
         default_factory=dict,
-        description=("FitConfig fields except seed (iterations, lr, metric_stride, ...), and the method: dip "
-                     "(default) or a classical reference (bm3d, bicubic, tv, with tv_weight, tv_iterations)"),
+        description=(
+            "FitConfig fields except seed (iterations, lr, metric_stride, ...), and the method: dip "
+            "(default) or a classical reference (bm3d, bicubic, tv, with tv_weight, tv_iterations)"
+        ),
         json_schema_extra=_names_schema(FIT_TYPES),
     )
     storage: str | None = Field(None, description="results URI; default file://<cwd>/results/<name>")
@@ -417,8 +433,12 @@ class Manifest(BaseModel):
     def _location_problems(self) -> Iterator[Problem]:
         """Storage, data root and image URIs: no '..', and under $DIP_ALLOWED_ROOTS when it is set."""
         places: list[tuple[Loc, str]] = [(("storage",), self.storage or ""), (("data_root",), self.data_root or "")]
-        places += [(("images", i, "uris", j), uri) for i, images in enumerate(self.images)
-                   for j, uri in enumerate(images.uris or []) if not uri.startswith(SAMPLE_PREFIX)]
+        places += [
+            (("images", i, "uris", j), uri)
+            for i, images in enumerate(self.images)
+            for j, uri in enumerate(images.uris or [])
+            if not uri.startswith(SAMPLE_PREFIX)
+        ]
         for loc, location in places:
             if problem := location_problem(location):
                 yield loc, problem
@@ -456,20 +476,37 @@ class Manifest(BaseModel):
             if task.task != "clean"
         ]
         measuring = [j for j, task in enumerate(self.tasks) if task.task == "upsampling_response"]
-        problems += [(("images", i, "impulse"), f"an impulse takes task upsampling_response only; tasks[{j}] is "
-                      f"{task.task}") for i in impulses for j, task in enumerate(self.tasks) if j not in measuring]
-        problems += [(("tasks", j, "task"), f"upsampling_response measures a layer on an impulse; images[{i}] "
-                      "is not one (give images: [{impulse: 64}])") for j in measuring for i in signals + pictures]
+        problems += [
+            (("images", i, "impulse"), f"an impulse takes task upsampling_response only; tasks[{j}] is {task.task}")
+            for i in impulses
+            for j, task in enumerate(self.tasks)
+            if j not in measuring
+        ]
+        problems += [
+            (
+                ("tasks", j, "task"),
+                f"upsampling_response measures a layer on an impulse; images[{i}] "
+                "is not one (give images: [{impulse: 64}])",
+            )
+            for j in measuring
+            for i in signals + pictures
+        ]
         if impulses:  # the network's other fields do not matter to a layer, but it is one layer
-            problems += [(loc, "upsampling_response measures one upsampling layer: give one up_sigma, not "
-                               "one per layer") for setting in self._points()
-                         for sigma, loc in [setting.get("up_sigma", (0.5, ()))] if isinstance(sigma, tuple)]
+            problems += [
+                (loc, "upsampling_response measures one upsampling layer: give one up_sigma, not one per layer")
+                for setting in self._points()
+                for sigma, loc in [setting.get("up_sigma", (0.5, ()))]
+                if isinstance(sigma, tuple)
+            ]
             return list(dict.fromkeys(problems))
         for setting in self._points():
             method, method_loc = setting.get("method", ("dip", ()))
             restores = METHOD_TASKS.get(method, ())
-            problems += [(method_loc, f"method {method} restores {', '.join(restores)} only; tasks[{j}] is {task.task}")
-                         for j, task in enumerate(self.tasks) if method != "dip" and task.task not in restores]
+            problems += [
+                (method_loc, f"method {method} restores {', '.join(restores)} only; tasks[{j}] is {task.task}")
+                for j, task in enumerate(self.tasks)
+                if method != "dip" and task.task not in restores
+            ]
             name, loc = setting["name"]
             if signals and name not in ONE_D:
                 needs = f"the signal of images[{signals[0]}] needs a 1-D network ({', '.join(ONE_D)})"
