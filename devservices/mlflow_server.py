@@ -47,7 +47,7 @@ class MlflowServer:
             str(self.root / "artifacts"),
         ]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
+            self.proc = proc = subprocess.Popen(
                 command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -55,7 +55,7 @@ class MlflowServer:
                 env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             )
         try:
-            wait_until(lambda: self.healthy() or self.proc.poll() is not None, timeout, "the MLflow server", 0.5)
+            wait_until(lambda: self.healthy() or proc.poll() is not None, timeout, "the MLflow server", 0.5)
         except TimeoutError as err:
             raise RuntimeError(f"{err}; its log ends:\n{self.log_tail()}") from None
         if self.proc.poll() is not None:

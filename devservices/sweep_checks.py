@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -16,7 +17,7 @@ def write_manifest(
     path: Path,
     name: str,
     storage: str,
-    storage_options: dict,
+    storage_options: dict[str, Any],
     mlflow_uri: str | None,
     seeds: int,
     iterations: int,

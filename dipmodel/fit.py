@@ -233,10 +233,11 @@ class DeviceRecord:
         self.iterations: list[int] = []
         self.best_psnr = torch.tensor(-float("inf"), device=device)
         self.best_iter = torch.tensor(-1, device=device)
-        self.best_out: Tensor | None = None
+        # replaced by the first output's shape at the first row
+        self.best_out = torch.empty(0, device=device)
         self.stopped = torch.tensor(False, device=device)
         self.stop_iter = torch.tensor(-1, device=device)
-        self.stop_out: Tensor | None = None
+        self.stop_out = torch.empty(0, device=device)
 
     def add(self, t: int, out: Tensor, row: dict[str, Tensor]) -> None:
         flat = torch.cat([v.reshape(-1).float() for v in row.values()])
@@ -559,7 +560,7 @@ class _Running:
         with precision_flags(cfg.precision, loop.device), self.on_stream():
             try:
                 loop.iteration(t)
-            except torch.linalg.LinAlgError:  # type: ignore[attr-defined]  # public, but not re-exported in stubs  # NaN weights break the exact σ before a sync sees the loss
+            except torch.linalg.LinAlgError:  # NaN weights break the exact σ before a sync sees the loss
                 loop.check_losses(0, t + 1)
                 raise
             at_sync = (t + 1) % cfg.sync_every == 0

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # imported lazily at run time (pydantic, fsspec): only the co
     from pipeline.manifest import Manifest
 
 
-def add_fit_parser(sub: argparse._SubParsersAction) -> None:
+def add_fit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "fit",
         help="fit one image and write the restored image, metrics and curves",
@@ -196,7 +196,7 @@ def run_fit(args: argparse.Namespace) -> int:
             "; ".join(f"{loc_path(tuple(e['loc']))}: {pydantic_message(e)}" for e in err.errors())
         ) from None
     [spec] = expand(manifest)
-    store = Store(manifest.storage or "")
+    store = Store(manifest.storage_uri)
     store.write_sweep(manifest.model_dump(mode="json"))
     upsample = spec.network["upsample"]
     title = f"{args.image} · {args.task} {spec.task_params} · {args.model} λ={args.lam} up={upsample}"
@@ -232,7 +232,7 @@ def run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_manifest_parser(sub: argparse._SubParsersAction) -> None:
+def add_manifest_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("manifest", help="check a manifest, or print its JSON Schema")
     msub = p.add_subparsers(dest="action", required=True)
     v = msub.add_parser("validate", help="report every error with its field path and line; exit 2 if any")
@@ -240,7 +240,7 @@ def add_manifest_parser(sub: argparse._SubParsersAction) -> None:
     msub.add_parser("schema", help="print the manifest JSON Schema (for editor completion)")
 
 
-def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
+def add_sweep_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sweep", help="plan, run, inspect and record sweeps")
     ssub = p.add_subparsers(dest="action", required=True)
     for name, text in [
@@ -278,7 +278,7 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--out", help="output URI (default: <storage>/summary.parquet)")
 
 
-def add_submit_parser(sub: argparse._SubParsersAction) -> None:
+def add_submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "submit",
         help="run a sweep as a job on a Ray cluster (Jobs API)",
@@ -309,7 +309,7 @@ def run_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_report_parser(sub: argparse._SubParsersAction) -> None:
+def add_report_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "report",
         help="tables and figures of a sweep, from stored results",

@@ -90,9 +90,9 @@ def to_tensor(img: Image.Image, label: str) -> torch.Tensor:
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         warnings.warn(f"{label}: alpha channel dropped", stacklevel=3)
     if mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        arr = arr / (65535.0 if arr.max() > 255 else 255.0)
-        return torch.from_numpy(np.clip(arr, 0, 1)).float()[None]
+        wide = np.asarray(img, dtype=np.float64)
+        wide = wide / (65535.0 if wide.max() > 255 else 255.0)
+        return torch.from_numpy(np.clip(wide, 0, 1)).float()[None]
     if mode == "F":
         return torch.from_numpy(np.clip(np.asarray(img, dtype=np.float32), 0, 1))[None]
     grey = mode in ("1", "L", "LA") or (mode == "P" and is_grey_palette(img))

@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.locations import is_remote, local_path
 from pipeline.manifest import Manifest
@@ -67,7 +68,7 @@ def submit(manifest: Manifest, location: str, address: str, working_dir: str | N
 
     check_submittable(manifest)
     upload: tempfile.TemporaryDirectory[str] | None = None
-    runtime_env: dict = {}
+    runtime_env: dict[str, Any] = {}
     program = "dip"
     if is_remote(location):
         target = location

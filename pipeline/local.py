@@ -89,7 +89,7 @@ def run_local(
     from pipeline.worker import execute_fit
 
     chosen = [spec for spec in specs if matches(spec, where)]
-    store = Store(manifest.storage or "", manifest.storage_options)
+    store = Store(manifest.storage_uri, manifest.storage_options)
     store.write_sweep(manifest.model_dump(mode="json"))
     log(f"{len(chosen)} of {len(specs)} fits of {manifest.name} selected → {manifest.storage}")
     start, done, failed = time.perf_counter(), 0, 0

@@ -78,7 +78,7 @@ def fit_curves(
 # --- sweep reports: several fits per figure ----------------------------------------------------
 
 # How each kind of point marked on a curve is drawn (one legend entry per kind and panel).
-MARK_STYLES: dict[str, dict] = {
+MARK_STYLES: dict[str, dict[str, Any]] = {
     "oracle peak": {"marker": "o", "s": 36, "edgecolors": "black", "linewidths": 0.6},
     "auto-stop": {"marker": "v", "s": 46, "edgecolors": "black", "linewidths": 0.6},
     "converged": {"marker": "s", "s": 30, "edgecolors": "black", "linewidths": 0.6},

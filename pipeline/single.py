@@ -83,7 +83,7 @@ def convergence_iterations(metrics: Mapping[str, np.ndarray], count: int) -> dic
 def prepare_problem(
     image: torch.Tensor,
     task: str,
-    task_params: dict,
+    task_params: dict[str, Any],
     net_cfg: NetConfig | None,
     seed: int,
     crop: int | None,
@@ -113,7 +113,8 @@ def prepare_problem(
     if one_d:  # the operators take images: a (C, L) signal is a (C, 1, L) one
         op = build_operator(task, (clean.shape[1], 1, clean.shape[2]), seed=seed, **task_params)
         return Problem(clean=clean, op=op, y=op.degrade(clean[:, :, None])[:, :, 0])
-    op = build_operator(task, tuple(clean.shape[1:]), seed=seed, **task_params)
+    c, h, w = clean.shape[1:]
+    op = build_operator(task, (c, h, w), seed=seed, **task_params)
     return Problem(clean=clean, op=op, y=op.degrade(clean))
 
 

@@ -35,5 +35,5 @@ def open_store(source: str | Path | Manifest) -> Store:
     if isinstance(source, (str, Path)) and is_manifest(source):
         source = read_manifest(source)
     if isinstance(source, Manifest):
-        return Store(source.storage, source.storage_options)
+        return Store(source.storage_uri, source.storage_options)
     return Store(str(source))

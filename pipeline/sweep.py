@@ -11,6 +11,7 @@ resume, status and the MLflow backfill all start from the done/failed markers.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sys
@@ -35,7 +36,7 @@ class Plan:
 
     specs: list[FitSpec]
     done: set[str]
-    failed: dict[str, dict]
+    failed: dict[str, dict[str, Any]]
 
     def todo(self, retry_failed: bool = False) -> list[FitSpec]:
         skip = self.done if retry_failed else self.done | set(self.failed)
@@ -79,22 +80,20 @@ def connect(address: str | None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level="warning", log_to_driver=True)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         return
     # address="local": a new instance of our own; plain ray.init() would join any cluster whose
     # address another process left in /tmp/ray/ray_current_cluster on this machine.
-    ray.init(address="local", include_dashboard=False, logging_level="warning", log_to_driver=True)
+    ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
 
 
 def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int, custom: dict[str, float]) -> Any:
     """The Ray actor class that runs fits, with the manifest's resources."""
     import ray
 
-    @ray.remote(
-        num_gpus=num_gpus, num_cpus=num_cpus, resources=custom or None, max_restarts=-1, max_task_retries=max_retries
-    )
+    @ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, resources=custom, max_restarts=-1, max_task_retries=max_retries)
     class FitWorker:
-        def __init__(self, store_uri: str, storage_options: dict | None) -> None:
+        def __init__(self, store_uri: str, storage_options: dict[str, Any] | None) -> None:
             import torch
 
             # imported here, not on the first call: an actor that Ray reports alive is ready to fit
@@ -107,7 +106,7 @@ def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int, custom:
             if self.device == "cpu":
                 torch.set_num_threads(max(int(num_cpus), 1))
 
-        def run(self, spec_jsons: list[dict]) -> list[dict]:
+        def run(self, spec_jsons: list[dict[str, Any]]) -> list[dict[str, Any]]:
             """Run a pack of specs together (one spec: as alone); one record per spec."""
             specs = [FitSpec.model_validate(s) for s in spec_jsons]
             return self.execute_fits(specs, self.store, self.device, self.storage_options)
@@ -204,7 +203,7 @@ class MlflowLog:
             return
         try:
             self.tracker = Tracker(manifest.mlflow.tracking_uri, manifest.mlflow.experiment or manifest.name)
-            self.parent = self.tracker.sweep_run(manifest.name, {"storage": manifest.storage})
+            self.parent = self.tracker.sweep_run(manifest.name, {"storage": manifest.storage_uri})
         except TrackingError as err:
             self.disable(err)
             return
@@ -342,7 +341,7 @@ class Dispatch:
                 call = lane.popleft()
                 self.running[self.actors[i].run.remote([s.model_dump(mode="json") for s in call])] = (i, call)
 
-    def next(self, timeout: float = 1.0) -> list[tuple[FitSpec, dict | None]]:
+    def next(self, timeout: float = 1.0) -> list[tuple[FitSpec, dict[str, Any] | None]]:
         """Finished fits: (spec, record), or (spec, None) for a fit lost beyond its retries."""
         import ray
 
@@ -351,7 +350,7 @@ class Dispatch:
             time.sleep(min(timeout, 0.2))
             return []
         ready, _ = ray.wait([*self.running, *self.probes], num_returns=1, timeout=timeout)
-        out: list[tuple[FitSpec, dict | None]] = []
+        out: list[tuple[FitSpec, dict[str, Any] | None]] = []
         for ref in ready:
             if ref in self.probes:
                 self._probed(ref)
@@ -484,7 +483,7 @@ def sync_mlflow(manifest: Manifest) -> tuple[int, int]:
     """Log every stored fit that MLflow lacks; returns (newly logged, already there)."""
     store = open_store(manifest)
     tracker = Tracker(manifest.mlflow.tracking_uri, manifest.mlflow.experiment or manifest.name)
-    parent = tracker.sweep_run(manifest.name, {"storage": manifest.storage})
+    parent = tracker.sweep_run(manifest.name, {"storage": manifest.storage_uri})
     have = tracker.logged_keys(parent)
     keys = {s.key for s in expand_specs(manifest)}
     missing = sorted((store.done_keys() & keys) - have)

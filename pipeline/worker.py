@@ -39,7 +39,7 @@ from pipeline.single import (
 from pipeline.storage import Store
 
 
-def load_spec_image(spec: FitSpec, storage_options: dict | None = None) -> torch.Tensor:
+def load_spec_image(spec: FitSpec, storage_options: dict[str, Any] | None = None) -> torch.Tensor:
     """The clean input of a spec: a (1, L) signal, or an image from a bundled sample, a local path
     or an fsspec URI, downsampled and then reduced to its luma as the spec says."""
     if spec.signal is not None:
@@ -115,7 +115,7 @@ def ran_spec(spec: FitSpec, net_cfg: NetConfig | None) -> dict[str, Any]:
     return stored
 
 
-def prepare(spec: FitSpec, device: str, storage_options: dict | None) -> Prepared:
+def prepare(spec: FitSpec, device: str, storage_options: dict[str, Any] | None) -> Prepared:
     """Load, crop and degrade a spec's input and set up its fit; raises on any problem of the spec."""
     image = load_spec_image(spec, storage_options)
     # a classical reference has no network: it crops to the multiple its sweep's networks need
@@ -136,7 +136,7 @@ def prepare(spec: FitSpec, device: str, storage_options: dict | None) -> Prepare
     return Prepared(spec, problem, FitJob(net_cfg, problem.op, problem.y, problem.clean, spec.fit_config(), extra))
 
 
-def store_result(prepared: Prepared, result: FitResult, store: Store) -> dict:
+def store_result(prepared: Prepared, result: FitResult, store: Store) -> dict[str, Any]:
     """Write a finished fit (summary, metrics, trajectory, images) and return its record."""
     spec = prepared.spec
     summary = fit_summary(spec, result).row()
@@ -150,7 +150,9 @@ def store_result(prepared: Prepared, result: FitResult, store: Store) -> dict:
     return {"key": spec.key, "status": "done", "summary": summary}
 
 
-def store_failure(spec: FitSpec, err: Exception, store: Store, stored_spec: dict[str, Any] | None = None) -> dict:
+def store_failure(
+    spec: FitSpec, err: Exception, store: Store, stored_spec: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Record a fit's own error in storage (never retried) and return its "failed" record.
 
     `stored_spec`: the spec as it ran (`Prepared.stored_spec`) when it failed after `prepare`;
@@ -165,22 +167,24 @@ def store_failure(spec: FitSpec, err: Exception, store: Store, stored_spec: dict
     }
 
 
-def execute_fit(spec: FitSpec, store: Store, device: str = "cpu", storage_options: dict | None = None) -> dict:
+def execute_fit(
+    spec: FitSpec, store: Store, device: str = "cpu", storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Run one spec unless it is already done, store everything, and return a small record."""
     [record] = execute_fits([spec], store, device, storage_options)
     return record
 
 
 def execute_fits(
-    specs: list[FitSpec], store: Store, device: str = "cpu", storage_options: dict | None = None
-) -> list[dict]:
+    specs: list[FitSpec], store: Store, device: str = "cpu", storage_options: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Run the specs not yet done, their networks packed together on the device (`fit_many`),
     store each as it would be stored alone, and return their records in order.
 
     A spec's own failure (while preparing, restoring or fitting) is stored as its failure and
     the others go on; storage errors propagate, for Ray to retry the whole call.
     """
-    records: dict[int, dict] = {}
+    records: dict[int, dict[str, Any]] = {}
     packed: dict[int, Prepared] = {}
     for i, spec in enumerate(specs):
         if store.is_done(spec.key):

@@ -38,7 +38,7 @@ def raise_if(problems: list[Problem], title: str) -> None:
         raise ValidationError.from_exception_data(title, details)
 
 
-def validated(adapter: TypeAdapter, value: Any, loc: Loc) -> tuple[Any, list[Problem]]:
+def validated(adapter: TypeAdapter[Any], value: Any, loc: Loc) -> tuple[Any, list[Problem]]:
     """`value` validated (and normalised, e.g. 2 -> 2.0 for a float), or the problems at `loc`."""
     try:
         return adapter.validate_python(value), []

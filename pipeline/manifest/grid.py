@@ -25,7 +25,7 @@ from pipeline.manifest.errors import Loc, Problem, clean_message, validated
 NET_TYPES: dict[str, Any] = get_type_hints(NetConfig)
 FIT_CONFIG_TYPES: dict[str, Any] = {k: v for k, v in get_type_hints(FitConfig).items() if k != "seed"}
 # The fit section, grid and zip also choose the method: "dip" (the network fit) or a classical one.
-METHOD_TYPES: dict[str, Any] = {"method": Literal[("dip", *METHODS)]} | {
+METHOD_TYPES: dict[str, Any] = {"method": Literal[("dip",) + tuple(METHODS)]} | {
     k: v for k, v in get_type_hints(ClassicalConfig).items() if k != "method"
 }
 FIT_TYPES = FIT_CONFIG_TYPES | METHOD_TYPES
@@ -105,8 +105,8 @@ def resolve(setting: Setting) -> Configuration:
 
 
 def _build(
-    section: str, adapter: TypeAdapter, values: dict[str, Any], origins: dict[str, Loc]
-) -> tuple[dict, list[Problem]]:
+    section: str, adapter: TypeAdapter[Any], values: dict[str, Any], origins: dict[str, Loc]
+) -> tuple[dict[str, Any], list[Problem]]:
     """Construct a NetConfig/FitConfig (its own checks run) as a dict, or say where it fails."""
     try:
         return to_jsonable_python(asdict(adapter.validate_python(values))), []

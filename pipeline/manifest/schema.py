@@ -424,6 +424,13 @@ class Manifest(BaseModel):
             self.mlflow.experiment = self.name
         return self
 
+    @property
+    def storage_uri(self) -> str:
+        """Where the fits are stored: ``storage``, which validation has filled in when it was omitted."""
+        if self.storage is None:
+            raise ValueError(f"manifest {self.name}: storage read before validation set its default")
+        return self.storage
+
     def written(self, field: str) -> bool:
         """Whether the manifest itself sets a top-level field (validation fills in some defaults)."""
         if self._source is not None and self._source.root is not None:
