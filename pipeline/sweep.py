@@ -106,9 +106,9 @@ def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int, custom:
             if self.device == "cpu":
                 torch.set_num_threads(max(int(num_cpus), 1))
 
-        def run(self, spec_jsons: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            """Run a pack of specs together (one spec: as alone); one record per spec."""
-            specs = [FitSpec.model_validate(s) for s in spec_jsons]
+        def run(self, specs: list[FitSpec]) -> list[dict[str, Any]]:
+            """Run a pack of specs together (one spec: as alone); one record per spec. Ray
+            pickles the validated specs as they are, so the actor neither re-parses nor re-checks."""
             return self.execute_fits(specs, self.store, self.device, self.storage_options)
 
     return FitWorker
@@ -339,7 +339,7 @@ class Dispatch:
             if lane:
                 self.idle.remove(i)
                 call = lane.popleft()
-                self.running[self.actors[i].run.remote([s.model_dump(mode="json") for s in call])] = (i, call)
+                self.running[self.actors[i].run.remote(list(call))] = (i, call)
 
     def next(self, timeout: float = 1.0) -> list[tuple[FitSpec, dict[str, Any] | None]]:
         """Finished fits: (spec, record), or (spec, None) for a fit lost beyond its retries."""

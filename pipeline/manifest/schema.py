@@ -25,6 +25,7 @@ from pydantic import (
     PositiveInt,
     PrivateAttr,
     TypeAdapter,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -365,18 +366,13 @@ class Manifest(BaseModel):
     def _default_data_root(cls, value: str | None) -> str:
         return value or os.environ.get("DIP_DATA_ROOT") or "./data"
 
-    @field_validator("model")
+    @field_validator("model", "fit")
     @classmethod
-    def _check_model(cls, value: dict[str, Any]) -> dict[str, Any]:
-        out, problems = check_settings(value, NET_TYPES, "model", axes=False)
-        raise_if(problems, "model")
-        return out
-
-    @field_validator("fit")
-    @classmethod
-    def _check_fit(cls, value: dict[str, Any]) -> dict[str, Any]:
-        out, problems = check_settings(value, FIT_TYPES, "fit", axes=False)
-        raise_if(problems, "fit")
+    def _check_section(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """``model`` takes NetConfig's fields, ``fit`` FitConfig's and the method's, by name and type."""
+        section = str(info.field_name)
+        out, problems = check_settings(value, NET_TYPES if section == "model" else FIT_TYPES, section, axes=False)
+        raise_if(problems, section)
         return out
 
     @field_validator("grid")
