@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -162,6 +162,11 @@ class NetConfig:
                     f"(depth {self.depth}) has {layers} upsampling layers: give one σ per layer "
                     "or a single σ"
                 )
+
+    def for_image(self, channels: int) -> NetConfig:
+        """This configuration with as many output channels as the fitted image has (1 for grey or
+        a 1-D signal, 3 for RGB): a manifest plans networks before any image is read."""
+        return replace(self, out_channels=channels)
 
     def side_multiple(self) -> int:
         """What output sides must be multiples of: 2 per down/upsampling scale (callers crop to it)."""

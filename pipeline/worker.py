@@ -10,7 +10,6 @@ several specs at once (``resources.pack``): their networks are fitted together b
 
 from __future__ import annotations
 
-import dataclasses
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -119,7 +118,7 @@ def prepare(spec: FitSpec, device: str, storage_options: dict[str, Any] | None) 
     """Load, crop and degrade a spec's input and set up its fit; raises on any problem of the spec."""
     image = load_spec_image(spec, storage_options)
     # a classical reference has no network: it crops to the multiple its sweep's networks need
-    net_cfg = None if spec.method else dataclasses.replace(spec.net_config(), out_channels=image.shape[0])
+    net_cfg = None if spec.method else spec.net_config().for_image(image.shape[0])
     problem = prepare_problem(
         image,
         spec.task,

@@ -188,6 +188,15 @@ def test_norm_follows_lambda_unless_given(lam: float | None, norm: str, expected
     assert NetConfig(name="decoder", lam=lam, norm=norm).norm == expected
 
 
+def test_a_config_for_a_grey_image_outputs_one_channel() -> None:
+    """Manifests plan RGB (3 channels) before reading an image; a grey image's fit needs 1."""
+    planned = NetConfig(name="decoder", width=8, depth=2, lam=2.0)
+    grey = planned.for_image(1)
+    net = build_network(grey, (1, 16, 16))
+    assert net(net.make_input(torch.Generator().manual_seed(0))).shape == (1, 1, 16, 16)
+    assert planned.out_channels == 3 and grey.lam == 2.0 and grey.norm == "lipschitz"
+
+
 @pytest.mark.parametrize("name", NETWORK_NAMES)
 def test_the_config_knows_the_shapes_its_network_can_produce(name: str) -> None:
     """check_out_shape accepts exactly the shapes build_network builds, around the smallest side."""
