@@ -25,6 +25,7 @@ import torch
 
 from dipmodel import metrics as M
 from pipeline import plots
+from pipeline.claims import FBC_LEVEL, band_convergence, verdict_lines, verdicts
 from pipeline.images import decode
 from pipeline.messages import UserError
 from pipeline.paper import FIGURE_ITERATIONS, PaperTable, paper_row, tables_for
@@ -591,20 +592,6 @@ def write_stopping(fits: pd.DataFrame, out: Output) -> None:
             )
         ],
     )
-
-
-FBC_LEVEL = 0.9  # a band has "converged" once it reaches this fraction of its own maximum
-
-
-def band_convergence(metrics: pd.DataFrame) -> list[float]:
-    """Per FBC band, the first iteration at which it reaches FBC_LEVEL × its maximum over the fit.
-
-    Relative to each band's own maximum, so bands that never match fully (noise in the high
-    bands of a denoising target) are compared by how fast they get where they get.
-    """
-    bands = sorted(c for c in metrics.columns if c.startswith("fbc_"))
-    it = metrics["iteration"].to_numpy()
-    return [float(it[np.argmax(metrics[b].to_numpy() >= FBC_LEVEL * metrics[b].max())]) for b in bands]
 
 
 def write_band_convergence(fits: pd.DataFrame, store: Store, out: Output) -> None:
@@ -1195,6 +1182,9 @@ def write_report(
         write_band_convergence(restored, store, out)
         write_figures(restored, store, experiment, iterations, max_groups, out)
     lines = _summary_lines(store, fits, name, experiment)
+    claims = verdict_lines(verdicts(fits, FitFiles(store).metrics))
+    if claims:
+        lines += ["", "## The papers' claims", "", *claims]
     for section, entries in out.sections.items():
         lines += ["", f"## {section}", "", *entries]
     index = out.root / "index.md"

@@ -90,3 +90,8 @@ def test_s3_lambda_2_decays_less_than_unconstrained(ray_cluster, tmp_path: Path)
     free = drop[[s for s in drop.index if "unconstrained" in s]].iloc[0]
     lam2 = drop[[s for s in drop.index if "λ=2" in s]].iloc[0]
     assert free > 1.0 and lam2 < free / 2
+    index = (report / "index.md").read_text()
+    claims = index.split("## The papers' claims", 1)[1].split("\n## ", 1)[0]
+    print(claims)  # the smoke form's verdict; the medium set is where S3's verdict is decided
+    assert any(line.startswith("| S3 |") for line in claims.splitlines())
+    assert "λ = 2: peak − final < 0.3 dB" in claims

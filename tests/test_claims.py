@@ -1,0 +1,106 @@
+"""Claim checks on hand-made sweeps whose verdicts follow from the papers' statements by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.claims import band_convergence, verdict_lines, verdicts
+
+NONE = math.nan  # the summary's λ of an unconstrained fit
+
+
+def s3_fits(lam3_final: float = 28.5, lams: tuple[float, ...] = (NONE, 1.0, 2.0, 3.0)) -> pd.DataFrame:
+    """Two images per λ: unconstrained 30 → 28 dB, λ 1 27 → 27, λ 2 29.5 → 29.4, λ 3 30 → lam3_final."""
+    peaks = {1.0: (27.0, 27.0), 2.0: (29.5, 29.4), 3.0: (30.0, lam3_final)}
+    rows = []
+    for lam in lams:
+        best, final = (30.0, 28.0) if math.isnan(lam) else peaks[lam]
+        for image in ("a", "b"):
+            rows.append(
+                {"key": f"{lam}-{image}", "experiment": "S3", "kind": "image", "lam": lam}
+                | {"best_psnr": best, "final_psnr": final, "best_iteration": 500}
+            )
+    return pd.DataFrame(rows)
+
+
+def final_fbc5(key: str) -> pd.DataFrame:
+    """Band 5 ends at 0.9 unconstrained, 0.7 / 0.6 / 0.3 for λ 3 / 2 / 1: none > 3 ≥ 2 > 1."""
+    lam = key.split("-")[0]
+    end = {"nan": 0.9, "3.0": 0.7, "2.0": 0.6, "1.0": 0.3}[lam]
+    return pd.DataFrame({"iteration": [0, 100], "fbc_5": [0.0, end]})
+
+
+def verdict_of(fits: pd.DataFrame, claim: str, metrics=final_fbc5):  # type: ignore[no-untyped-def]
+    return next(v for v in verdicts(fits, metrics) if v.claim == claim)
+
+
+def test_s3_holds_when_every_part_does() -> None:
+    v = verdict_of(s3_fits(), "S3")
+    assert v.status == "holds", v.checks
+    assert v.fits == 8 and all(c.ok for c in v.checks)
+    by_part = {c.asked.split(":")[0]: c.ours for c in v.checks}
+    assert by_part["unconstrained"] == "2.00 dB"  # 30 − 28
+    assert by_part["λ = 2"] == "0.10 dB"  # 29.5 − 29.4
+
+
+def test_s3_does_not_hold_when_lambda_3_stays_flat() -> None:
+    v = verdict_of(s3_fits(lam3_final=29.8), "S3")  # decays 0.2 dB, not > 1
+    assert v.status == "does not hold"
+    [failed] = [c for c in v.checks if not c.ok]
+    assert failed.asked.startswith("λ = 3") and failed.ours == "0.20 dB"
+
+
+def test_s3_is_not_run_without_every_lambda_and_absent_from_the_table_without_fits() -> None:
+    partial = verdict_of(s3_fits(lams=(NONE, 2.0)), "S3")
+    assert partial.status == "not run"
+    assert sum(c.ours is None for c in partial.checks) == 3  # λ 3 decay, λ 1 peak, the FBC order
+    none = verdict_of(s3_fits().assign(experiment="S4"), "S3")
+    assert none.status == "not run" and none.fits == 0
+    assert not any("| S3 |" in line for line in verdict_lines(verdicts(s3_fits().assign(experiment="S4"), final_fbc5)))
+
+
+@pytest.mark.parametrize(
+    "stop, stop_psnr, expected",
+    [
+        (900.0, 30.95, "holds"),
+        (2900.0, 30.95, "does not hold"),
+        (900.0, 30.5, "does not hold"),
+        (NONE, NONE, "does not hold"),
+    ],
+)
+def test_s5_asks_an_early_stop_at_the_budgets_psnr(stop: float, stop_psnr: float, expected: str) -> None:
+    """900 of 3000 iterations is 30 % ≤ 75 %; 31.00 − 30.95 = 0.05 ≤ 0.3 dB; 2900 is 97 %; 0.5 dB is too far."""
+    fits = pd.DataFrame(
+        {"key": ["k"], "experiment": ["S5"], "kind": ["image"], "lam": [2.0], "iterations": [3000]}
+        | {"stop_iteration": [stop], "stop_psnr": [stop_psnr], "final_psnr": [31.0]}
+    )
+    assert verdict_of(fits, "S5").status == expected
+
+
+def test_band_convergence_and_the_band_order_claim() -> None:
+    """Band 1 reaches 90 % of its maximum at iteration 10, band 5 at 40; the peak (50) comes after."""
+    it = np.arange(0, 60, 10)
+    curves = pd.DataFrame({"iteration": it, "fbc_1": [0, 0.95, 1, 1, 1, 1], "fbc_5": [0, 0, 0.1, 0.2, 0.5, 0.5]})
+    assert band_convergence(curves) == [10.0, 40.0]
+    fits = pd.DataFrame({"key": ["k"], "experiment": ["S1"], "kind": ["image"], "best_iteration": [50]})
+    v = verdict_of(fits, "S1", lambda key: curves)
+    assert v.status == "holds"
+    early_peak = verdict_of(fits.assign(best_iteration=5), "S1", lambda key: curves)
+    assert early_peak.status == "does not hold"
+
+
+def test_c6_gap_and_the_markdown_lines() -> None:
+    fits = pd.DataFrame(
+        {"key": ["a", "b"], "experiment": ["C6"] * 2, "kind": ["image"] * 2}
+        | {"model": ["encoder_decoder_skip", "dip_linear"], "best_psnr": [28.0, 23.5]}
+    )
+    found = verdicts(fits, final_fbc5)
+    assert verdict_of(fits, "C6").status == "holds"  # 4.5 dB > 4
+    lines = verdict_lines(found)
+    assert any(line.startswith("| C6 |") and "**holds**" in line for line in lines)
+    assert any("4.50 dB" in line for line in lines)
+    assert verdict_of(fits.assign(best_psnr=[26.0, 23.5]), "C6").status == "does not hold"  # 2.5 dB
