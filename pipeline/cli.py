@@ -402,6 +402,26 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_reproduce_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "reproduce",
+        help="run a folder of manifests, report each, and judge the papers' claims",
+        description="Run every manifest of a folder as a resumable sweep, write its report, and gather the "
+        "papers' claims with their verdicts and each manifest's cost into one page.",
+    )
+    p.add_argument("folder", type=Path, help="a folder of manifests, e.g. manifests/medium")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<folder name>)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local cluster)")
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from pipeline.reproduce import reproduce
+
+    index = reproduce(args.folder, args.out or Path("reports") / args.folder.name, args.address)
+    print(f"reproduction written: {index}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dip", description="Deep-image-prior spectral-bias studies.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
@@ -411,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_parser(sub)
     add_submit_parser(sub)
     add_report_parser(sub)
+    add_reproduce_parser(sub)
     return parser
 
 
@@ -420,6 +441,7 @@ COMMANDS = {
     "sweep": run_sweep_command,
     "submit": run_submit,
     "report": run_report,
+    "reproduce": run_reproduce,
 }
 
 
