@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import s3fs
 import yaml
 
 from pipeline.cli import main as dip
@@ -195,6 +196,9 @@ def test_report_reads_a_manifest_and_store_on_s3(
     run_fits(path, store)
     store.fs.put_file(str(path), f"{bucket}/manifests/remote.yaml")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # how the client finds the manifest's own endpoint
+    # s3fs reuses a file system made with the same arguments; one from an earlier test in this
+    # process would still point at that test's (stopped) server
+    s3fs.S3FileSystem.clear_instance_cache()
     remote = f"s3://{bucket}/manifests/remote.yaml"
     assert read_manifest(remote).storage == uri and open_store(remote).uri == uri
 

@@ -19,7 +19,7 @@ import yaml
 
 from pipeline import sweep
 from pipeline.cli import main as dip
-from pipeline.manifest import load_manifest
+from pipeline.manifest import FitSpec, load_manifest
 from pipeline.storage import Store
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -249,13 +249,13 @@ def stand_in_worker(tmp_path: Path, dies_on: set[int]) -> object:
 
     @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
     class StandIn:
-        def run(self, specs: list[dict]) -> list[dict]:
+        def run(self, specs: list[FitSpec]) -> list[dict]:
             calls = int(counter.read_text()) + 1
             counter.write_text(str(calls))
             if calls in dies_on:
                 os._exit(1)
             time.sleep(1.0)
-            return [{"key": s["image_name"], "status": "done"} for s in specs]
+            return [{"key": s.image_name, "status": "done"} for s in specs]
 
     actor = StandIn.remote()
     actor.calls = lambda: int(counter.read_text())
