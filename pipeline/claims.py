@@ -30,6 +30,7 @@ FLAT_DB = 0.3  # "does not decay": best minus final PSNR below this
 UNDERFIT_DB = 0.5  # "λ = 1 under-fits": its peak at least this far below λ = 2's
 EARLY_STOP = 0.75  # "fires well before the budget": at most this fraction of the iterations
 STOP_GAP_DB = 0.3  # the automatic stop's PSNR within this of the fixed budget's (Shi et al. 2022, §5.2)
+PLATEAU_DB = 0.5  # a fit is on its plateau from the first iteration within this of its own peak PSNR
 ARCH_GAP_DB = 4.0  # C&M Table 1: the Encoder-Decoder with skips beats DIP-Linear by more than this
 
 
@@ -152,6 +153,37 @@ def check_s5(fits: pd.DataFrame, metrics: Metrics) -> list[Check]:
     ]
 
 
+def plateau_iteration(metrics: pd.DataFrame) -> float:
+    """The first logged iteration whose PSNR (against the clean image) is within PLATEAU_DB of the
+    fit's own peak: how long the fit took to get where it got."""
+    psnr = metrics["psnr_clean"].to_numpy()
+    return float(metrics["iteration"].to_numpy()[np.argmax(psnr >= psnr.max() - PLATEAU_DB)])
+
+
+def check_s4(fits: pd.DataFrame, metrics: Metrics) -> list[Check]:
+    """Shi et al. 2022, Fig. 9: a wider Gaussian upsampling (σ) slows the fit, and σ = 0 (the bed
+    of nails) peaks lowest."""
+    groups = _groups(fits, "up_sigma")
+    asked_speed = f"plateau (within {PLATEAU_DB:g} dB of the peak) later for larger σ: σ 0 ≤ 0.5 ≤ 1"
+    asked_peak = "σ = 0 has the lowest peak PSNR"
+    if not {0.0, 0.5, 1.0} <= set(groups):
+        return [_missing(asked_speed), _missing(asked_peak)]
+    plateau = {s: float(np.mean([plateau_iteration(metrics(k)) for k in groups[s]["key"]])) for s in (0.0, 0.5, 1.0)}
+    best = {s: float(groups[s]["best_psnr"].mean()) for s in (0.0, 0.5, 1.0)}
+    return [
+        Check(
+            asked_speed,
+            ", ".join(f"σ {s:g}: {plateau[s]:.0f}" for s in plateau),
+            plateau[0.0] <= plateau[0.5] <= plateau[1.0],
+        ),
+        Check(
+            asked_peak,
+            ", ".join(f"σ {s:g}: {best[s]:.2f} dB" for s in best),
+            best[0.0] < min(best[0.5], best[1.0]),
+        ),
+    ]
+
+
 def check_band_order(fits: pd.DataFrame, metrics: Metrics) -> list[Check]:
     """Shi et al. 2022, Fig. 3 (S1): low FBC bands converge before the high ones, and the PSNR
     peak comes once the lowest band is matched."""
@@ -197,6 +229,12 @@ CLAIMS = (
         "Shi et al. 2022, Fig. 8",
         "unconstrained and λ = 3 peak then decay; λ = 2 does not decay and ends higher; λ = 1 under-fits",
         check_s3,
+    ),
+    Claim(
+        "S4",
+        "Shi et al. 2022, Fig. 9",
+        "larger Gaussian upsampling σ reaches its plateau later; σ = 0 peaks lowest",
+        check_s4,
     ),
     Claim(
         "S5",

@@ -58,9 +58,9 @@ def test_s3_is_not_run_without_every_lambda_and_absent_from_the_table_without_fi
     partial = verdict_of(s3_fits(lams=(NONE, 2.0)), "S3")
     assert partial.status == "not run"
     assert sum(c.ours is None for c in partial.checks) == 3  # λ 3 decay, λ 1 peak, the FBC order
-    none = verdict_of(s3_fits().assign(experiment="S4"), "S3")
+    none = verdict_of(s3_fits().assign(experiment="C1"), "S3")
     assert none.status == "not run" and none.fits == 0
-    assert not any("| S3 |" in line for line in verdict_lines(verdicts(s3_fits().assign(experiment="S4"), final_fbc5)))
+    assert not any("| S3 |" in line for line in verdict_lines(verdicts(s3_fits().assign(experiment="C1"), final_fbc5)))
 
 
 @pytest.mark.parametrize(
@@ -104,3 +104,25 @@ def test_c6_gap_and_the_markdown_lines() -> None:
     assert any(line.startswith("| C6 |") and "**holds**" in line for line in lines)
     assert any("4.50 dB" in line for line in lines)
     assert verdict_of(fits.assign(best_psnr=[26.0, 23.5]), "C6").status == "does not hold"  # 2.5 dB
+
+
+def test_s4_plateau_order_and_lowest_peak() -> None:
+    """σ 0 reaches 30 dB at iteration 10 and peaks at 30.2; σ 0.5 and 1 reach within 0.5 dB of
+    their 31 dB peaks at 20 and 30: plateaus 10 ≤ 20 ≤ 30 and σ 0 peaks lowest."""
+    curves = {
+        0.0: [20.0, 30.0, 30.1, 30.2],
+        0.5: [20.0, 25.0, 30.6, 31.0],
+        1.0: [20.0, 22.0, 28.0, 31.0],
+    }
+    fits = pd.DataFrame(
+        {"key": [str(s) for s in curves], "experiment": ["S4"] * 3, "kind": ["image"] * 3}
+        | {"up_sigma": list(curves), "best_psnr": [max(c) for c in curves.values()]}
+    )
+
+    def metrics(key: str) -> pd.DataFrame:
+        return pd.DataFrame({"iteration": [0, 10, 20, 30], "psnr_clean": curves[float(key)]})
+
+    v = verdict_of(fits, "S4", metrics)
+    assert v.status == "holds" and v.checks[0].ours == "σ 0: 10, σ 0.5: 20, σ 1: 30"
+    swapped = fits.assign(up_sigma=[0.0, 1.0, 0.5])  # σ 1 now the fast one
+    assert verdict_of(swapped, "S4", lambda key: metrics(key)).status == "does not hold"
