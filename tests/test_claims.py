@@ -126,3 +126,20 @@ def test_s4_plateau_order_and_lowest_peak() -> None:
     assert v.status == "holds" and v.checks[0].ours == "σ 0: 10, σ 0.5: 20, σ 1: 30"
     swapped = fits.assign(up_sigma=[0.0, 1.0, 0.5])  # σ 1 now the fast one
     assert verdict_of(swapped, "S4", lambda key: metrics(key)).status == "does not hold"
+
+
+def test_s2_convnet_matches_band_5_sooner_and_peaks_lower() -> None:
+    """Decoder: band 1 at 10, band 5 at 30; ConvNet: band 1 at 10, band 5 at 20 (90 % of each
+    band's maximum), peaks 26 vs 28 dB."""
+    curves = {
+        "decoder": pd.DataFrame({"iteration": [0, 10, 20, 30], "fbc_1": [0, 1, 1, 1], "fbc_5": [0, 0.1, 0.2, 0.5]}),
+        "convnet": pd.DataFrame({"iteration": [0, 10, 20, 30], "fbc_1": [0, 1, 1, 1], "fbc_5": [0, 0.1, 0.5, 0.5]}),
+    }
+    fits = pd.DataFrame(
+        {"key": list(curves), "experiment": ["S2"] * 2, "kind": ["image"] * 2}
+        | {"model": list(curves), "best_psnr": [28.0, 26.0]}
+    )
+    v = verdict_of(fits, "S2", lambda key: curves[key])
+    assert v.status == "holds" and v.checks[1].ours == "20 vs 30"
+    higher = fits.assign(best_psnr=[26.0, 28.0])  # the ConvNet now peaks higher
+    assert verdict_of(higher, "S2", lambda key: curves[key]).status == "does not hold"
