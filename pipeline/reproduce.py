@@ -51,8 +51,9 @@ def run_part(path: Path, out: Path, address: str | None, index: int, count: int)
     outcome = run_sweep(manifest, address)
     wall = time.monotonic() - start
     report = write_report(str(path), out / manifest.name)
-    fits = load_fits(open_store(manifest))
-    found = verdicts(fits, FitFiles(open_store(manifest)).metrics)
+    store = open_store(manifest)
+    fits = load_fits(store)
+    found = verdicts(fits, FitFiles(store).metrics)
     print(
         f"[{index}/{count}] {path.name}: {len(fits)} fits ({outcome.done} run now, {outcome.failed} failed) "
         f"in {wall:.0f} s; " + ", ".join(f"{v.claim} {v.status}" for v in found if v.fits),
