@@ -329,9 +329,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_manifest(args: argparse.Namespace) -> int:
-    from pipeline.local import expand_specs
     from pipeline.manifest import json_schema
-    from pipeline.sources import read_manifest
+    from pipeline.sources import expand_specs, read_manifest
 
     if args.action == "schema":
         print(json.dumps(json_schema(), indent=2))
@@ -350,7 +349,9 @@ def run_local(args: argparse.Namespace, manifest: Manifest) -> int:
     if args.store and (problem := location_problem(args.store)):
         raise UserError(f"--store: {problem}")
     manifest.storage = args.store or manifest.storage
-    outcome = local.run_local(manifest, local.expand_specs(manifest), args.where, args.device, args.budget_s)
+    from pipeline.sources import expand_specs
+
+    outcome = local.run_local(manifest, expand_specs(manifest), args.where, args.device, args.budget_s)
     print(
         f"sweep {manifest.name}: {outcome.done} of {outcome.selected} selected fits done, "
         f"{outcome.failed} failed, {outcome.left} left → {manifest.storage}"

@@ -11,16 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.locations import is_remote
-from pipeline.manifest import FitSpec, Manifest, expand
+from pipeline.manifest import FitSpec, Manifest
 from pipeline.messages import DipError
-from pipeline.storage import Store, data_lister
-
-
-def expand_specs(manifest: Manifest) -> list[FitSpec]:
-    """The manifest's fits; data sets on a remote data root are listed through fsspec."""
-    remote = is_remote(manifest.data_root or "")
-    return expand(manifest, data_lister(manifest.storage_options) if remote else None)
+from pipeline.storage import Store
 
 
 class FilterError(DipError, ValueError):

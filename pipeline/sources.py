@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from pipeline.locations import is_remote, local_path
-from pipeline.manifest import Manifest, load_manifest, parse_manifest
-from pipeline.storage import Store, read_text
+from pipeline.manifest import FitSpec, Manifest, expand, load_manifest, parse_manifest
+from pipeline.storage import Store, data_lister, read_text
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
@@ -37,3 +37,9 @@ def open_store(source: str | Path | Manifest) -> Store:
     if isinstance(source, Manifest):
         return Store(source.storage_uri, source.storage_options)
     return Store(str(source))
+
+
+def expand_specs(manifest: Manifest) -> list[FitSpec]:
+    """The manifest's fits; data sets on a remote data root are listed through fsspec."""
+    remote = is_remote(manifest.data_root or "")
+    return expand(manifest, data_lister(manifest.storage_options) if remote else None)

@@ -22,10 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.local import expand_specs
 from pipeline.manifest import FitSpec, Manifest
 from pipeline.record import flatten_for_mlflow, upgrade
-from pipeline.sources import open_store
+from pipeline.sources import expand_specs, open_store
 from pipeline.storage import Store
 from pipeline.tracking import Tracker, TrackingError, default_tracking_uri
 
