@@ -16,13 +16,27 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import pandas as pd
+import torch
+
+from dipmodel.metrics import power_spectrum_error
+from pipeline.paper import PAPER_TABLES, paper_row
 
 Status = Literal["holds", "does not hold", "not run"]
-Metrics = Callable[[str], pd.DataFrame]  # a fit's per-iteration metrics by its key
+
+
+class Files(Protocol):
+    """A fit's stored files by its key, as `pipeline.report.FitFiles` reads them."""
+
+    def metrics(self, key: str) -> pd.DataFrame: ...
+
+    def snapshots(self, key: str) -> tuple[np.ndarray, np.ndarray] | None: ...
+
+    def image(self, key: str, name: str) -> np.ndarray | None: ...
+
 
 FBC_LEVEL = 0.9  # a band has "converged" once it reaches this fraction of its own maximum
 DECAY_DB = 1.0  # "peaks then decays": best minus final PSNR above this (Shi et al. 2022, Fig. 8)
@@ -32,6 +46,7 @@ EARLY_STOP = 0.75  # "fires well before the budget": at most this fraction of th
 STOP_GAP_DB = 0.3  # the automatic stop's PSNR within this of the fixed budget's (Shi et al. 2022, §5.2)
 PLATEAU_DB = 0.5  # a fit is on its plateau from the first iteration within this of its own peak PSNR
 ARCH_GAP_DB = 4.0  # C&M Table 1: the Encoder-Decoder with skips beats DIP-Linear by more than this
+DENOISE_GAIN_DB = 1.0  # C3: "not removed": the peak PSNR at most this above the noisy input's
 
 
 def band_convergence(metrics: pd.DataFrame) -> list[float]:
@@ -91,12 +106,12 @@ def _missing(asked: str) -> Check:
     return Check(asked, None, True)
 
 
-def _final(metrics: Metrics, keys: pd.Series, column: str) -> float:
+def _final(files: Files, keys: pd.Series, column: str) -> float:
     """Mean over fits of a metric's value at the last logged iteration."""
-    return float(np.mean([metrics(k)[column].iloc[-1] for k in keys]))
+    return float(np.mean([files.metrics(k)[column].iloc[-1] for k in keys]))
 
 
-def check_s3(fits: pd.DataFrame, metrics: Metrics) -> list[Check]:
+def check_s3(fits: pd.DataFrame, files: Files) -> list[Check]:
     """Shi et al. 2022, Fig. 8: the Lipschitz bound λ controls the decay after the peak."""
     decay = _mean_by(fits.assign(decay=fits["best_psnr"] - fits["final_psnr"]), "lam", "decay")
     best, final = _mean_by(fits, "lam", "best_psnr"), _mean_by(fits, "lam", "final_psnr")
@@ -122,7 +137,7 @@ def check_s3(fits: pd.DataFrame, metrics: Metrics) -> list[Check]:
     asked = "final band-5 FBC: none > λ 3 ≥ λ 2 > λ 1"
     lams = _groups(fits, "lam")
     if {None, 1.0, 2.0, 3.0} <= set(lams):
-        fbc = {k: _final(metrics, group["key"], "fbc_5") for k, group in lams.items()}
+        fbc = {k: _final(files, group["key"], "fbc_5") for k, group in lams.items()}
         shown = ", ".join(f"{'none' if k is None else f'λ {k:g}'} {fbc[k]:.3f}" for k in (None, 3.0, 2.0, 1.0))
         checks.append(Check(asked, shown, fbc[None] > fbc[3.0] >= fbc[2.0] > fbc[1.0]))
     else:
@@ -130,7 +145,7 @@ def check_s3(fits: pd.DataFrame, metrics: Metrics) -> list[Check]:
     return checks
 
 
-def check_s5(fits: pd.DataFrame, metrics: Metrics) -> list[Check]:
+def check_s5(fits: pd.DataFrame, files: Files) -> list[Check]:
     """Shi et al. 2022, §5.2 and Table 6: the automatic stop of a λ = 2 net costs almost nothing."""
     controlled = fits[fits["lam"] == 2.0]
     if controlled.empty:
@@ -160,7 +175,7 @@ def plateau_iteration(metrics: pd.DataFrame) -> float:
     return float(metrics["iteration"].to_numpy()[np.argmax(psnr >= psnr.max() - PLATEAU_DB)])
 
 
-def check_s4(fits: pd.DataFrame, metrics: Metrics) -> list[Check]:
+def check_s4(fits: pd.DataFrame, files: Files) -> list[Check]:
     """Shi et al. 2022, Fig. 9: a wider Gaussian upsampling (σ) slows the fit, and σ = 0 (the bed
     of nails) peaks lowest."""
     groups = _groups(fits, "up_sigma")
@@ -168,7 +183,7 @@ def check_s4(fits: pd.DataFrame, metrics: Metrics) -> list[Check]:
     asked_peak = "σ = 0 has the lowest peak PSNR"
     if not {0.0, 0.5, 1.0} <= set(groups):
         return [_missing(asked_speed), _missing(asked_peak)]
-    plateau = {s: float(np.mean([plateau_iteration(metrics(k)) for k in groups[s]["key"]])) for s in (0.0, 0.5, 1.0)}
+    plateau = {s: float(np.mean([plateau_iteration(files.metrics(k)) for k in groups[s]["key"]])) for s in (0.0, 0.5, 1.0)}
     best = {s: float(groups[s]["best_psnr"].mean()) for s in (0.0, 0.5, 1.0)}
     return [
         Check(
@@ -184,13 +199,13 @@ def check_s4(fits: pd.DataFrame, metrics: Metrics) -> list[Check]:
     ]
 
 
-def check_band_order(fits: pd.DataFrame, metrics: Metrics) -> list[Check]:
+def check_band_order(fits: pd.DataFrame, files: Files) -> list[Check]:
     """Shi et al. 2022, Fig. 3 (S1): low FBC bands converge before the high ones, and the PSNR
     peak comes once the lowest band is matched."""
     images = fits[fits["kind"] == "image"]
     if images.empty:
         return [_missing("image fits")]
-    bands = np.array([band_convergence(metrics(k)) for k in images["key"]])
+    bands = np.array([band_convergence(files.metrics(k)) for k in images["key"]])
     first, last = float(bands[:, 0].mean()), float(bands[:, -1].mean())
     peak_after = float(np.mean(images["best_iteration"].to_numpy() >= bands[:, 0]))
     return [
@@ -199,7 +214,7 @@ def check_band_order(fits: pd.DataFrame, metrics: Metrics) -> list[Check]:
     ]
 
 
-def check_s2(fits: pd.DataFrame, metrics: Metrics) -> list[Check]:
+def check_s2(fits: pd.DataFrame, files: Files) -> list[Check]:
     """Shi et al. 2022, Fig. 4: the bias is not the Encoder-Decoder's alone; the ConvNet (no
     upsampling) matches the high band sooner than the Decoder and peaks lower."""
     models = _groups(fits, "model")
@@ -211,7 +226,7 @@ def check_s2(fits: pd.DataFrame, metrics: Metrics) -> list[Check]:
     if not {"decoder", "convnet"} <= set(models):
         return [_missing(a) for a in asked]
     bands = {
-        m: np.mean([band_convergence(metrics(k)) for k in models[m]["key"]], axis=0) for m in ("decoder", "convnet")
+        m: np.mean([band_convergence(files.metrics(k)) for k in models[m]["key"]], axis=0) for m in ("decoder", "convnet")
     }
     best = {m: float(models[m]["best_psnr"].mean()) for m in ("decoder", "convnet")}
     return [
@@ -229,7 +244,7 @@ def check_s2(fits: pd.DataFrame, metrics: Metrics) -> list[Check]:
     ]
 
 
-def check_c6(fits: pd.DataFrame, metrics: Metrics) -> list[Check]:
+def check_c6(fits: pd.DataFrame, files: Files) -> list[Check]:
     """Chakrabarty & Maji 2019, Table 1: the convolutional prior beats a fully connected one."""
     best = _mean_by(fits, "model", "best_psnr")
     asked = f"Encoder-Decoder with skips − DIP-Linear best PSNR > {ARCH_GAP_DB:g} dB"
@@ -239,15 +254,148 @@ def check_c6(fits: pd.DataFrame, metrics: Metrics) -> list[Check]:
     return [Check(asked, _db(gap), gap > ARCH_GAP_DB)]
 
 
+def check_c3(fits: pd.DataFrame, files: Files) -> list[Check]:
+    """Chakrabarty & Maji 2019, Fig. 2: noise of low frequency is fitted as early as the image,
+    so the trajectory never gets much cleaner than the noisy input it fits."""
+    asked = f"peak PSNR − noisy input's PSNR ≤ {DENOISE_GAIN_DB:g} dB on every image"
+    measured = fits.dropna(subset=["input_psnr"])
+    if measured.empty:
+        return [_missing(asked)]
+    gain = measured["best_psnr"] - measured["input_psnr"]
+    shown = ", ".join(f"{image} {g:+.2f} dB" for image, g in zip(measured["image"], gain, strict=True))
+    return [Check(asked, shown, bool((gain <= DENOISE_GAIN_DB).all()))]
+
+
+def spectrum_error_thirds(files: Files, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(snapshot iterations, mean |log power ratio| of output to clean image over the lowest third
+    of radial frequencies, the same over the highest third) along a fit's trajectory (C&M Fig. 4–5);
+    None for a fit with no snapshots or no clean image of their shape."""
+    stored, clean = files.snapshots(key), files.image(key, "clean")
+    if stored is None or clean is None or stored[1].shape[1:] != clean.shape:
+        return None
+    iterations, snapshots = stored
+    error = power_spectrum_error(torch.from_numpy(snapshots.astype(np.float32)), torch.from_numpy(clean)[None])
+    third = error.shape[1] // 3
+    return iterations, error[:, :third].mean(1).numpy(), error[:, -third:].mean(1).numpy()
+
+
+def check_c9(fits: pd.DataFrame, files: Files) -> list[Check]:
+    """Chakrabarty & Maji 2019, Fig. 5: the output's power spectrum fills in from the low
+    frequencies to the high ones along the trajectory."""
+    asked = (
+        "at the first snapshot after the start, the low third of frequencies is closer to the clean "
+        "spectrum than the high third (mean |log power ratio|)",
+        "the high third's error falls from the first snapshot to the last",
+    )
+    found = {image: spectrum_error_thirds(files, key) for image, key in zip(fits["image"], fits["key"], strict=True)}
+    thirds = {image: t for image, t in found.items() if t is not None and len(t[0]) > 2}
+    if not thirds:
+        return [_missing(a) for a in asked]
+    early = {image: (low[1], high[1], int(it[1])) for image, (it, low, high) in thirds.items()}
+    late = {image: (high[1], high[-1], int(it[-1])) for image, (it, low, high) in thirds.items()}
+    return [
+        Check(
+            asked[0],
+            ", ".join(f"{image} at {i}: low {lo:.2f} vs high {hi:.2f}" for image, (lo, hi, i) in early.items()),
+            all(lo < hi for lo, hi, _ in early.values()),
+        ),
+        Check(
+            asked[1],
+            ", ".join(f"{image}: {a:.2f} → {b:.2f} at {i}" for image, (a, b, i) in late.items()),
+            all(b < a for a, b, _ in late.values()),
+        ),
+    ]
+
+
+def check_c7(fits: pd.DataFrame, files: Files) -> list[Check]:
+    """Chakrabarty & Maji 2019, Fig. 4: a deeper Decoder (upsampling stride 32 against 4) fits
+    more slowly and its output is smoother, its high frequencies further from the image's."""
+    asked = (
+        "depth 5 slower: its PSNR at the budget below depth 2's",
+        "depth 5 smoother: at the last snapshot its high third of frequencies further from the "
+        "clean spectrum than depth 2's (mean |log power ratio|)",
+    )
+    depths = _groups(fits, "depth")
+    if not {2, 5} <= set(depths):
+        return [_missing(a) for a in asked]
+    final = {d: float(depths[d]["final_psnr"].mean()) for d in (2, 5)}
+    high = {}
+    for d in (2, 5):
+        thirds = [spectrum_error_thirds(files, k) for k in depths[d]["key"]]
+        high[d] = float(np.mean([t[2][-1] for t in thirds if t is not None])) if all(thirds) else math.nan
+    smoother = (
+        Check(asked[1], f"{high[5]:.2f} vs {high[2]:.2f}", high[5] > high[2])
+        if not math.isnan(high[5] + high[2])
+        else _missing(asked[1])
+    )
+    return [Check(asked[0], f"{final[5]:.2f} vs {final[2]:.2f} dB", final[5] < final[2]), smoother]
+
+
+def check_s6(fits: pd.DataFrame, files: Files) -> list[Check]:
+    """Shi et al. 2022, Table 1: the controlled network with its automatic stop denoises as well
+    as the DIP with oracle stopping; the Deep Decoder is the weakest network, CBM3D beats all."""
+    rows: dict[str, list[float]] = {}
+    for setting in fits.to_dict("records"):
+        match = paper_row(setting)
+        if match is not None and pd.notna(setting.get(match[1])):
+            rows.setdefault(match[0], []).append(float(setting[match[1]]))
+    ours = {row: float(np.mean(values)) for row, values in rows.items()}
+    table = next(t for t in PAPER_TABLES if t.experiment == "S6")
+    sigmas = sorted(set(fits["param_sigma"].dropna())) if "param_sigma" in fits else []
+
+    def paper(row: str) -> float | None:
+        values = [table.value(row, s) for s in sigmas]
+        return float(np.mean(values)) if values and None not in values else None  # type: ignore[arg-type]
+
+    def check(asked: str, names: tuple[str, ...], holds: Callable[[list[float]], bool]) -> Check:
+        if not set(names) <= set(ours):
+            return _missing(asked)
+        shown = " vs ".join(f"{n} {ours[n]:.2f}" for n in names)
+        printed = [paper(n) for n in names]
+        cited = " vs ".join(f"{n} {p:.2f}" for n, p in zip(names, printed, strict=True) if p is not None)
+        return Check(asked, shown + " dB", holds([ours[n] for n in names]), cited + " dB" if cited else None)
+
+    networks = ("Deep Decoder", "DIP", "Bayesian DIP", "controlled")
+    return [
+        check("controlled (auto-stop) ≥ DIP (oracle)", ("controlled", "DIP"), lambda v: v[0] >= v[1]),
+        check("the Deep Decoder is the weakest network", networks, lambda v: v[0] < min(v[1:])),
+        check("CBM3D beats every network", ("CBM3D", *networks), lambda v: v[0] > max(v[1:])),
+    ]
+
+
 @dataclass(frozen=True)
 class Claim:
     claim: str
     source: str
     statement: str
-    check: Callable[[pd.DataFrame, Metrics], list[Check]]
+    check: Callable[[pd.DataFrame, Files], list[Check]]
 
 
 CLAIMS = (
+    Claim(
+        "C3",
+        "Chakrabarty & Maji 2019, Fig. 2",
+        "noise of low frequency is not removed: the PSNR never rises far above the noisy input's",
+        check_c3,
+    ),
+    Claim(
+        "C6",
+        "Chakrabarty & Maji 2019, Table 1",
+        "an Encoder-Decoder with skips denoises far better than DIP-Linear",
+        check_c6,
+    ),
+    Claim(
+        "C7",
+        "Chakrabarty & Maji 2019, Fig. 4",
+        "a deeper Decoder (upsampling stride 32 against 4) fits more slowly and more smoothly",
+        check_c7,
+    ),
+    Claim(
+        "C9",
+        "Chakrabarty & Maji 2019, Fig. 5",
+        "the output's power spectrum fills in from low to high frequencies",
+        check_c9,
+    ),
     Claim(
         "S1",
         "Shi et al. 2022, Fig. 3",
@@ -279,20 +427,20 @@ CLAIMS = (
         check_s5,
     ),
     Claim(
-        "C6",
-        "Chakrabarty & Maji 2019, Table 1",
-        "an Encoder-Decoder with skips denoises far better than DIP-Linear",
-        check_c6,
+        "S6",
+        "Shi et al. 2022, Table 1",
+        "the controlled net with its auto-stop matches the DIP's oracle; Deep Decoder weakest, CBM3D best",
+        check_s6,
     ),
 )
 
 
-def verdicts(fits: pd.DataFrame, metrics: Metrics) -> list[Verdict]:
+def verdicts(fits: pd.DataFrame, files: Files) -> list[Verdict]:
     """Every claim's verdict over a sweep's summary rows (fits of other experiments are ignored)."""
     out = []
     for claim in CLAIMS:
         mine = fits[(fits["experiment"] == claim.claim) & (fits["kind"] != "response")]
-        checks = claim.check(mine, metrics) if len(mine) else []
+        checks = claim.check(mine, files) if len(mine) else []
         out.append(Verdict(claim.claim, claim.source, claim.statement, tuple(checks), len(mine)))
     return out
 

@@ -69,6 +69,7 @@ OUTCOME_COLUMNS: dict[str, pa.DataType] = {
     "final_psnr": pa.float64(),
     "best_psnr": pa.float64(),
     "best_iteration": pa.int64(),
+    "input_psnr": pa.float64(),
     "stop_psnr": pa.float64(),
     "stop_iteration": pa.int64(),
     "posterior_psnr": pa.float64(),

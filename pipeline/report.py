@@ -1182,7 +1182,7 @@ def write_report(
         write_band_convergence(restored, store, out)
         write_figures(restored, store, experiment, iterations, max_groups, out)
     lines = _summary_lines(store, fits, name, experiment)
-    claims = verdict_lines(verdicts(fits, FitFiles(store).metrics))
+    claims = verdict_lines(verdicts(fits, FitFiles(store)))
     if claims:
         lines += ["", "## The papers' claims", "", *claims]
     for section, entries in out.sections.items():

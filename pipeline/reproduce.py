@@ -53,7 +53,7 @@ def run_part(path: Path, out: Path, address: str | None, index: int, count: int)
     report = write_report(str(path), out / manifest.name)
     store = open_store(manifest)
     fits = load_fits(store)
-    found = verdicts(fits, FitFiles(store).metrics)
+    found = verdicts(fits, FitFiles(store))
     print(
         f"[{index}/{count}] {path.name}: {len(fits)} fits ({outcome.done} run now, {outcome.failed} failed) "
         f"in {wall:.0f} s; " + ", ".join(f"{v.claim} {v.status}" for v in found if v.fits),

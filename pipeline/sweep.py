@@ -51,8 +51,9 @@ def make_plan(manifest: Manifest, store: Store | None = None, specs: list[FitSpe
 
 
 def work_estimate(specs: list[FitSpec]) -> int:
-    """Iterations × pixels over the specs (pixels from the crop; uncropped images count as 512²)."""
-    return sum(s.fit["iterations"] * (s.crop or 512) ** 2 for s in specs)
+    """Iterations × pixels over the specs (pixels from the crop; uncropped images count as 512²).
+    A classical reference (``method``) has no iterations and counts as one."""
+    return sum(s.fit.get("iterations", 1) * (s.crop or 512) ** 2 for s in specs)
 
 
 # --- Ray --------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ several specs at once (``resources.pack``): their networks are fitted together b
 
 from __future__ import annotations
 
+import math
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 from dipmodel.classical import restore
 from dipmodel.fit import FitJob, FitResult, fit_many
 from dipmodel.layers import exact_response, measured_response, paper_response
-from dipmodel.metrics import to_grey
+from dipmodel.metrics import psnr, to_grey
 from dipmodel.networks import NetConfig
 from pipeline.images import ImageError, decode, read_bytes, read_limited
 from pipeline.locations import is_remote, local_path
@@ -62,10 +63,14 @@ def load_spec_image(spec: FitSpec, storage_options: dict[str, Any] | None = None
     return to_grey(image[None])[0] if spec.grey and image.shape[0] == 3 else image
 
 
-def fit_summary(spec: FitSpec, result: FitResult) -> Summary:
-    """The record of a finished fit: what was run, and how it went (1-D fits: when each frequency converged)."""
+def fit_summary(spec: FitSpec, result: FitResult, problem: Problem) -> Summary:
+    """The record of a finished fit: what was run, and how it went (1-D fits: when each frequency
+    converged). ``input_psnr`` is the observation's own PSNR against the clean image, the level
+    a fit must beat to have removed anything (C&M Fig. 2); None where the two differ in shape
+    (super-resolution) or are equal (fitting the clean image)."""
     outcome = convergence_iterations(result.metrics, len(spec.signal.freqs)) if spec.signal is not None else {}
-    return Summary.of(spec, outcome | result.summary())
+    seen = float(psnr(problem.y, problem.clean)[0]) if problem.y.shape == problem.clean.shape else math.inf
+    return Summary.of(spec, outcome | result.summary() | {"input_psnr": seen if math.isfinite(seen) else None})
 
 
 def measure_response(spec: FitSpec) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -138,7 +143,7 @@ def prepare(spec: FitSpec, device: str, storage_options: dict[str, Any] | None) 
 def store_result(prepared: Prepared, result: FitResult, store: Store) -> dict[str, Any]:
     """Write a finished fit (summary, metrics, trajectory, images) and return its record."""
     spec = prepared.spec
-    summary = fit_summary(spec, result).row()
+    summary = fit_summary(spec, result, prepared.problem).row()
     trajectory = {"snapshot_iterations": result.snapshot_iterations}
     if result.snapshots is not None:
         trajectory["snapshots"] = result.snapshots

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -34,8 +36,26 @@ def final_fbc5(key: str) -> pd.DataFrame:
     return pd.DataFrame({"iteration": [0, 100], "fbc_5": [0.0, end]})
 
 
-def verdict_of(fits: pd.DataFrame, claim: str, metrics=final_fbc5):  # type: ignore[no-untyped-def]
-    return next(v for v in verdicts(fits, metrics) if v.claim == claim)
+@dataclass
+class Stored:
+    """A sweep's files made by hand: metrics curves by key, snapshot trajectories and clean images."""
+
+    curves: Callable[[str], pd.DataFrame] = final_fbc5
+    trajectories: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    cleans: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def metrics(self, key: str) -> pd.DataFrame:
+        return self.curves(key)
+
+    def snapshots(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        return self.trajectories.get(key)
+
+    def image(self, key: str, name: str) -> np.ndarray | None:
+        return self.cleans.get(key) if name == "clean" else None
+
+
+def verdict_of(fits: pd.DataFrame, claim: str, metrics=final_fbc5, **stored):  # type: ignore[no-untyped-def]
+    return next(v for v in verdicts(fits, Stored(metrics, **stored)) if v.claim == claim)
 
 
 def test_s3_holds_when_every_part_does() -> None:
@@ -60,7 +80,7 @@ def test_s3_is_not_run_without_every_lambda_and_absent_from_the_table_without_fi
     assert sum(c.ours is None for c in partial.checks) == 3  # λ 3 decay, λ 1 peak, the FBC order
     none = verdict_of(s3_fits().assign(experiment="C1"), "S3")
     assert none.status == "not run" and none.fits == 0
-    assert not any("| S3 |" in line for line in verdict_lines(verdicts(s3_fits().assign(experiment="C1"), final_fbc5)))
+    assert not any("| S3 |" in line for line in verdict_lines(verdicts(s3_fits().assign(experiment="C1"), Stored())))
 
 
 @pytest.mark.parametrize(
@@ -98,7 +118,7 @@ def test_c6_gap_and_the_markdown_lines() -> None:
         {"key": ["a", "b"], "experiment": ["C6"] * 2, "kind": ["image"] * 2}
         | {"model": ["encoder_decoder_skip", "dip_linear"], "best_psnr": [28.0, 23.5]}
     )
-    found = verdicts(fits, final_fbc5)
+    found = verdicts(fits, Stored())
     assert verdict_of(fits, "C6").status == "holds"  # 4.5 dB > 4
     lines = verdict_lines(found)
     assert any(line.startswith("| C6 |") and "**holds**" in line for line in lines)
@@ -143,3 +163,90 @@ def test_s2_convnet_matches_band_5_sooner_and_peaks_lower() -> None:
     assert v.status == "holds" and v.checks[1].ours == "20 vs 30"
     higher = fits.assign(best_psnr=[26.0, 28.0])  # the ConvNet now peaks higher
     assert verdict_of(higher, "S2", lambda key: curves[key]).status == "does not hold"
+
+
+def test_c3_asks_that_no_fit_gets_a_db_cleaner_than_its_noisy_input() -> None:
+    """Peaks 0.5 and 0.8 dB above the inputs hold (≤ 1 dB); 1.5 dB on one image does not."""
+    fits = pd.DataFrame(
+        {"key": ["a", "b"], "experiment": ["C3"] * 2, "kind": ["image"] * 2, "image": ["barbara", "baboon"]}
+        | {"input_psnr": [20.0, 22.0], "best_psnr": [20.5, 22.8]}
+    )
+    v = verdict_of(fits, "C3")
+    assert v.status == "holds" and v.checks[0].ours == "barbara +0.50 dB, baboon +0.80 dB"
+    assert verdict_of(fits.assign(best_psnr=[21.5, 22.8]), "C3").status == "does not hold"
+    assert verdict_of(fits.assign(input_psnr=[NONE, NONE]), "C3").status == "not run"
+
+
+SIDE = 32  # radial bins 0 … 16; the thirds compared are radii 0-4 and 12-16
+
+
+def low_passed(image: np.ndarray, radius: float) -> np.ndarray:
+    """`image` with every frequency farther than `radius` (index units) from zero removed: its
+    radial power is exact up to that radius and zero beyond."""
+    k = np.fft.fftfreq(SIDE) * SIDE
+    keep = np.hypot(k[:, None], k[None, :]) <= radius
+    return np.fft.ifft2(np.fft.fft2(image) * keep).real.astype(np.float32)
+
+
+def spectra_files() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A white-noise clean image, the same low-passed to radius 8.4 (bins 0-8 exact, 12-16 empty)
+    and high-passed (bins 0-8 empty)."""
+    clean = np.random.default_rng(0).uniform(0, 1, (3, SIDE, SIDE)).astype(np.float32)
+    low = low_passed(clean, 8.4)
+    return clean, low, clean - low
+
+
+def test_c9_holds_when_the_low_third_is_matched_first_and_the_high_third_fills_in() -> None:
+    """Snapshots: blank, low-passed (low third exact, high third empty), the clean image itself;
+    the high third's error falls to 0. High-passed first is the opposite order."""
+    clean, low, high = spectra_files()
+    blank = np.full_like(clean, 0.5)
+    fits = pd.DataFrame({"key": ["k"], "experiment": ["C9"], "kind": ["image"], "image": ["noise"]})
+    its = np.array([0, 20, 200])
+    v = verdict_of(fits, "C9", trajectories={"k": (its, np.stack([blank, low, clean]))}, cleans={"k": clean})
+    assert v.status == "holds", v.checks
+    assert v.checks[1].ours is not None and v.checks[1].ours.endswith("→ 0.00 at 200")
+    swapped = verdict_of(fits, "C9", trajectories={"k": (its, np.stack([blank, high, clean]))}, cleans={"k": clean})
+    assert swapped.status == "does not hold"
+    assert verdict_of(fits, "C9").status == "not run"  # no snapshots stored
+
+
+def test_c7_slower_and_smoother_deeper_decoder() -> None:
+    """Depth 2 ends at 25 dB on the clean image's spectrum; depth 5 at 22 dB, low-passed (its high
+    third empty): slower and smoother. Swapping the snapshots breaks the smoothness part."""
+    clean, low, _ = spectra_files()
+    fits = pd.DataFrame(
+        {"key": ["d2", "d5"], "experiment": ["C7"] * 2, "kind": ["image"] * 2, "image": ["noise"] * 2}
+        | {"depth": [2, 5], "final_psnr": [25.0, 22.0]}
+    )
+    its = np.array([0, 500])
+    cleans = {"d2": clean, "d5": clean}
+    v = verdict_of(fits, "C7", trajectories={"d2": (its, np.stack([low, clean])), "d5": (its, np.stack([low, low]))}, cleans=cleans)
+    assert v.status == "holds", v.checks
+    assert v.checks[0].ours == "22.00 vs 25.00 dB"
+    swapped = {"d2": (its, np.stack([low, low])), "d5": (its, np.stack([low, clean]))}
+    v = verdict_of(fits, "C7", trajectories=swapped, cleans=cleans)
+    assert v.status == "does not hold" and [c.ok for c in v.checks] == [True, False]
+
+
+def s6_fits(deep_decoder: float = 26.5) -> pd.DataFrame:
+    """One σ = 25 image: CBM3D 30, controlled (λ 2, auto-stop) 28.2, DIP (oracle) 28.0, Bayesian
+    DIP (posterior mean) 28.1, Deep Decoder `deep_decoder` (final)."""
+    rows = [
+        {"method": "bm3d", "final_psnr": 30.0},
+        {"model": "decoder", "lam": 2.0, "autostop_psnr": 28.2},
+        {"model": "encoder_decoder_skip", "best_psnr": 28.0},
+        {"model": "encoder_decoder_skip", "optimizer": "sgld", "posterior_psnr": 28.1},
+        {"model": "deep_decoder", "final_psnr": deep_decoder},
+    ]
+    common = {"experiment": "S6", "kind": "image", "param_sigma": 25.0, "lam": NONE, "method": None}
+    return pd.DataFrame([common | {"key": str(i)} | row for i, row in enumerate(rows)])
+
+
+def test_s6_rows_are_matched_to_the_papers_table_and_ordered() -> None:
+    v = verdict_of(s6_fits(), "S6")
+    assert v.status == "holds", v.checks
+    assert v.checks[0].ours == "controlled 28.20 vs DIP 28.00 dB"
+    assert v.checks[0].paper == "controlled 28.15 vs DIP 27.84 dB"  # Shi et al. 2022, Table 1, σ 25
+    weak = verdict_of(s6_fits(deep_decoder=28.05), "S6")  # now above the DIP's 28.0
+    assert weak.status == "does not hold" and [c.ok for c in weak.checks] == [True, False, True]

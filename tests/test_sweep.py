@@ -461,3 +461,12 @@ def test_a_killed_worker_does_not_lose_fits(tmp_path: Path) -> None:
     assert not (root / "failed").exists() or not list((root / "failed").iterdir())
     summaries = [json.loads(v) for v in done_markers(root).values()]
     assert all(s["iterations_run"] == 300 for s in summaries)
+
+
+def test_work_estimate_counts_a_classical_reference_as_one_iteration() -> None:
+    """The S6 smoke sweep: 2 images × 3 σ × (4 networks of 1,000 iterations + BM3D + TV), 64²
+    crops. Classical methods have no iterations; planning it used to fail on them."""
+    manifest = load_manifest(Path(__file__).parents[1] / "manifests" / "paper" / "S6-denoise.smoke.yaml")
+    specs = sweep.make_plan(manifest).specs
+    assert len(specs) == 36
+    assert sweep.work_estimate(specs) == 2 * 3 * (4 * 1000 + 2) * 64**2
