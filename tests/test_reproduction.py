@@ -30,6 +30,30 @@ def run_experiment(tmp_path: Path, manifest: str, **changes: object) -> Path:
     return tmp_path / "report"
 
 
+def verdict_in(report: Path, claim: str) -> str:
+    """The verdict `dip report` wrote for a claim at the top of the report's index page."""
+    index = (report / "index.md").read_text()
+    claims = index.split("## The papers' claims", 1)[1].split("\n## ", 1)[0]
+    print(claims)
+    [row] = [line for line in claims.splitlines() if line.startswith(f"| {claim} |")]
+    return row.split("**")[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "manifest, claim",
+    [
+        ("C3-lowfreq-noise.smoke.yaml", "C3"),
+        ("C7-upsampling-stride.smoke.yaml", "C7"),
+        ("C9-power-spectra.smoke.yaml", "C9"),
+    ],
+)
+def test_claims_that_hold_at_smoke_scale(ray_cluster, tmp_path: Path, manifest: str, claim: str) -> None:
+    """Chakrabarty & Maji's Figs. 2, 4 and 5 at 64² and 16 channels, at the paper's iterations:
+    the claim checks of `pipeline.claims`, end to end through a sweep and its report."""
+    assert verdict_in(run_experiment(tmp_path, manifest), claim) == "holds"
+
+
 @pytest.mark.slow
 def test_c4_conv_separates_the_frequencies_and_linear_does_not(ray_cluster, tmp_path: Path) -> None:
     doc = yaml.safe_load((PAPER / "C4-signal-1d.yaml").read_text())
@@ -79,6 +103,7 @@ def test_s1_low_bands_converge_before_high_bands(ray_cluster, tmp_path: Path) ->
     print("\n" + (report / "tables" / "fbc-band-convergence.md").read_text())
     assert len(frame) == 4  # denoising σ 15/25, inpainting r 0.1/0.25
     assert (frame["band 1"] < frame["band 5"]).all()
+    assert verdict_in(report, "S1") == "holds"
 
 
 @pytest.mark.slow
