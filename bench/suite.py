@@ -674,15 +674,17 @@ def mode_summary(rows: list[dict], tolerance: float = 0.1) -> tuple[list[dict], 
 
 
 def print_mode_table(rows: list[dict], summary: list[dict], choice: str) -> None:
+    m = max(len("manifest"), *(len(r["manifest"]) for r in rows))
+    f = max(len("fit"), *(len(r["fit"]) for r in rows))
     header = (
-        f"{'manifest':32s} {'fit':52s} {'variant':18s} {'ms/it':>8s} {'speed-up':>8s} "
+        f"{'manifest':{m}s} {'fit':{f}s} {'variant':18s} {'ms/it':>8s} {'speed-up':>8s} "
         f"{'max|ΔPSNR|':>10s} {'at it':>6s} {'final Δ':>8s}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['manifest']:32s} {r['fit']:52s} {r['variant']:18s} {r['ms_per_it']:8.1f} {r['speedup']:8.2f} "
+            f"{r['manifest']:{m}s} {r['fit']:{f}s} {r['variant']:18s} {r['ms_per_it']:8.1f} {r['speedup']:8.2f} "
             f"{r['max_abs_dpsnr_db']:10.3f} {r['at_iteration']:6d} {r['final_dpsnr_db']:+8.3f}"
         )
     print()
