@@ -4,8 +4,10 @@
     python -m bench.suite --device cpu --quick                     # CI-sized check, ~1-2 min
     python -m bench.suite --device cuda --check-precision          # tf32/bf16 vs fp32 PSNR curves, 512²
     python -m bench.suite --device cuda --pack                     # fits/hour of 128² fits packed N = 1, 2, 4, 8
+    python -m bench.suite --device cpu --manifests manifests/medium  # a folder's fits in 4 speed modes vs fp32
 
-Imports only dipmodel, torch, numpy and the standard library, so it runs on a bare GPU box.
+Imports only dipmodel, torch, numpy and the standard library, so it runs on a bare GPU box
+(``--manifests`` alone imports the pipeline, to read and prepare the manifests' fits).
 For each network (Decoder, Encoder-Decoder; 128 channels, λ = 2, Lipschitz norm), upsampling
 (bilinear, Gaussian) and size it times ``dipmodel.fit.fit`` in each *variant* (precision,
 memory format, σ method, compile) with all metrics every iteration, every 10 iterations, and
