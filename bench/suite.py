@@ -4,8 +4,10 @@
     python -m bench.suite --device cpu --quick                     # CI-sized check, ~1-2 min
     python -m bench.suite --device cuda --check-precision          # tf32/bf16 vs fp32 PSNR curves, 512²
     python -m bench.suite --device cuda --pack                     # fits/hour of 128² fits packed N = 1, 2, 4, 8
+    python -m bench.suite --device cpu --manifests manifests/medium  # a folder's fits in 4 speed modes vs fp32
 
-Imports only dipmodel, torch, numpy and the standard library, so it runs on a bare GPU box.
+Imports only dipmodel, torch, numpy and the standard library, so it runs on a bare GPU box
+(``--manifests`` alone imports the pipeline, to read and prepare the manifests' fits).
 For each network (Decoder, Encoder-Decoder; 128 channels, λ = 2, Lipschitz norm), upsampling
 (bilinear, Gaussian) and size it times ``dipmodel.fit.fit`` in each *variant* (precision,
 memory format, σ method, compile) with all metrics every iteration, every 10 iterations, and
@@ -27,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -410,6 +413,18 @@ def headline(rows: list[dict]) -> dict:
 # ---------------------------------------------------------------- the precision check
 
 
+def psnr_deviation(curve: np.ndarray, reference: np.ndarray, iterations: np.ndarray) -> dict:
+    """How a clean-PSNR curve departs from the reference's (both logged at ``iterations``):
+    the largest |Δ| in dB, the iteration where it occurs, and the final Δ (signed, curve − reference)."""
+    delta = np.asarray(curve, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    worst = int(np.abs(delta).argmax())
+    return {
+        "max_abs_dpsnr_db": float(np.abs(delta).max()),
+        "at_iteration": int(iterations[worst]),
+        "final_dpsnr_db": float(delta[-1]),
+    }
+
+
 def check_precision(device: torch.device, size: int, iterations: int, width: int) -> list[dict]:
     """Clean-PSNR curves of the same 512² denoising fit in fp32 and each reduced precision."""
     op, y, clean = problem(size)
@@ -427,22 +442,23 @@ def check_precision(device: torch.device, size: int, iterations: int, width: int
             )
             result = fit(net_cfg, op, y, clean, cfg, device=device)
             curves[variant.precision] = result.metrics["psnr_clean"]
+            logged = result.metrics["iteration"]
             log(
                 f"decoder {upsample} {size}² {variant.precision}: final PSNR {result.final_psnr:.2f} dB, "
                 f"{1000 * result.seconds / iterations:.2f} ms/it"
             )
         for precision in ("tf32", "bf16"):
-            delta = np.abs(curves[precision] - curves["fp32"])
+            deviation = psnr_deviation(curves[precision], curves["fp32"], logged)
             rows.append(
                 {
                     "upsample": upsample,
                     "size": size,
                     "iterations": iterations,
                     "precision": precision,
-                    "max_abs_dpsnr_db": float(delta.max()),
-                    "at_logged_iteration": int(delta.argmax()) * 10,
-                    "final_dpsnr_db": float(curves[precision][-1] - curves["fp32"][-1]),
-                    "within_0_1_db": bool(delta.max() <= 0.1),
+                    "max_abs_dpsnr_db": deviation["max_abs_dpsnr_db"],
+                    "at_logged_iteration": deviation["at_iteration"],
+                    "final_dpsnr_db": deviation["final_dpsnr_db"],
+                    "within_0_1_db": bool(deviation["max_abs_dpsnr_db"] <= 0.1),
                 }
             )
     return rows
@@ -519,6 +535,170 @@ def print_pack_table(rows: list[dict]) -> None:
         )
 
 
+# ---------------------------------------------------------------- the speed modes of a folder of manifests
+
+# The speed modes compared on a manifest's own fits: precision and memory format only. The
+# network (σ method included) and every other fit setting are the manifest's.
+MODES = [
+    Variant("fp32"),
+    Variant("channels-last", channels_last=True),
+    Variant("bf16", "bf16"),
+    Variant("bf16+channels-last", "bf16", True),
+]
+MODE_WARMUP = 3  # iterations of an untimed fit of the same kind before each timed one
+
+
+def manifest_fits(path: str) -> list[tuple[str, FitJob]]:
+    """(label, job) of one fit per distinct network and image size of a manifest, in its order.
+
+    The pipeline's own code expands the manifest and prepares each fit (image, crop, operator,
+    observation), exactly as a sweep worker would; the pipeline is imported here only, so the
+    rest of the suite needs nothing but dipmodel, torch and numpy. Classical methods (no network)
+    and upsampling-response specs (nothing is fitted) are skipped.
+    """
+    from pipeline.sources import expand_specs, read_manifest
+    from pipeline.worker import prepare
+
+    manifest = read_manifest(path)
+    fits: dict[tuple, tuple[str, FitJob]] = {}
+    for spec in expand_specs(manifest):
+        if spec.method or spec.task == "upsampling_response":
+            continue
+        job = prepare(spec, "cpu", manifest.storage_options).job
+        if job is None:
+            continue
+        net = job.net_cfg
+        shape = tuple(job.y.shape[1:]) if job.clean is None else tuple(job.clean.shape[1:])
+        key = (net.name, net.width, net.depth, net.upsample, net.lam, shape, job.cfg.optimizer)
+        if key not in fits:
+            lam = "none" if net.lam is None else f"{net.lam:g}"
+            size = "x".join(map(str, shape[1:]))
+            label = f"{net.name} w{net.width} d{net.depth} {net.upsample} λ={lam} {size} {job.cfg.optimizer}"
+            fits[key] = (label, job)
+    return list(fits.values())
+
+
+def mode_config(cfg: FitConfig, mode: Variant, iterations: int) -> FitConfig:
+    """The fit's own settings, run for ``iterations`` with metrics every iteration, no automatic
+    stop, and the mode's precision and memory format (never compiled)."""
+    return dataclasses.replace(
+        cfg,
+        iterations=iterations,
+        metric_stride=1,
+        auto_stop=False,
+        halt_at_stop=False,
+        burn_in=min(cfg.burn_in, iterations - 1),  # sgld: the burn-in must end within the shortened fit
+        precision=mode.precision,
+        channels_last=mode.channels_last,
+        compile=False,
+    )
+
+
+def compare_modes(folder: str, iterations: int, device: torch.device, warmup: int) -> list[dict]:
+    """One row per fit × mode: ms/iteration and the clean-PSNR curve against fp32's (same seed)."""
+    paths = sorted(str(p) for p in Path(folder).glob("*.yaml"))
+    if not paths:
+        raise SystemExit(f"no *.yaml manifests in {folder}")
+    rows: list[dict] = []
+    start = time.perf_counter()
+    for path in paths:
+        for label, job in manifest_fits(path):
+            iters = min(iterations, job.cfg.iterations)
+            reference: np.ndarray | None = None
+            ref_ms = 0.0
+            for mode in MODES:
+                cfg = mode_config(job.cfg, mode, iters)
+                if warmup:  # a few iterations of the same kind first (allocator, oneDNN kernels)
+                    fit(
+                        job.net_cfg,
+                        job.op,
+                        job.y,
+                        job.clean,
+                        dataclasses.replace(cfg, iterations=warmup),
+                        job.extra_metrics,
+                        device,
+                    )
+                result = fit(job.net_cfg, job.op, job.y, job.clean, cfg, job.extra_metrics, device)
+                ms = 1000 * result.seconds / iters
+                curve = result.metrics["psnr_clean"]
+                if reference is None:
+                    reference, ref_ms = curve, ms
+                deviation = psnr_deviation(curve, reference, result.metrics["iteration"])
+                rows.append(
+                    {
+                        "manifest": Path(path).name,
+                        "fit": label,
+                        "network": job.net_cfg.name,
+                        "width": job.net_cfg.width,
+                        "depth": job.net_cfg.depth,
+                        "upsample": job.net_cfg.upsample,
+                        "lam": job.net_cfg.lam,
+                        "sn_method": job.net_cfg.sn_method,
+                        "shape": list(job.clean.shape[1:] if job.clean is not None else job.y.shape[1:]),
+                        "optimizer": job.cfg.optimizer,
+                        "variant": mode.name,
+                        "precision": mode.precision,
+                        "channels_last": mode.channels_last,
+                        "iterations": iters,
+                        "warmup_iterations": warmup,
+                        "ms_per_it": ms,
+                        "speedup": ref_ms / ms,
+                        "final_psnr": result.final_psnr,
+                        **deviation,
+                    }
+                )
+                log(
+                    f"[{time.perf_counter() - start:6.0f} s] {Path(path).name}: {label} {mode.name}: "
+                    f"{ms:.1f} ms/it, max |ΔPSNR| {deviation['max_abs_dpsnr_db']:.3f} dB"
+                )
+    return rows
+
+
+def mode_summary(rows: list[dict], tolerance: float = 0.1) -> tuple[list[dict], str]:
+    """Per mode: mean speed-up over the fits, worst max |ΔPSNR|, within ``tolerance`` dB on every
+    fit; and the fastest mode within it on every fit (fp32 if none)."""
+    summary = []
+    for mode in MODES:
+        mine = [r for r in rows if r["variant"] == mode.name]
+        worst = max(r["max_abs_dpsnr_db"] for r in mine)
+        summary.append(
+            {
+                "variant": mode.name,
+                "fits": len(mine),
+                "mean_speedup": float(np.mean([r["speedup"] for r in mine])),
+                "worst_max_abs_dpsnr_db": worst,
+                "within_tolerance_on_every_fit": bool(worst <= tolerance),
+            }
+        )
+    within = [s for s in summary if s["within_tolerance_on_every_fit"]]
+    choice = max(within, key=lambda s: s["mean_speedup"])["variant"] if within else "fp32"
+    return summary, choice
+
+
+def print_mode_table(rows: list[dict], summary: list[dict], choice: str) -> None:
+    m = max(len("manifest"), *(len(r["manifest"]) for r in rows))
+    f = max(len("fit"), *(len(r["fit"]) for r in rows))
+    header = (
+        f"{'manifest':{m}s} {'fit':{f}s} {'variant':18s} {'ms/it':>8s} {'speed-up':>8s} "
+        f"{'max|ΔPSNR|':>10s} {'at it':>6s} {'final Δ':>8s}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['manifest']:{m}s} {r['fit']:{f}s} {r['variant']:18s} {r['ms_per_it']:8.1f} {r['speedup']:8.2f} "
+            f"{r['max_abs_dpsnr_db']:10.3f} {r['at_iteration']:6d} {r['final_dpsnr_db']:+8.3f}"
+        )
+    print()
+    for s in summary:
+        print(
+            f"{s['variant']:18s}: mean speed-up {s['mean_speedup']:.2f}× over {s['fits']} fits, worst max |ΔPSNR| "
+            f"{s['worst_max_abs_dpsnr_db']:.3f} dB, {'within' if s['within_tolerance_on_every_fit'] else 'NOT within'} "
+            "0.1 dB on every fit"
+        )
+    print(f"fastest mode within 0.1 dB of fp32 on every fit: {choice}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -531,10 +711,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pack", action="store_true", help="fits/hour of 128² Decoder fits packed N = 1, 2, 4, 8 at a time (fit_many)"
     )
+    parser.add_argument(
+        "--manifests",
+        help="folder of manifests: time each distinct fit (*.yaml) in fp32, channels-last, bf16, bf16+channels-last",
+    )
     parser.add_argument("--variant", default="fp32", choices=[v.name for v in VARIANTS], help="--pack: variant")
     parser.add_argument("--size", type=int, help="side length (--check-precision: 512, --pack: 128)")
     parser.add_argument(
-        "--iters", type=int, help="iterations (--check-precision: 1000; --pack: 300 on a GPU, 5 on a CPU)"
+        "--iters",
+        type=int,
+        help="iterations (--check-precision: 1000; --pack: 300 on a GPU, 5 on a CPU; "
+        "--manifests: 300, capped at each fit's own)",
     )
     parser.add_argument("--json", help="write the rows (and the headline) to this JSON file")
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variant")
@@ -555,7 +742,12 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
     }
     log(f"bench.suite on {info['device']} (torch {info['torch']})")
-    if args.pack:
+    if args.manifests:
+        rows = compare_modes(args.manifests, args.iters or 300, device, MODE_WARMUP)
+        summary, choice = mode_summary(rows)
+        print_mode_table(rows, summary, choice)
+        output: dict = {"info": info, "modes": rows, "mode_summary": summary, "fastest_within_0_1_db": choice}
+    elif args.pack:
         size, iters, width = (64, 5, 32) if args.quick else (128, 300 if device.type == "cuda" else 5, 128)
         variant = next(v for v in VARIANTS if v.name == args.variant)
         rows = pack_throughput(device, args.size or size, width, args.iters or iters, variant)
@@ -570,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(at iteration {r['at_logged_iteration']}), final Δ {r['final_dpsnr_db']:+.3f} dB, "
                 f"{'within' if r['within_0_1_db'] else 'NOT within'} 0.1 dB"
             )
-        output: dict = {"info": info, "precision_check": rows}
+        output = {"info": info, "precision_check": rows}
     else:
         rows = measure(make_plan(device, args.quick, not args.no_compile), device)
         print_table(rows)

@@ -1,0 +1,64 @@
+"""The benchmark suite's modes, run for a few iterations on tiny problems."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from bench import suite
+
+DATA_ROOT = Path(os.environ.get("DIP_DATA_ROOT", "/work/shared/datasets"))
+
+MANIFEST = """\
+name: bench-modes-tiny
+experiment: bench
+images:
+  - dataset: standard9
+    files: [image_F16_512rgb.png]
+    crop: 32
+tasks:
+  - task: denoise
+    params: {sigma: 25}
+model:
+  name: decoder
+  width: 8
+  depth: 3
+  upsample: bilinear
+grid:
+  lam: [null, 2]
+seeds: [0]
+fit:
+  iterations: 100
+  metric_stride: 10
+  auto_stop: true
+  stop_window: 50
+resources: {num_gpus: 0}
+"""
+
+
+@pytest.mark.skipif(not (DATA_ROOT / "standard9").is_dir(), reason="shared data sets not on this machine")
+def test_manifest_modes_give_a_row_per_fit_and_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--manifests: one fit per distinct network (λ = none and 2 here), each in the four modes."""
+    monkeypatch.chdir(tmp_path)  # a manifest's default storage is under the working directory
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    (folder / "tiny.yaml").write_text(MANIFEST)
+    out = tmp_path / "modes.json"
+    args = ["--device", "cpu", "--threads", "1", "--manifests", str(folder), "--iters", "5", "--json", str(out)]
+    assert suite.main(args) == 0
+    result = json.loads(out.read_text())
+    rows = result["modes"]
+    modes = [m.name for m in suite.MODES]
+    assert len(rows) == 2 * len(modes) == 8
+    assert sorted({r["lam"] for r in rows}, key=str) == [2.0, None]
+    for fit in {r["fit"] for r in rows}:
+        assert sorted(r["variant"] for r in rows if r["fit"] == fit) == sorted(modes)
+    for r in rows:
+        assert r["iterations"] == 5 and r["ms_per_it"] > 0
+        if r["variant"] == "fp32":
+            assert r["max_abs_dpsnr_db"] == 0.0 and r["final_dpsnr_db"] == 0.0 and r["speedup"] == 1.0
+    assert [s["variant"] for s in result["mode_summary"]] == modes
+    assert result["fastest_within_0_1_db"] in modes
