@@ -184,7 +184,9 @@ def check_s4(fits: pd.DataFrame, files: Files) -> list[Check]:
     asked_peak = "σ = 0 has the lowest peak PSNR"
     if not {0.0, 0.5, 1.0} <= set(groups):
         return [_missing(asked_speed), _missing(asked_peak)]
-    plateau = {s: float(np.mean([plateau_iteration(files.metrics(k)) for k in groups[s]["key"]])) for s in (0.0, 0.5, 1.0)}
+    plateau = {
+        s: float(np.mean([plateau_iteration(files.metrics(k)) for k in groups[s]["key"]])) for s in (0.0, 0.5, 1.0)
+    }
     best = {s: float(groups[s]["best_psnr"].mean()) for s in (0.0, 0.5, 1.0)}
     return [
         Check(
@@ -227,7 +229,8 @@ def check_s2(fits: pd.DataFrame, files: Files) -> list[Check]:
     if not {"decoder", "convnet"} <= set(models):
         return [_missing(a) for a in asked]
     bands = {
-        m: np.mean([band_convergence(files.metrics(k)) for k in models[m]["key"]], axis=0) for m in ("decoder", "convnet")
+        m: np.mean([band_convergence(files.metrics(k)) for k in models[m]["key"]], axis=0)
+        for m in ("decoder", "convnet")
     }
     best = {m: float(models[m]["best_psnr"].mean()) for m in ("decoder", "convnet")}
     return [

@@ -222,7 +222,9 @@ def test_c7_slower_and_smoother_deeper_decoder() -> None:
     )
     its = np.array([0, 500])
     cleans = {"d2": clean, "d5": clean}
-    v = verdict_of(fits, "C7", trajectories={"d2": (its, np.stack([low, clean])), "d5": (its, np.stack([low, low]))}, cleans=cleans)
+    v = verdict_of(
+        fits, "C7", trajectories={"d2": (its, np.stack([low, clean])), "d5": (its, np.stack([low, low]))}, cleans=cleans
+    )
     assert v.status == "holds", v.checks
     assert v.checks[0].ours == f"{9 / 17:.2f} vs {(9 / 17 + 1) / 2:.2f} (PSNR at the budget 22.00 vs 25.00 dB)"
     swapped = {"d2": (its, np.stack([low, low])), "d5": (its, np.stack([low, clean]))}
