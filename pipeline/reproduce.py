@@ -16,7 +16,7 @@ from pathlib import Path
 from pipeline.claims import Verdict, verdict_lines, verdicts
 from pipeline.messages import UserError
 from pipeline.report import FitFiles, load_fits, write_report
-from pipeline.sources import open_store, read_manifest
+from pipeline.sources import expand_specs, open_store, read_manifest
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,17 @@ def manifests_in(folder: Path) -> list[Path]:
     if not found:
         raise UserError(f"{folder}: no manifests (*.yaml) to reproduce")
     return found
+
+
+def count_fits(paths: list[Path]) -> tuple[int, int]:
+    """(fits in the set, fits its stores already hold), so the set's progress can be told whole."""
+    total = done = 0
+    for path in paths:
+        manifest = read_manifest(str(path))
+        keys = {spec.key for spec in expand_specs(manifest)}
+        total += len(keys)
+        done += len(open_store(manifest).done_keys() & keys)
+    return total, done
 
 
 def run_part(path: Path, out: Path, address: str | None, index: int, count: int) -> Part:
@@ -85,5 +96,15 @@ def reproduce(folder: Path, out: Path, address: str | None = None) -> Path:
     """Run, report and judge every manifest of `folder`; returns the set's ``index.md``."""
     paths = manifests_in(folder)
     out.mkdir(parents=True, exist_ok=True)
-    parts = [run_part(path, out, address, i, len(paths)) for i, path in enumerate(paths, 1)]
+    total, done = count_fits(paths)
+    print(f"set {folder}: {len(paths)} manifests, {total} fits, {done} stored, {total - done} to run", file=sys.stderr)
+    start, parts = time.monotonic(), []
+    for i, path in enumerate(paths, 1):
+        parts.append(run_part(path, out, address, i, len(paths)))
+        stored = sum(p.fits for p in parts)
+        print(
+            f"set {folder}: {i}/{len(paths)} manifests, {stored}/{total} fits stored, "
+            f"{(time.monotonic() - start) / 60:.1f} min",
+            file=sys.stderr,
+        )
     return write_index(parts, out)

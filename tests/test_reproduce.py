@@ -38,6 +38,8 @@ def test_reproduce_runs_reports_and_judges_each_manifest_then_resumes(
     out = tmp_path / "out"
     assert dip(["reproduce", str(folder), "--out", str(out)]) == 0
     first = capsys.readouterr().err
+    assert f"set {folder}: 2 manifests, 6 fits, 0 stored, 6 to run" in first
+    assert f"set {folder}: 2/2 manifests, 6/6 fits stored" in first
     assert "[1/2] lambda.yaml" in first and "[2/2] stop.yaml" in first and "4 run now" in first
     index = (out / "index.md").read_text()
     verdict_rows = [line for line in index.splitlines() if line.startswith(("| S3 |", "| S5 |"))]
@@ -50,6 +52,7 @@ def test_reproduce_runs_reports_and_judges_each_manifest_then_resumes(
 
     assert dip(["reproduce", str(folder), "--out", str(out)]) == 0
     again = capsys.readouterr().err
+    assert f"set {folder}: 2 manifests, 6 fits, 6 stored, 0 to run" in again
     assert again.count("0 run now") == 2  # storage held every fit: nothing ran twice
 
 
