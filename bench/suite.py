@@ -614,7 +614,7 @@ def compare_modes(folder: str, iterations: int, device: torch.device, warmup: in
                         job.op,
                         job.y,
                         job.clean,
-                        dataclasses.replace(cfg, iterations=warmup),
+                        mode_config(job.cfg, mode, warmup),
                         job.extra_metrics,
                         device,
                     )

@@ -27,8 +27,10 @@ model:
   width: 8
   depth: 3
   upsample: bilinear
-grid:
-  lam: [null, 2]
+zip:                         # the SGLD fit's burn-in outlasts both the warm-up and the timed fit
+  - lam: [null, 2]
+    optimizer: [sgld, adam]
+    burn_in: [50, 0]
 seeds: [0]
 fit:
   iterations: 100
@@ -41,7 +43,8 @@ resources: {num_gpus: 0}
 
 @pytest.mark.skipif(not (DATA_ROOT / "standard9").is_dir(), reason="shared data sets not on this machine")
 def test_manifest_modes_give_a_row_per_fit_and_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """--manifests: one fit per distinct network (λ = none and 2 here), each in the four modes."""
+    """--manifests: one fit per distinct network (λ = none with SGLD and 2 with Adam here), each in
+    the four modes."""
     monkeypatch.chdir(tmp_path)  # a manifest's default storage is under the working directory
     folder = tmp_path / "manifests"
     folder.mkdir()
@@ -54,6 +57,7 @@ def test_manifest_modes_give_a_row_per_fit_and_mode(tmp_path: Path, monkeypatch:
     modes = [m.name for m in suite.MODES]
     assert len(rows) == 2 * len(modes) == 8
     assert sorted({r["lam"] for r in rows}, key=str) == [2.0, None]
+    assert {r["optimizer"] for r in rows} == {"sgld", "adam"}
     for fit in {r["fit"] for r in rows}:
         assert sorted(r["variant"] for r in rows if r["fit"] == fit) == sorted(modes)
     for r in rows:
