@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench import suite
 
@@ -66,3 +67,31 @@ def test_manifest_modes_give_a_row_per_fit_and_mode(tmp_path: Path, monkeypatch:
             assert r["max_abs_dpsnr_db"] == 0.0 and r["final_dpsnr_db"] == 0.0 and r["speedup"] == 1.0
     assert [s["variant"] for s in result["mode_summary"]] == modes
     assert result["fastest_within_0_1_db"] in modes
+
+
+def test_paper_cost_counts_flops_that_scale_with_pixels_and_sums_them_over_fits(tmp_path: Path) -> None:
+    """A conv net's FLOPs per iteration grow with its pixels: doubling the side multiplies them by 4
+    exactly (every layer's output has 4× the positions). A manifest's total is its fits' iterations
+    times their FLOPs per iteration (two fits of 100 iterations here)."""
+    from bench.paper_cost import iteration_flops, manifest_cost
+    from dipmodel.fit import FitConfig, FitJob
+    from dipmodel.networks import NetConfig
+    from dipmodel.operators import build_operator
+
+    flops = {}
+    for side in (32, 64):
+        op = build_operator("denoise", (3, side, side), seed=0, sigma=25)
+        clean = torch.rand(1, 3, side, side)
+        job = FitJob(
+            NetConfig(name="decoder", width=8, depth=3), op, op.degrade(clean), clean, FitConfig(iterations=10)
+        )
+        flops[side] = iteration_flops(job)
+    assert flops[32] > 0 and flops[64] == 4 * flops[32]
+
+    manifest = tmp_path / "cost.yaml"
+    manifest.write_text(MANIFEST)
+    if (DATA_ROOT / "standard9").is_dir():
+        cost = manifest_cost(manifest)
+        assert (cost.network_fits, cost.classical_fits, cost.iterations) == (2, 0, 200)
+        low, high = cost.gflop_per_it
+        assert 0 < low <= high and low * 1e9 * 200 <= cost.flops <= high * 1e9 * 200
