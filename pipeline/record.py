@@ -9,10 +9,14 @@ validate, only to name and type once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 if TYPE_CHECKING:  # the record itself is plain data; only `Summary.of` reads a spec
@@ -221,3 +225,72 @@ def flatten_for_mlflow(
         if k not in described and k not in metric_names and isinstance(v, (int, float)) and not isinstance(v, bool)
     }
     return params, numbers
+
+
+# --- names: how a fit is told apart in a table row, a column heading and an MLflow run ---------
+
+PARAM_SYMBOLS = {
+    "sigma": "σ=",
+    "quality": "q=",
+    "ratio": "r=",
+    "p": "p=",
+    "factor": "×",
+    "cutoff": "cutoff=",
+    "kind": "",
+}
+
+
+def present(value: Any) -> bool:
+    """Whether a summary value is set: not None, NaN or pandas' NA (how unset arrives from
+    JSON markers and from a typed table alike)."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value is not pd.NA
+
+
+def fmt(value: Any) -> str:
+    """2.0 → "2", 0.25 → "0.25", strings as they are."""
+    if isinstance(value, (float, np.floating)):
+        return str(int(value)) if float(value).is_integer() else f"{value:g}"
+    return str(value)
+
+
+def params_label(params: Mapping[str, Any]) -> str:
+    """A task-parameter setting as a column heading: {"sigma": 25} → "σ=25", {"factor": 4} → "×4"."""
+    return " ".join(f"{PARAM_SYMBOLS.get(k, k + '=')}{fmt(v)}" for k, v in params.items() if present(v))
+
+
+def setting_name(fit: Mapping[str, Any], shown: Sequence[str]) -> str:
+    """A row name such as "decoder λ=2 gaussian σ=0.5" or "decoder unconstrained".
+
+    The method (baselines) and network are always named; λ whenever it varies or is set
+    ("unconstrained" when not); upsampling with its σ when either varies; any other varying
+    setting as name=value.
+    """
+    parts = [str(fit[c]) for c in ("method", "model") if present(fit.get(c))]
+    if not present(fit.get("model")):  # a classical method: no network settings to name
+        return " ".join(parts + [f"{c}={fmt(fit[c])}" for c in shown if c == "tv_weight" and present(fit.get(c))])
+    if present(fit.get("optimizer")) and fit["optimizer"] != "adam":
+        parts.append(str(fit["optimizer"]))
+    if "lam" in shown or present(fit.get("lam")):
+        parts.append(f"λ={fmt(fit['lam'])}" if present(fit.get("lam")) else "unconstrained")
+    if ({"upsample", "up_sigma", "up_sigmas"} & set(shown)) and present(fit.get("upsample")):
+        sigma = fit.get("up_sigmas") if present(fit.get("up_sigmas")) else fit.get("up_sigma")  # per layer, or one
+        gaussian = fit["upsample"] == "gaussian" and present(sigma)
+        parts.append(f"{fit['upsample']} σ={fmt(sigma)}" if gaussian else str(fit["upsample"]))
+    named = ("method", "model", "optimizer", "lam", "upsample", "up_sigma", "up_sigmas")
+    parts += [f"{c}={fmt(fit[c])}" for c in shown if c not in named and present(fit.get(c))]
+    return " ".join(parts) or "fit"
+
+
+def run_name(row: Mapping[str, Any]) -> str:
+    """What a fit is, for a person browsing runs: "F16 · denoise σ=25 · decoder λ=2 · seed 0".
+
+    The image by its file stem, the task with its parameters, the method or network with its
+    λ and optimiser (`setting_name` with nothing else varying), the seed. The key stays a tag.
+    """
+    image = re.split(r"[/:]", str(row.get("image") or "?"))[-1].rsplit(".", 1)[0]
+    params = {k.removeprefix("param_"): v for k, v in row.items() if k.startswith("param_")}
+    task = " ".join(part for part in (str(row.get("task") or "?"), params_label(params)) if part)
+    parts = [image, task, setting_name(row, ())]
+    if present(row.get("seed")):
+        parts.append(f"seed {fmt(row['seed'])}")
+    return " · ".join(parts)

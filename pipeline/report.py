@@ -14,7 +14,7 @@ import itertools
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from pipeline.claims import FBC_LEVEL, band_convergence, verdict_lines, verdicts
 from pipeline.images import decode
 from pipeline.messages import UserError
 from pipeline.paper import FIGURE_ITERATIONS, PaperTable, paper_row, tables_for
-from pipeline.record import upgrade, with_schema
+from pipeline.record import params_label, present, setting_name, upgrade, with_schema
 from pipeline.single import SE_CONVERGED
 from pipeline.sources import is_manifest, open_store, read_manifest
 from pipeline.storage import Store
@@ -67,37 +67,12 @@ METRICS = {
     "final_psnr": ("final", "PSNR at the end of the fixed iteration budget (a classical method's one output)"),
     "posterior_psnr": ("posterior mean", "PSNR of the mean of the SGLD samples after burn-in (Bayesian DIP)"),
 }
-PARAM_SYMBOLS = {
-    "sigma": "σ=",
-    "quality": "q=",
-    "ratio": "r=",
-    "p": "p=",
-    "factor": "×",
-    "cutoff": "cutoff=",
-    "kind": "",
-}
 DEFAULT_MAX_GROUPS = 12
 GRID_COLUMNS = 5  # default number of iterations in output grids and spectra
 LINESTYLES = ("-", "--", ":", "-.")
 
 
 # --- reading the sweep --------------------------------------------------------------------------
-
-
-def _present(value: Any) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value is not pd.NA
-
-
-def _fmt(value: Any) -> str:
-    """2.0 → "2", 0.25 → "0.25", strings as they are."""
-    if isinstance(value, (float, np.floating)):
-        return str(int(value)) if float(value).is_integer() else f"{value:g}"
-    return str(value)
-
-
-def params_label(params: Mapping[str, Any]) -> str:
-    """A task-parameter setting as a column heading: {"sigma": 25} → "σ=25", {"factor": 4} → "×4"."""
-    return " ".join(f"{PARAM_SYMBOLS.get(k, k + '=')}{_fmt(v)}" for k, v in params.items() if _present(v))
 
 
 def _param_columns(fits: pd.DataFrame) -> list[str]:
@@ -124,29 +99,6 @@ def varying_settings(fits: pd.DataFrame) -> list[str]:
     return shown
 
 
-def setting_name(fit: Mapping[str, Any], shown: Sequence[str]) -> str:
-    """A row name such as "decoder λ=2 gaussian σ=0.5" or "decoder unconstrained".
-
-    The method (baselines) and network are always named; λ whenever it varies or is set
-    ("unconstrained" when not); upsampling with its σ when either varies; any other varying
-    setting as name=value.
-    """
-    parts = [str(fit[c]) for c in ("method", "model") if _present(fit.get(c))]
-    if not _present(fit.get("model")):  # a classical method: no network settings to name
-        return " ".join(parts + [f"{c}={_fmt(fit[c])}" for c in shown if c == "tv_weight" and _present(fit.get(c))])
-    if _present(fit.get("optimizer")) and fit["optimizer"] != "adam":
-        parts.append(str(fit["optimizer"]))
-    if "lam" in shown or _present(fit.get("lam")):
-        parts.append(f"λ={_fmt(fit['lam'])}" if _present(fit.get("lam")) else "unconstrained")
-    if ({"upsample", "up_sigma", "up_sigmas"} & set(shown)) and _present(fit.get("upsample")):
-        sigma = fit.get("up_sigmas") if _present(fit.get("up_sigmas")) else fit.get("up_sigma")  # per layer, or one
-        gaussian = fit["upsample"] == "gaussian" and _present(sigma)
-        parts.append(f"{fit['upsample']} σ={_fmt(sigma)}" if gaussian else str(fit["upsample"]))
-    named = ("method", "model", "optimizer", "lam", "upsample", "up_sigma", "up_sigmas")
-    parts += [f"{c}={_fmt(fit[c])}" for c in shown if c not in named and _present(fit.get(c))]
-    return " ".join(parts) or "fit"
-
-
 def load_fits(store: Store) -> pd.DataFrame:
     """One row per done fit, sorted, with the report's columns added.
 
@@ -163,7 +115,7 @@ def load_fits(store: Store) -> pd.DataFrame:
     fired = fits["stop_iteration"].notna()
     fits["autostop_psnr"] = fits["stop_psnr"].where(fired, fits["final_psnr"]).mask(fits["one_d"])
     fits["image_set"] = fits["dataset"].where(
-        fits["dataset"].map(_present), fits["one_d"].map({True: "signals", False: "images"})
+        fits["dataset"].map(present), fits["one_d"].map({True: "signals", False: "images"})
     )
     params = _param_columns(fits)
     fits["params"] = [
@@ -314,7 +266,7 @@ def paper_comparison(group: pd.DataFrame, paper: PaperTable) -> tuple[pd.DataFra
     columns = sorted({v for cells in paper.rows.values() for v in cells})
     labels = [params_label({paper.param: v}) for v in columns]
     settings = {name: paper_row(rows.iloc[0], paper) for name, rows in group.groupby("setting", sort=False)}
-    networks = set(group.loc[group["model"].map(_present), "setting"])
+    networks = set(group.loc[group["model"].map(present), "setting"])
     usable = ~_halted_before_budget(group) if paper.budgets else pd.Series(True, index=group.index)
     shown, data = [], []
     for paper_name in paper.rows:
@@ -354,7 +306,7 @@ def paper_comparison(group: pd.DataFrame, paper: PaperTable) -> tuple[pd.DataFra
 
 def _halted_before_budget(group: pd.DataFrame) -> pd.Series:
     """Network fits that ended before their iteration budget (halt_at_stop): no PSNR at the budget."""
-    return group["model"].map(_present) & (group["iterations_run"] < group["iterations"])
+    return group["model"].map(present) & (group["iterations_run"] < group["iterations"])
 
 
 def budget_notes(group: pd.DataFrame, paper: PaperTable) -> tuple[str, list[str]]:
@@ -363,7 +315,7 @@ def budget_notes(group: pd.DataFrame, paper: PaperTable) -> tuple[str, list[str]
     if not paper.budgets:
         return "", []
     values = pd.to_numeric(group.get(f"param_{paper.param}", pd.Series(np.nan, index=group.index)), errors="coerce")
-    network = group["model"].map(_present)
+    network = group["model"].map(present)
     parts = []
     for column, budget in paper.budgets.items():
         ours = sorted({int(i) for i in group.loc[network & np.isclose(values, column), "iterations"].dropna()})
@@ -501,7 +453,7 @@ def stopping_per_fit(fits: pd.DataFrame) -> pd.DataFrame:
     ``stop_iteration``/``stop_psnr`` are blank where the rule never fired; such a fit ran its
     whole budget, so it saved 0 iterations and its ``autostop_psnr`` is the final PSNR.
     """
-    ref = fits[fits["best_psnr"].notna() & ~fits["one_d"] & ~fits["method"].map(_present)]  # classical: no stop
+    ref = fits[fits["best_psnr"].notna() & ~fits["one_d"] & ~fits["method"].map(present)]  # classical: no stop
     fired = ref["stop_iteration"].notna()
     return pd.DataFrame(
         {
@@ -726,7 +678,7 @@ def psnr_figure(g: FigureGroup) -> None:
                 kind: [
                     (it, psnr)
                     for it, psnr in zip(fits[f"{stop}_iteration"], fits[f"{stop}_psnr"], strict=True)
-                    if _present(it)
+                    if present(it)
                 ]
                 for kind, stop in (("oracle peak", "best"), ("auto-stop", "stop"))
             }
@@ -785,7 +737,7 @@ def ratio_figure(g: FigureGroup) -> None:
         stops = [
             (it, _at(g.files.metrics(k), "ratio", it))
             for k, it in zip(fits["key"], fits["stop_iteration"], strict=True)
-            if _present(it)
+            if present(it)
         ]
         series.append(plots.Series(setting, *g.curves(setting, "ratio"), {"auto-stop": stops}))
     plots.curves_figure(
@@ -846,7 +798,7 @@ def amplitude_error_figure(g: FigureGroup) -> None:
             marks = [
                 (it, _at(g.files.metrics(k), column, it))
                 for k, it in zip(fits["key"], fits.get(converged, pd.Series(dtype=float)), strict=True)
-                if _present(it) and it >= 0
+                if present(it) and it >= 0
             ]
             series.append(
                 plots.Series(
@@ -999,7 +951,7 @@ def write_figures(
     fits: pd.DataFrame, store: Store, experiment: str | None, wanted: Sequence[int] | None, max_groups: int, out: Output
 ) -> None:
     """Group-level figures for the first `max_groups` (task, parameters, image) groups, never one per fit."""
-    curves = fits[~fits["method"].map(_present)]  # a classical method has one output, no trajectory
+    curves = fits[~fits["method"].map(present)]  # a classical method has one output, no trajectory
     groups = list(curves.groupby(["task", "params", "image"], sort=False))
     out.note(
         "Figures",

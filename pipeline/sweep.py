@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.manifest import FitSpec, Manifest
-from pipeline.record import flatten_for_mlflow, upgrade
+from pipeline.record import flatten_for_mlflow, run_name, upgrade
 from pipeline.sources import expand_specs, open_store
 from pipeline.storage import Store
 from pipeline.tracking import Tracker, TrackingError, default_tracking_uri
@@ -264,13 +264,14 @@ def log_stored_fit(tracker: Tracker, parent: str, store: Store, key: str) -> Non
     """Log one stored fit to MLflow from storage (the only path, live or backfill)."""
     table = store.read_metrics(key)
     metrics = {name: table.column(name).to_numpy() for name in table.column_names}
-    params, numbers = flatten_for_mlflow(store.summary(key), set(metrics))
+    summary = store.summary(key)
+    params, numbers = flatten_for_mlflow(summary, set(metrics))
     images = {
         name: store.read_image(key, name)
         for name in ("final", "best", "autostop", "posterior", "degraded")
         if store.has_image(key, name)
     }
-    tracker.log_fit(parent, key, params, numbers, metrics, images, store.uri)
+    tracker.log_fit(parent, key, run_name(summary), params, numbers, metrics, images, store.uri)
 
 
 # --- the sweep ---------------------------------------------------------------------------------

@@ -169,13 +169,15 @@ class Tracker:
         self,
         parent_id: str,
         key: str,
+        name: str,
         params: dict[str, object],
         summary: dict[str, float | int | None],
         metrics: dict[str, np.ndarray],
         images: dict[str, bytes],
         storage_uri: str,
     ) -> str:
-        """Record one stored fit as a nested run, at most once per key; returns the run id.
+        """Record one stored fit as a nested run named ``name``, at most once per key (a tag);
+        returns the run id.
 
         ``metrics`` holds 1-D columns of equal length, "iteration" giving the step of each row;
         every other column becomes a step metric. ``summary`` numbers are logged at step 0
@@ -195,7 +197,7 @@ class Tracker:
                 return done[0].info.run_id
             run_id = self._client.create_run(
                 self.experiment_id,
-                run_name=key,
+                run_name=name,
                 tags={
                     "mlflow.parentRunId": parent_id,
                     "dip.kind": "fit",

@@ -19,6 +19,7 @@ import yaml
 
 from pipeline.cli import main as dip
 from pipeline.manifest import FitSpec, expand, load_manifest
+from pipeline.record import run_name
 from pipeline.report import load_fits
 from pipeline.sources import is_manifest, open_store, read_manifest
 from pipeline.storage import Store
@@ -227,3 +228,31 @@ def test_the_report_needs_neither_sweep_nor_mlflow() -> None:
         "assert 'mlflow' not in sys.modules and 'pipeline.sweep' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, env=os.environ | {"PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.parametrize(
+    "row, name",
+    [
+        (
+            {"image": "standard9/image_F16_512rgb.png", "task": "denoise", "param_sigma": 25.0}
+            | {"model": "decoder", "lam": 2.0, "seed": 0, "method": None},
+            "image_F16_512rgb · denoise σ=25 · decoder λ=2 · seed 0",
+        ),
+        (
+            {"image": "set5/baby.png", "task": "superres", "param_factor": 4, "param_sigma": None}
+            | {"model": "encoder_decoder_skip", "optimizer": "sgld", "lam": float("nan"), "seed": 3},
+            "baby · superres ×4 · encoder_decoder_skip sgld · seed 3",
+        ),
+        (
+            {"image": "cbsd68/101085.png", "task": "denoise", "param_sigma": 50, "method": "bm3d", "seed": 0},
+            "101085 · denoise σ=50 · bm3d · seed 0",
+        ),
+        (
+            {"image": "sample:camera", "task": "clean", "model": "convnet", "seed": 1},
+            "camera · clean · convnet · seed 1",
+        ),
+    ],
+)
+def test_a_run_is_named_by_what_it_fits(row: dict[str, Any], name: str) -> None:
+    """Image stem, task and its parameters, the network (λ, a non-Adam optimiser) or method, seed."""
+    assert run_name(row) == name

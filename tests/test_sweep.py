@@ -155,6 +155,10 @@ def test_mlflow_server_gets_a_parent_and_nested_runs(ray_cluster, tmp_path: Path
     assert set(children["tags.mlflow.parentRunId"]) == set(parents["run_id"])
     assert (children["status"] == "FINISHED").all()
     assert children["metrics.final_psnr"].notna().all()
+    assert set(children["tags.mlflow.runName"]) == {  # what each fit is; its key stays a tag
+        f"{image} · denoise σ=25 · decoder{lam} · seed 0" for image in ("camera", "astronaut") for lam in ("", " λ=2")
+    }
+    assert children["tags.dip.fit_key"].str.fullmatch("[0-9a-f]{16}").all()
 
 
 def test_mlflow_down_then_sync_backfills_without_duplicates(

@@ -36,7 +36,7 @@ def log(tracker: Tracker, parent: str, key: str, iterations: int = 20, **overrid
         "images": {},
         "storage_uri": f"file:///s/{key}",
     }
-    return tracker.log_fit(parent, key, **(args | overrides))
+    return tracker.log_fit(parent, key, f"fit {key}", **(args | overrides))
 
 
 def fit_runs(tracker: Tracker, parent: str, key: str) -> list[Run]:
@@ -85,6 +85,7 @@ def test_log_fit_records_params_metrics_and_images(tracker: Tracker, mlflow_serv
 
     [run] = fit_runs(tracker, parent, "k1")
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert run.info.run_name == "fit k1" and run.data.tags["dip.fit_key"] == "k1"
     assert run.data.tags["dip.kind"] == "fit" and run.data.tags["dip.storage_uri"] == "file:///s/k1"
     assert run.data.params == {"lam": "2.0", "net": "{'width': 8}", "note": "x" * MAX_PARAM_VAL_LENGTH}
     assert {k: run.data.metrics[k] for k in ("best_psnr", "stop_iteration")} == {
