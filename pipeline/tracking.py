@@ -71,6 +71,12 @@ def _param_text(value: object) -> str:
     return str(value)[:MAX_PARAM_VAL_LENGTH]
 
 
+# MLflow's UI opens an experiment on the view its kind names; untagged, MLflow 3 guesses and shows
+# an empty GenAI traces overview. A sweep's runs are model training runs.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+TRAINING = "custom_model_development"
+
+
 class Tracker:
     """Idempotent logging of sweeps and fits to one MLflow experiment.
 
@@ -110,13 +116,18 @@ class Tracker:
             if found is None:
                 try:
                     location = self._artifact_location()
-                    return self._client.create_experiment(self.experiment, artifact_location=location)
+                    return self._client.create_experiment(
+                        self.experiment, artifact_location=location, tags={EXPERIMENT_KIND: TRAINING}
+                    )
                 except MlflowException:  # another process created it first
                     found = self._client.get_experiment_by_name(self.experiment)
                     if found is None:
                         raise
         if found.lifecycle_stage != "active":
             raise TrackingError(f"MLflow experiment {self.experiment!r} is deleted: restore it or use another name")
+        if EXPERIMENT_KIND not in found.tags:  # made before the tag was set, or by someone else
+            with self._mlflow(f"tagging experiment {self.experiment!r}"):
+                self._client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND, TRAINING)
         return found.experiment_id
 
     def _search(self, filter_string: str) -> list[Run]:

@@ -188,3 +188,15 @@ def test_embedded_sqlite_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert (tmp_path / "mlflow.db").is_file()
     [image] = tmp_path.glob("mlartifacts/**/images/final.png")
     assert image.read_bytes() == IMAGE
+
+
+def test_the_experiment_says_it_holds_training_runs(tracker: Tracker, mlflow_server: str) -> None:
+    """MLflow's UI opens an experiment on the view its kind tag names; an experiment made without
+    it (by an older version, or by hand) gets it on first use."""
+    client = mlflow.MlflowClient(mlflow_server)
+    assert client.get_experiment(tracker.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    name = f"by-hand-{uuid.uuid4().hex[:12]}"
+    bare = client.create_experiment(name)
+    assert "mlflow.experimentKind" not in client.get_experiment(bare).tags
+    assert Tracker(mlflow_server, name).experiment_id == bare
+    assert client.get_experiment(bare).tags["mlflow.experimentKind"] == "custom_model_development"
