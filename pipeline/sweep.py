@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from pipeline.manifest import FitSpec, Manifest
 from pipeline.record import flatten_for_mlflow, run_name, upgrade
 from pipeline.sources import expand_specs, open_store
@@ -194,6 +196,7 @@ class MlflowLog:
 
     def __init__(self, manifest: Manifest, store: Store) -> None:
         self.store = store
+        self.most_images = manifest.mlflow.trajectory_images
         self.tracker: Tracker | None = None
         self.parent = ""
         self.queue: queue.Queue[str | None] = queue.Queue()
@@ -233,7 +236,7 @@ class MlflowLog:
             if (tracker := self.tracker) is None:
                 continue
             try:
-                log_stored_fit(tracker, self.parent, self.store, key)
+                log_stored_fit(tracker, self.parent, self.store, key, self.most_images)
             except TrackingError as err:
                 self.disable(err)
 
@@ -260,8 +263,21 @@ class MlflowLog:
                 self.disable(err)
 
 
-def log_stored_fit(tracker: Tracker, parent: str, store: Store, key: str) -> None:
-    """Log one stored fit to MLflow from storage (the only path, live or backfill)."""
+def trajectory_images(trajectory: dict[str, np.ndarray], most: int) -> list[tuple[int, np.ndarray]]:
+    """At most `most` snapshots of an image fit, evenly spread from the first to the last, as
+    (iteration, H×W or H×W×C uint8) for MLflow's step-indexed images; none for a 1-D fit."""
+    snapshots = trajectory.get("snapshots")
+    if most == 0 or snapshots is None or snapshots.ndim != 4 or not len(snapshots):
+        return []
+    chosen = np.unique(np.linspace(0, len(snapshots) - 1, min(most, len(snapshots))).round().astype(int))
+    pixels = (np.clip(snapshots[chosen].astype(np.float32), 0, 1) * 255).round().astype(np.uint8)
+    pictures = pixels[:, 0] if pixels.shape[1] == 1 else pixels.transpose(0, 2, 3, 1)
+    return [(int(trajectory["snapshot_iterations"][i]), picture) for i, picture in zip(chosen, pictures, strict=True)]
+
+
+def log_stored_fit(tracker: Tracker, parent: str, store: Store, key: str, most_images: int = 0) -> None:
+    """Log one stored fit to MLflow from storage (the only path, live or backfill), with up to
+    `most_images` snapshots of its trajectory."""
     table = store.read_metrics(key)
     metrics = {name: table.column(name).to_numpy() for name in table.column_names}
     summary = store.summary(key)
@@ -271,7 +287,8 @@ def log_stored_fit(tracker: Tracker, parent: str, store: Store, key: str) -> Non
         for name in ("final", "best", "autostop", "posterior", "degraded")
         if store.has_image(key, name)
     }
-    tracker.log_fit(parent, key, run_name(summary), params, numbers, metrics, images, store.uri)
+    trajectory = trajectory_images(store.read_trajectory(key), most_images) if most_images else []
+    tracker.log_fit(parent, key, run_name(summary), params, numbers, metrics, images, store.uri, trajectory)
 
 
 # --- the sweep ---------------------------------------------------------------------------------
@@ -489,7 +506,8 @@ def sync_mlflow(manifest: Manifest) -> tuple[int, int]:
     keys = {s.key for s in expand_specs(manifest)}
     missing = sorted((store.done_keys() & keys) - have)
     with ThreadPoolExecutor(logging_threads(tracker.tracking_uri)) as pool:
-        for _ in pool.map(lambda key: log_stored_fit(tracker, parent, store, key), missing):
+        most = manifest.mlflow.trajectory_images
+        for _ in pool.map(lambda key: log_stored_fit(tracker, parent, store, key, most), missing):
             pass  # a TrackingError is raised here, in order
     return len(missing), len(have & keys)
 

@@ -17,7 +17,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -186,6 +186,7 @@ class Tracker:
         metrics: dict[str, np.ndarray],
         images: dict[str, bytes],
         storage_uri: str,
+        trajectory: Sequence[tuple[int, np.ndarray]] = (),
     ) -> str:
         """Record one stored fit as a nested run named ``name``, at most once per key (a tag);
         returns the run id.
@@ -195,7 +196,8 @@ class Tracker:
         (None and NaN skipped). ``images`` maps a name to encoded bytes, stored under
         ``images/`` as ``<name>.png`` unless the name has its own suffix. Unfinished runs of the
         same key (a crash while logging, or client-retry ghosts) are deleted, and a FINISHED one
-        is returned as it is.
+        is returned as it is. ``trajectory`` holds (iteration, picture) pairs, logged as the
+        step-indexed image "trajectory", which the MLflow UI shows with a slider over the steps.
         """
         rows = self._metric_rows(summary, metrics)
         existing = self._children(parent_id, f"tags.dip.fit_key = {_literal(key)}")
@@ -226,6 +228,8 @@ class Tracker:
                     for name, data in images.items():
                         Path(tmp, name if Path(name).suffix else f"{name}.png").write_bytes(data)
                     self._client.log_artifacts(run_id, tmp, artifact_path="images")
+            for step, picture in trajectory:
+                self._client.log_image(run_id, picture, key="trajectory", step=step, synchronous=True)
             self._client.set_terminated(run_id, FINISHED)
         return run_id
 

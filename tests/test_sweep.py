@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -159,6 +160,12 @@ def test_mlflow_server_gets_a_parent_and_nested_runs(ray_cluster, tmp_path: Path
         f"{image} · denoise σ=25 · decoder{lam} · seed 0" for image in ("camera", "astronaut") for lam in ("", " λ=2")
     }
     assert children["tags.dip.fit_key"].str.fullmatch("[0-9a-f]{16}").all()
+    assert not {"metrics.width", "metrics.lam", "metrics.crop", "metrics.seed"} & set(runs.columns)  # params only
+    client = mlflow.MlflowClient(mlflow_server)
+    for run_id in children["run_id"]:  # snapshots at 0, 10, 20 as the step-indexed image "trajectory"
+        names = [a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run_id, "images")]
+        steps = {int(m[1]) for n in names if (m := re.match(r"trajectory\+step\+(\d+)\+.*\.png$", n))}
+        assert steps == {0, 10, 20}, names
 
 
 def test_mlflow_down_then_sync_backfills_without_duplicates(
@@ -474,3 +481,18 @@ def test_work_estimate_counts_a_classical_reference_as_one_iteration() -> None:
     specs = sweep.make_plan(manifest).specs
     assert len(specs) == 36
     assert sweep.work_estimate(specs) == 2 * 3 * (4 * 1000 + 2) * 64**2
+
+
+def test_trajectory_images_are_spread_evenly_and_bounded() -> None:
+    """Ten grey snapshots at iterations 0, 5, …, 45, at most four: indices 0, 3, 6, 9 (rounded
+    linspace), as H×W uint8 with 1.0 → 255; a 1-D fit or a bound of 0 logs none."""
+    snapshots = np.stack([np.full((1, 4, 6), i / 9, dtype=np.float16) for i in range(10)])
+    trajectory = {"snapshots": snapshots, "snapshot_iterations": np.arange(0, 50, 5)}
+    chosen = sweep.trajectory_images(trajectory, 4)
+    assert [step for step, _ in chosen] == [0, 15, 30, 45]
+    assert all(picture.shape == (4, 6) and picture.dtype == np.uint8 for _, picture in chosen)
+    assert chosen[-1][1].max() == 255 and chosen[0][1].max() == 0
+    rgb = {"snapshots": np.zeros((3, 3, 4, 6), np.float16), "snapshot_iterations": np.arange(3)}
+    assert [p.shape for _, p in sweep.trajectory_images(rgb, 24)] == [(4, 6, 3)] * 3
+    assert sweep.trajectory_images(trajectory, 0) == []
+    assert sweep.trajectory_images({"snapshots": np.zeros((3, 1, 8)), "snapshot_iterations": np.arange(3)}, 4) == []

@@ -288,6 +288,11 @@ class MlflowSpec(BaseModel):
     )
     experiment: str | None = Field(None, description="default: the manifest name")
     enabled: bool = True
+    trajectory_images: NonNegativeInt = Field(
+        24,
+        description="stored snapshots logged per fit as step-indexed images (the MLflow UI's image slider), "
+        "evenly spread over the trajectory; 0 for none. Storage keeps every snapshot",
+    )
 
 
 class Resources(BaseModel):
