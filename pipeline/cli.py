@@ -317,14 +317,27 @@ def add_report_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("source", help="a manifest (.yaml/.yml, a path or URI such as s3://…) or a storage URI/path")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<sweep name>)")
+    p.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="also store the report as artifacts of the sweep's MLflow run (source: a manifest)",
+    )
 
 
 def run_report(args: argparse.Namespace) -> int:
     from pipeline.report import write_report
+    from pipeline.sources import is_manifest, read_manifest
 
+    if args.mlflow and not is_manifest(args.source):
+        raise UserError(f"--mlflow needs a manifest (it names the MLflow experiment), got {args.source}")
     out = args.out or Path("reports") / Path(str(args.source).rstrip("/")).stem
     index = write_report(args.source, out)
     print(f"report written: {index}")
+    if args.mlflow:
+        from pipeline.sweep import publish_report
+
+        run = publish_report(read_manifest(args.source), out)
+        print(f"report logged to MLflow run {run} (artifacts: report/)")
     return 0
 
 

@@ -11,6 +11,7 @@ resume, status and the MLflow backfill all start from the done/failed markers.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import queue
@@ -20,11 +21,15 @@ import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
+import yaml
 
 from pipeline.manifest import FitSpec, Manifest
+from pipeline.messages import UserError
 from pipeline.record import flatten_for_mlflow, run_name, upgrade
 from pipeline.sources import expand_specs, open_store
 from pipeline.storage import Store
@@ -207,6 +212,7 @@ class MlflowLog:
         try:
             self.tracker = Tracker(manifest.mlflow.tracking_uri, manifest.mlflow.experiment or manifest.name)
             self.parent = self.tracker.sweep_run(manifest.name, {"storage": manifest.storage_uri})
+            self.tracker.log_sweep_files(self.parent, {"manifest.yaml": manifest_text(manifest)})
         except TrackingError as err:
             self.disable(err)
             return
@@ -258,9 +264,22 @@ class MlflowLog:
                     file=sys.stderr,
                 )
             try:
+                self.tracker.log_sweep_files(self.parent, {"summary.parquet": summary_bytes(self.store)})
                 self.tracker.finish_sweep(self.parent)
             except TrackingError as err:
                 self.disable(err)
+
+
+def manifest_text(manifest: Manifest) -> bytes:
+    """The manifest as it ran (defaults filled in), as YAML."""
+    return yaml.safe_dump(manifest.model_dump(mode="json"), sort_keys=False, allow_unicode=True).encode()
+
+
+def summary_bytes(store: Store) -> bytes:
+    """Every done fit's summary row as one Parquet table (`Store.collect`), not written to storage."""
+    sink = io.BytesIO()
+    pq.write_table(store.collect(write=False, upgrade=upgrade), sink)
+    return sink.getvalue()
 
 
 def trajectory_images(trajectory: dict[str, np.ndarray], most: int) -> list[tuple[int, np.ndarray]]:
@@ -502,6 +521,7 @@ def sync_mlflow(manifest: Manifest) -> tuple[int, int]:
     store = open_store(manifest)
     tracker = Tracker(manifest.mlflow.tracking_uri, manifest.mlflow.experiment or manifest.name)
     parent = tracker.sweep_run(manifest.name, {"storage": manifest.storage_uri})
+    tracker.log_sweep_files(parent, {"manifest.yaml": manifest_text(manifest)})
     have = tracker.logged_keys(parent)
     keys = {s.key for s in expand_specs(manifest)}
     missing = sorted((store.done_keys() & keys) - have)
@@ -509,7 +529,23 @@ def sync_mlflow(manifest: Manifest) -> tuple[int, int]:
         most = manifest.mlflow.trajectory_images
         for _ in pool.map(lambda key: log_stored_fit(tracker, parent, store, key, most), missing):
             pass  # a TrackingError is raised here, in order
+    tracker.log_sweep_files(parent, {"summary.parquet": summary_bytes(store)})
+    tracker.finish_sweep(parent)
     return len(missing), len(have & keys)
+
+
+def publish_report(manifest: Manifest, folder: Path) -> str:
+    """A written report (``dip report --mlflow``) as the sweep run's ``report/`` artifacts;
+    returns the run id. The sweep must have been logged (by a run or sync-mlflow) first."""
+    tracker = Tracker(manifest.mlflow.tracking_uri, manifest.mlflow.experiment or manifest.name)
+    parent = tracker.find_sweep_run(manifest.name)
+    if parent is None:
+        raise UserError(
+            f"MLflow ({tracker.tracking_uri}) has no run of sweep {manifest.name!r}: "
+            "run the sweep or 'dip sweep sync-mlflow' first"
+        )
+    tracker.log_sweep_folder(parent, folder, "report")
+    return parent
 
 
 def status(manifest: Manifest) -> dict[str, Any]:

@@ -223,11 +223,7 @@ class Tracker:
             self._client.log_batch(
                 run_id, metrics=rows, params=[Param(k, _param_text(v)) for k, v in params.items()], synchronous=True
             )
-            if images:
-                with tempfile.TemporaryDirectory(prefix="dip-images-") as tmp:
-                    for name, data in images.items():
-                        Path(tmp, name if Path(name).suffix else f"{name}.png").write_bytes(data)
-                    self._client.log_artifacts(run_id, tmp, artifact_path="images")
+            self._log_bytes(run_id, {n if Path(n).suffix else f"{n}.png": data for n, data in images.items()}, "images")
             for step, picture in trajectory:
                 self._client.log_image(run_id, picture, key="trajectory", step=step, synchronous=True)
             self._client.set_terminated(run_id, FINISHED)
@@ -252,6 +248,31 @@ class Tracker:
                 raise ValueError(f"metric column {name!r} has shape {values.shape}, expected ({len(steps)},)")
             rows.extend(Metric(name, v, now, s) for v, s in zip(values.tolist(), steps, strict=True))
         return rows
+
+    def _log_bytes(self, run_id: str, files: dict[str, bytes], artifact_path: str) -> None:
+        """Files given as bytes, stored as the run's artifacts under ``artifact_path``."""
+        if not files:
+            return
+        with tempfile.TemporaryDirectory(prefix="dip-artifacts-") as tmp:
+            for name, data in files.items():
+                Path(tmp, name).write_bytes(data)
+            self._client.log_artifacts(run_id, tmp, artifact_path=artifact_path)
+
+    def log_sweep_files(self, parent_id: str, files: dict[str, bytes]) -> None:
+        """What a browser of the sweep's run wants beside its fits (the manifest as it ran, the
+        summary table), under ``sweep/``; a later call replaces files of the same name."""
+        with self._mlflow("logging the sweep's files"):
+            self._log_bytes(parent_id, files, "sweep")
+
+    def log_sweep_folder(self, parent_id: str, folder: Path, artifact_path: str) -> None:
+        """A folder (a written report) as the sweep run's artifacts under ``artifact_path``."""
+        with self._mlflow(f"logging {folder}"):
+            self._client.log_artifacts(parent_id, str(folder), artifact_path=artifact_path)
+
+    def find_sweep_run(self, sweep: str) -> str | None:
+        """The sweep's parent run id, or None; unlike `sweep_run` it neither creates nor reopens it."""
+        found = self._search(f"tags.dip.sweep = {_literal(sweep)} AND tags.dip.kind = 'sweep'")
+        return found[0].info.run_id if found else None
 
     def finish_sweep(self, parent_id: str, status: str = FINISHED) -> None:
         """Close the sweep's parent run (FINISHED, FAILED or KILLED)."""

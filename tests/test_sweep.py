@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -167,6 +168,16 @@ def test_mlflow_server_gets_a_parent_and_nested_runs(ray_cluster, tmp_path: Path
         steps = {int(m[1]) for n in names if (m := re.match(r"trajectory\+step\+(\d+)\+.*\.png$", n))}
         assert steps == {0, 10, 20}, names
 
+    # the parent run carries the manifest and the summary table, and after `dip report --mlflow` the report
+    [parent] = parents["run_id"]
+    local = Path(client.download_artifacts(parent, "sweep", str(tmp_path / "dl")))
+    assert yaml.safe_load((local / "manifest.yaml").read_text())["name"] == "tracked"
+    assert pq.read_table(local / "summary.parquet").num_rows == 4
+    manifest_path = tmp_path / "tracked.yaml"
+    assert dip(["report", str(manifest_path), "--out", str(tmp_path / "report"), "--mlflow"]) == 0
+    assert "report/index.md" in {a.path for a in client.list_artifacts(parent, "report")}
+    assert client.get_run(parent).info.status == "FINISHED"
+
 
 def test_mlflow_down_then_sync_backfills_without_duplicates(
     ray_cluster, tmp_path: Path, unused_port: int, mlflow_server: str
@@ -195,6 +206,16 @@ def test_mlflow_down_then_sync_backfills_without_duplicates(
     mlflow.set_tracking_uri(mlflow_server)
     runs = mlflow.search_runs(experiment_names=["offline"], filter_string="tags.`dip.kind` = 'fit'")
     assert len(runs) == 4
+    [parent] = mlflow.search_runs(experiment_names=["offline"], filter_string="tags.`dip.kind` = 'sweep'")["status"]
+    assert parent == "FINISHED"  # a backfill closes the sweep's run again
+
+
+def test_report_to_mlflow_needs_a_manifest_and_a_logged_sweep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "r"
+    assert dip(["report", str(store), "--mlflow"]) == 2
+    assert "--mlflow needs a manifest" in capsys.readouterr().err
 
 
 def test_a_bad_image_fails_only_its_own_fits(ray_cluster, tmp_path: Path) -> None:
