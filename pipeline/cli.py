@@ -252,6 +252,15 @@ def add_sweep_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     ]:
         q = ssub.add_parser(name, help=text, description=text)
         q.add_argument("manifest", help="manifest file or URI (s3://…)")
+        q.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            dest="overrides",
+            metavar="FIELD.PATH=VALUE",
+            help="override a manifest field without editing it, e.g. resources.num_gpus=0 (VALUE is YAML); "
+            "validated like the file; settings of the fits change their keys, resources do not; repeatable",
+        )
         if name == "run":
             q.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
             q.add_argument("--retry-failed", action="store_true", help="also rerun fits recorded as failed")
@@ -375,7 +384,7 @@ def run_local(args: argparse.Namespace, manifest: Manifest) -> int:
 def run_sweep_command(args: argparse.Namespace) -> int:
     from pipeline.sources import read_manifest
 
-    manifest = read_manifest(args.manifest)
+    manifest = read_manifest(args.manifest, args.overrides)
     if args.action == "run" and args.local:
         return run_local(args, manifest)
     if args.action == "run" and (args.where or args.store or args.device != "cpu" or args.budget_s != float("inf")):

@@ -8,6 +8,7 @@ options is what is being read.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from pipeline.locations import is_remote, local_path
@@ -22,12 +23,13 @@ def is_manifest(source: str | Path) -> bool:
     return PurePosixPath(str(source).split("://", 1)[-1].rstrip("/")).suffix in MANIFEST_SUFFIXES
 
 
-def read_manifest(uri: str | Path) -> Manifest:
-    """A manifest from a local file or from a URI on object storage (read with fsspec)."""
+def read_manifest(uri: str | Path, overrides: Sequence[str] = ()) -> Manifest:
+    """A manifest from a local file or from a URI on object storage (read with fsspec), with the
+    ``FIELD.PATH=VALUE`` overrides of ``--set`` applied before validation."""
     location = str(uri)
     if is_remote(location):
-        return parse_manifest(read_text(location), location)
-    return load_manifest(local_path(location))
+        return parse_manifest(read_text(location), location, overrides)
+    return load_manifest(local_path(location), overrides)
 
 
 def open_store(source: str | Path | Manifest) -> Store:

@@ -587,3 +587,48 @@ def test_json_schema_lists_the_manifest_fields() -> None:
     assert {"signal", "downsample", "grey"} <= set(image_set)
     assert "lam" in schema["properties"]["model"]["propertyNames"]["enum"]
     assert set(yaml.safe_load(QUICKSTART.read_text())) <= props
+
+
+# --- --set overrides -------------------------------------------------------------------------------
+
+
+def test_set_overrides_fields_without_touching_the_file(tmp_path: Path) -> None:
+    """A resource override leaves every fit key alone; a fit setting changes them; values are YAML."""
+    path = write(tmp_path)
+    text = path.read_text()
+    plain = load_manifest(path)
+    cpu = load_manifest(path, ["resources.num_gpus=0", "resources.custom={accelerator: 1}"])
+    assert (cpu.resources.num_gpus, cpu.resources.custom) == (0, {"accelerator": 1.0})
+    assert {s.key for s in expand(cpu)} == {s.key for s in expand(plain)}
+    longer = load_manifest(path, ["fit.iterations=20", "grid.lam=[1, 2]"])
+    assert [s.fit["iterations"] for s in expand(longer)] == [20, 20]
+    assert not {s.key for s in expand(longer)} & {s.key for s in expand(plain)}
+    assert path.read_text() == text
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("resources.num_gpus=-1", "resources.num_gpus: Input should be greater than or equal to 0"),
+        ("fit.iterations", "--set 'fit.iterations': expected FIELD.PATH=VALUE"),
+        ("name.first=x", "--set name.first: name is not a mapping (no field first)"),
+        ("fit.bogus=1", "fit.bogus: unknown fit field"),
+    ],
+)
+def test_a_bad_override_is_named_like_a_bad_file(tmp_path: Path, override: str, message: str) -> None:
+    with pytest.raises(ManifestError) as err:
+        load_manifest(write(tmp_path), [override])
+    assert message in str(err.value), str(err.value)
+
+
+def test_sweep_commands_take_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`dip sweep plan M --set fit.iterations=20`: one 64² fit of 20 iterations is 64² × 20 = 81,920
+    iteration·pixels; a bad value exits 2 naming the field."""
+    from pipeline.cli import main as dip
+
+    path = write(tmp_path)
+    storage = f"storage={tmp_path / 'results'}"
+    assert dip(["sweep", "plan", str(path), "--set", storage, "--set", "fit.iterations=20"]) == 0
+    assert "work ≈ 8.19e+04 iteration·pixels" in capsys.readouterr().out
+    assert dip(["sweep", "plan", str(path), "--set", "fit.iterations=0"]) == 2
+    assert "fit.iterations" in capsys.readouterr().err

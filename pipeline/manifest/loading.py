@@ -4,7 +4,8 @@ syntax errors with their line, then validated against the schema with every prob
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from pipeline.manifest.errors import (
     pydantic_message,
 )
 from pipeline.manifest.schema import Manifest
+from pipeline.messages import one_line
 
 
 def _duplicate_keys(node: yaml.Node | None, loc: Loc = ()) -> Iterator[Problem]:
@@ -78,7 +80,32 @@ def _parse(text: str, label: str) -> tuple[Any, yaml.Node | None]:
         loader.dispose()
 
 
-def load_manifest(source: str | Path) -> Manifest:
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str], label: str) -> dict[str, Any]:
+    """The manifest's data with each ``PATH=VALUE`` of ``overrides`` set (``--set``): PATH is a
+    dotted field path (``resources.num_gpus``, ``fit.iterations``), VALUE is read as YAML
+    (``0``, ``null``, ``[1, 2]``, ``{sigma: 25}``), mappings on the way are made as needed.
+    The result is validated like the file, so a bad override gets the same error a bad file would."""
+    out = copy.deepcopy(data)
+    for text in overrides:
+        path, sep, raw = text.partition("=")
+        fields = path.strip().split(".")
+        if not sep or not all(fields):
+            raise ManifestError([f"{label}: --set {text!r}: expected FIELD.PATH=VALUE, e.g. resources.num_gpus=0"])
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ManifestError([f"{label}: --set {path}: value is not YAML: {one_line(err)}"]) from None
+        node = out
+        for i, name in enumerate(fields[:-1]):
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                where = ".".join(fields[: i + 1])
+                raise ManifestError([f"{label}: --set {path}: {where} is not a mapping (no field {fields[i + 1]})"])
+        node[fields[-1]] = value
+    return out
+
+
+def load_manifest(source: str | Path, overrides: Sequence[str] = ()) -> Manifest:
     """Read and validate a manifest from a file (a Path, or a one-line str) or from YAML text.
 
     Raises ManifestError listing every problem found, one ``FILE:LINE: field.path: message``
@@ -94,16 +121,18 @@ def load_manifest(source: str | Path) -> Manifest:
             raise ManifestError([f"{label}: not UTF-8 text (byte {err.start})"]) from None
     else:
         label, text = "<manifest>", source
-    return parse_manifest(text, label)
+    return parse_manifest(text, label, overrides)
 
 
-def parse_manifest(text: str, label: str) -> Manifest:
-    """Validate manifest YAML text; `label` (a file name or URI) starts every error line."""
+def parse_manifest(text: str, label: str, overrides: Sequence[str] = ()) -> Manifest:
+    """Validate manifest YAML text, with `apply_overrides` of ``overrides``; `label` (a file name
+    or URI) starts every error line."""
     data, root = _parse(text, label)
     located = Source(label, root)
     problems = list(_duplicate_keys(root))
     if not isinstance(data, dict):
         raise located.error(problems + [((), "a manifest is a YAML mapping (name, images, tasks, model, ...)")])
+    data = apply_overrides(data, overrides, label)
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as err:
