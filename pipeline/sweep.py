@@ -121,6 +121,32 @@ def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int, custom:
     return FitWorker
 
 
+def worker_needs(gpus: float, cpus: float, custom: dict[str, float]) -> dict[str, tuple[str, float]]:
+    """What one fit worker asks of a node, by Ray resource name: (the manifest field, amount)."""
+    needs = {"CPU": ("resources.num_cpus", cpus), "GPU": ("resources.num_gpus", gpus)}
+    needs |= {name: (f"resources.custom.{name}", amount) for name, amount in custom.items()}
+    return {name: need for name, need in needs.items() if need[1] > 0}
+
+
+def unplaceable(needs: dict[str, tuple[str, float]], nodes: list[dict[str, Any]]) -> str | None:
+    """Why no live node can ever hold one worker (naming the manifest field and what the nodes
+    have), or None when one can. Only meaningful for a cluster that cannot grow."""
+    have = [node["Resources"] for node in nodes if node.get("Alive")]
+    if any(all(res.get(name, 0.0) >= amount for name, (_, amount) in needs.items()) for res in have):
+        return None
+    name, (field, amount) = next(
+        ((name, need) for name, need in needs.items() if not any(res.get(name, 0.0) >= need[1] for res in have)),
+        next(iter(needs.items())),  # each resource is somewhere, never all on one node: name the first
+    )
+    most = max((res.get(name, 0.0) for res in have), default=0.0)
+    way_out = {"CPU": f"{field}={most:g}", "GPU": f"{field}=0"}.get(name, "resources.custom={}")
+    return (
+        f"{field} = {amount:g} per worker, but no node of this Ray cluster has that much {name} "
+        f"({len(have)} node(s), at most {most:g} {name} each) and it cannot add nodes; run on a cluster "
+        f"that has it (--address), or change it for this run: --set {way_out}"
+    )
+
+
 def pool_size(
     manifest: Manifest, n_packs: int, num_gpus: float | None = None, custom: dict[str, float] | None = None
 ) -> int:
@@ -457,7 +483,6 @@ def run_sweep(
     if not todo:
         return SweepOutcome(0, 0, len(plan.specs), {}, 0.0)
 
-    mlflow_log = MlflowLog(manifest, store)
     connect(address)
     res = manifest.resources
     # Classical references (no network) never hold a GPU: in a GPU sweep they get CPU actors,
@@ -471,6 +496,11 @@ def run_sweep(
         )
         if group
     ]
+    if not (address or os.environ.get("RAY_ADDRESS")):  # a local cluster is all there will ever be
+        for _, gpus, custom in groups:
+            if reason := unplaceable(worker_needs(gpus, res.num_cpus, custom), ray.nodes()):
+                raise UserError(f"sweep {manifest.name}: {reason}")
+    mlflow_log = MlflowLog(manifest, store)
     lanes = []
     for group, gpus, custom in groups:
         worker_cls = fit_worker_class(gpus, res.num_cpus, res.max_retries, custom)

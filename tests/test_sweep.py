@@ -517,3 +517,31 @@ def test_trajectory_images_are_spread_evenly_and_bounded() -> None:
     assert [p.shape for _, p in sweep.trajectory_images(rgb, 24)] == [(4, 6, 3)] * 3
     assert sweep.trajectory_images(trajectory, 0) == []
     assert sweep.trajectory_images({"snapshots": np.zeros((3, 1, 8)), "snapshot_iterations": np.arange(3)}, 4) == []
+
+
+@pytest.mark.parametrize(
+    "resources, field",
+    [
+        ({"num_gpus": 1}, "resources.num_gpus = 1 per worker, but no node of this Ray cluster has that much GPU"),
+        ({"num_cpus": 4}, "resources.num_cpus = 4 per worker, but no node of this Ray cluster has that much CPU"),
+        ({"custom": {"accelerator": 1}}, "resources.custom.accelerator = 1 per worker"),
+    ],
+)
+def test_a_local_cluster_that_can_never_place_a_worker_is_an_error_not_a_wait(
+    ray_cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str], resources: dict, field: str
+) -> None:
+    """The session's local cluster has one node with 2 CPUs and no GPU: a worker asking for a GPU,
+    4 CPUs or a custom resource would wait forever. The sweep exits 2 naming the field and the way out."""
+    path = tiny_manifest(tmp_path, str(tmp_path / "r"))
+    doc = yaml.safe_load(path.read_text()) | {"resources": resources}
+    path.write_text(yaml.safe_dump(doc))
+    assert dip(["sweep", "run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert field in err and "(1 node(s), at most" in err
+    assert any(
+        f"--set {way_out}" in err for way_out in ("resources.num_gpus=0", "resources.num_cpus=2", "resources.custom={}")
+    )
+    assert not Store(str(tmp_path / "r")).done_keys()
+    override = "resources.num_gpus=0" if "num_gpus" in resources else "resources.num_cpus=1"
+    if "custom" not in resources:  # the way out it names works
+        assert dip(["sweep", "run", str(path), "--set", override]) == 0
