@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from dipmodel.networks import NETWORK_NAMES
 from dipmodel.operators import TASK_PARAMS, TaskParam, needed_params
-from pipeline.messages import DipError, UserError
+from pipeline.messages import DipError, Terminated, UserError
 
 if TYPE_CHECKING:  # imported lazily at run time (pydantic, fsspec): only the commands that read manifests need them
     from pipeline.manifest import Manifest
@@ -490,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into head & co.
         sys.stderr.close()
         return 0
+    except Terminated:
+        print("dip: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("dip: interrupted", file=sys.stderr)
         return 130

@@ -13,6 +13,11 @@ class UserError(DipError, ValueError):
     """A request that cannot be carried out as given (an option, a location, an empty store)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler or `kill` ending the run), raised where Ctrl-C would be, so that it
+    ends a sweep by the same path: stored fits kept, one line on how to resume, exit 143."""
+
+
 def one_line(message: str | BaseException, limit: int = 300) -> str:
     """The first non-blank line of a message, spaces collapsed, at most `limit` characters:
     third-party errors (botocore, MLflow, Ray) can span many lines. An exception with no message

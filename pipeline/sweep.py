@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -29,7 +30,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline.manifest import FitSpec, Manifest
-from pipeline.messages import UserError
+from pipeline.messages import Terminated, UserError
 from pipeline.record import flatten_for_mlflow, run_name, upgrade
 from pipeline.sources import expand_specs, open_store
 from pipeline.storage import Store
@@ -119,6 +120,17 @@ def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int, custom:
             return self.execute_fits(specs, self.store, self.device, self.storage_options)
 
     return FitWorker
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM end the sweep like Ctrl-C (`Terminated`). Set after Ray starts, whose core
+    worker would otherwise take the signal and print C++ stack dumps; only the main thread may."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated(signal.Signals(signum).name)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminate)
 
 
 def worker_needs(gpus: float, cpus: float, custom: dict[str, float]) -> dict[str, tuple[str, float]]:
@@ -484,6 +496,7 @@ def run_sweep(
         return SweepOutcome(0, 0, len(plan.specs), {}, 0.0)
 
     connect(address)
+    stop_on_sigterm()
     res = manifest.resources
     # Classical references (no network) never hold a GPU: in a GPU sweep they get CPU actors,
     # which reserve none of the custom resources (those stand for accelerators).
@@ -534,8 +547,9 @@ def run_sweep(
                 else:
                     bar.failed += 1
                     failures[record["key"]] = record["reason"]
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished fits are stored; rerun the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        how = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        print(f"\n{how}: finished fits are stored; rerun the same command to resume", file=sys.stderr)
         raise
     finally:
         for actor in dispatch.actors:
