@@ -133,6 +133,20 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, terminate)
 
 
+WAIT_TOLD_AFTER_S = 60.0  # how long fits wait for resources before the progress line says which
+
+
+def scarce(needs: dict[str, tuple[str, float]], total: dict[str, float]) -> str:
+    """The resources of a worker that the whole cluster has less of than one worker asks for,
+    as the progress line names them ("GPU (resources.num_gpus = 1, cluster 0)"); else "a free node"."""
+    short = [
+        f"{name} ({field} = {amount:g}, cluster {total.get(name, 0.0):g})"
+        for name, (field, amount) in needs.items()
+        if total.get(name, 0.0) < amount
+    ]
+    return ", ".join(short) or "a free node"
+
+
 def worker_needs(gpus: float, cpus: float, custom: dict[str, float]) -> dict[str, tuple[str, float]]:
     """What one fit worker asks of a node, by Ray resource name: (the manifest field, amount)."""
     needs = {"CPU": ("resources.num_cpus", cpus), "GPU": ("resources.num_gpus", gpus)}
@@ -192,6 +206,8 @@ class Progress:
     done: int = 0
     failed: int = 0
     running: int = 0
+    waiting: int = 0  # fits whose worker the cluster has not placed yet
+    waiting_for: str = ""  # what they wait for, once they have waited a while
     start: float = field(default_factory=time.monotonic)
     last_print: float = 0.0
     stream: Any = sys.stderr
@@ -202,9 +218,12 @@ class Progress:
         rate = finished / elapsed if elapsed > 0 else 0.0
         remaining = self.total - finished
         eta = f"{remaining / rate:.0f}s" if rate > 0 else "?"
+        waiting = f"waiting for resources {self.waiting} · " if self.waiting else ""
+        if self.waiting and self.waiting_for:
+            waiting = f"waiting for {self.waiting_for} {self.waiting} · "
         return (
             f"[{finished}/{self.total}] done {self.done} · failed {self.failed} · running {self.running} · "
-            f"remaining {remaining} · {rate:.2f} fits/s · ETA {eta}"
+            f"{waiting}remaining {remaining} · {rate:.2f} fits/s · ETA {eta}"
         )
 
     def show(self, force: bool = False) -> None:
@@ -396,12 +415,25 @@ class Dispatch:
         self.running: dict[Any, tuple[int, list[FitSpec]]] = {}
         self.lost: Counter[tuple[str, ...]] = Counter()  # failed attempts per call (its fit keys)
         self.max_retries = max_retries
+        # An actor Ray has not yet placed and constructed answers no call: until its first
+        # __ray_ready__ returns, the fits handed to it wait for resources rather than run.
+        self.starting = {actor.__ray_ready__.remote(): i for i, actor in enumerate(self.actors)}
+        self.started: set[int] = set()
 
     def busy(self) -> bool:
         return bool(any(self.queues) or self.running)
 
     def running_fits(self) -> int:
-        return sum(len(call) for _, call in self.running.values())
+        """Fits handed to actors that are up (placed and constructed)."""
+        return sum(len(call) for i, call in self.running.values() if i in self.started)
+
+    def waiting_fits(self) -> dict[int, int]:
+        """Fits handed to actors that the cluster has not placed yet, by lane."""
+        waiting: Counter[int] = Counter()
+        for i, call in self.running.values():
+            if i not in self.started:
+                waiting[self.lane_of[i]] += len(call)
+        return dict(waiting)
 
     def _hand_out(self) -> None:
         now = time.monotonic()
@@ -424,9 +456,12 @@ class Dispatch:
         if not (self.running or self.probes):
             time.sleep(min(timeout, 0.2))
             return []
-        ready, _ = ray.wait([*self.running, *self.probes], num_returns=1, timeout=timeout)
+        ready, _ = ray.wait([*self.running, *self.probes, *self.starting], num_returns=1, timeout=timeout)
         out: list[tuple[FitSpec, dict[str, Any] | None]] = []
         for ref in ready:
+            if ref in self.starting:  # up (or failed to start: its calls fail and are retried as any)
+                self.started.add(self.starting.pop(ref))
+                continue
             if ref in self.probes:
                 self._probed(ref)
                 continue
@@ -514,8 +549,9 @@ def run_sweep(
             if reason := unplaceable(worker_needs(gpus, res.num_cpus, custom), ray.nodes()):
                 raise UserError(f"sweep {manifest.name}: {reason}")
     mlflow_log = MlflowLog(manifest, store)
-    lanes = []
+    lanes, needs = [], []
     for group, gpus, custom in groups:
+        needs.append(worker_needs(gpus, res.num_cpus, custom))
         worker_cls = fit_worker_class(gpus, res.num_cpus, res.max_retries, custom)
         calls = packs(group, res.pack)
         size = pool_size(manifest, len(calls), gpus, custom)
@@ -524,8 +560,16 @@ def run_sweep(
     bar = Progress(total=len(todo))
     failures: dict[str, str] = {}
     try:
+        waiting_since: float | None = None
         while dispatch.busy():
             bar.running = dispatch.running_fits()
+            waiting = dispatch.waiting_fits()
+            bar.waiting = sum(waiting.values())
+            waiting_since = (waiting_since or time.monotonic()) if waiting else None
+            bar.waiting_for = bar.waiting_for if waiting else ""
+            if waiting_since is not None and time.monotonic() - waiting_since > WAIT_TOLD_AFTER_S:
+                total = ray.cluster_resources()
+                bar.waiting_for = "; ".join(sorted({scarce(needs[lane], total) for lane in waiting}))
             if progress:
                 bar.show()
             for spec, record in dispatch.next():

@@ -548,3 +548,27 @@ def test_a_local_cluster_that_can_never_place_a_worker_is_an_error_not_a_wait(
     override = "resources.num_gpus=0" if "num_gpus" in resources else "resources.num_cpus=1"
     if "custom" not in resources:  # the way out it names works
         assert dip(["sweep", "run", str(path), "--set", override]) == 0
+
+
+def test_fits_on_workers_the_cluster_cannot_place_wait_and_say_for_what(ray_cluster, tmp_path: Path) -> None:
+    """A lane whose worker asks for a resource no node has (as on an autoscaling cluster before it
+    grows): its fits count as waiting, not running, and the line names the resource and field."""
+    import ray
+
+    manifest = load_manifest(tiny_manifest(tmp_path, str(tmp_path / "r")))
+    specs = sweep.make_plan(manifest).specs
+    store = Store(str(tmp_path / "r"))
+    needs = sweep.worker_needs(0, 1, {"accelerator": 1})
+    stuck = sweep.fit_worker_class(0, 1, 0, {"accelerator": 1}).remote(store.uri, None)
+    dispatch = sweep.Dispatch([([stuck], [specs[:2]])], max_retries=0)
+    try:
+        for _ in range(5):
+            assert dispatch.next(timeout=0.5) == []
+        assert dispatch.waiting_fits() == {0: 2} and dispatch.running_fits() == 0
+    finally:
+        ray.kill(stuck)
+    told = sweep.scarce(needs, ray.cluster_resources())
+    assert told == "accelerator (resources.custom.accelerator = 1, cluster 0)"
+    bar = sweep.Progress(total=4, running=0, waiting=2, waiting_for=told)
+    assert "running 0 · waiting for accelerator (resources.custom.accelerator = 1, cluster 0) 2 ·" in bar.line()
+    assert "waiting" not in sweep.Progress(total=4, running=2).line()
