@@ -270,6 +270,7 @@ class MlflowLog:
             self.tracker = Tracker(manifest.mlflow.tracking_uri, manifest.mlflow.experiment or manifest.name)
             self.parent = self.tracker.sweep_run(manifest.name, {"storage": manifest.storage_uri})
             self.tracker.log_sweep_files(self.parent, {"manifest.yaml": manifest_text(manifest)})
+            print(f"MLflow: {self.tracker.experiment_url()}", file=sys.stderr)
         except TrackingError as err:
             self.disable(err)
             return

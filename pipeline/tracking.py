@@ -269,6 +269,15 @@ class Tracker:
         with self._mlflow(f"logging {folder}"):
             self._client.log_artifacts(parent_id, str(folder), artifact_path=artifact_path)
 
+    def experiment_url(self) -> str:
+        """Where a person browses the experiment: its runs, in the UI's model-training view. MLflow
+        3's UI picks its view from the URL, else from the browser's last choice (GenAI by
+        default), so the link says which. An embedded store is browsed through `mlflow ui`."""
+        page = f"#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"{self.tracking_uri.rstrip('/')}/{page}"
+        return f"mlflow ui --backend-store-uri {self.tracking_uri} --host 127.0.0.1, then http://127.0.0.1:5000/{page}"
+
     def find_sweep_run(self, sweep: str) -> str | None:
         """The sweep's parent run id, or None; unlike `sweep_run` it neither creates nor reopens it."""
         found = self._search(f"tags.dip.sweep = {_literal(sweep)} AND tags.dip.kind = 'sweep'")
