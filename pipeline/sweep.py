@@ -267,7 +267,7 @@ class MlflowLog:
         if not manifest.mlflow.enabled:
             return
         try:
-            self.tracker = Tracker(manifest.mlflow.tracking_uri, manifest.mlflow.experiment or manifest.name)
+            self.tracker = manifest_tracker(manifest)
             self.parent = self.tracker.sweep_run(manifest.name, {"storage": manifest.storage_uri})
             self.tracker.log_sweep_files(self.parent, {"manifest.yaml": manifest_text(manifest)})
             print(f"MLflow: {self.tracker.experiment_url()}", file=sys.stderr)
@@ -326,6 +326,11 @@ class MlflowLog:
                 self.tracker.finish_sweep(self.parent)
             except TrackingError as err:
                 self.disable(err)
+
+
+def manifest_tracker(manifest: Manifest) -> Tracker:
+    """The tracker of the manifest's MLflow experiment (its name by default)."""
+    return Tracker(manifest.mlflow.tracking_uri, manifest.mlflow.experiment or manifest.name)
 
 
 def manifest_text(manifest: Manifest) -> bytes:
@@ -608,7 +613,7 @@ def run_sweep(
 def sync_mlflow(manifest: Manifest) -> tuple[int, int]:
     """Log every stored fit that MLflow lacks; returns (newly logged, already there)."""
     store = open_store(manifest)
-    tracker = Tracker(manifest.mlflow.tracking_uri, manifest.mlflow.experiment or manifest.name)
+    tracker = manifest_tracker(manifest)
     parent = tracker.sweep_run(manifest.name, {"storage": manifest.storage_uri})
     tracker.log_sweep_files(parent, {"manifest.yaml": manifest_text(manifest)})
     have = tracker.logged_keys(parent)
@@ -626,7 +631,7 @@ def sync_mlflow(manifest: Manifest) -> tuple[int, int]:
 def publish_report(manifest: Manifest, folder: Path) -> str:
     """A written report (``dip report --mlflow``) as the sweep run's ``report/`` artifacts;
     returns the run id. The sweep must have been logged (by a run or sync-mlflow) first."""
-    tracker = Tracker(manifest.mlflow.tracking_uri, manifest.mlflow.experiment or manifest.name)
+    tracker = manifest_tracker(manifest)
     parent = tracker.find_sweep_run(manifest.name)
     if parent is None:
         raise UserError(

@@ -157,7 +157,7 @@ class Tracker:
 
         Params are write-once in MLflow, so only those the run lacks are logged (a resumed
         sweep keeps the values of its first run)."""
-        found = self._search(f"tags.dip.sweep = {_literal(sweep)} AND tags.dip.kind = 'sweep'")
+        found = self._sweep_runs(sweep)
         with self._mlflow(f"recording sweep {sweep!r}"):
             if found:
                 run = found[0]
@@ -280,8 +280,12 @@ class Tracker:
 
     def find_sweep_run(self, sweep: str) -> str | None:
         """The sweep's parent run id, or None; unlike `sweep_run` it neither creates nor reopens it."""
-        found = self._search(f"tags.dip.sweep = {_literal(sweep)} AND tags.dip.kind = 'sweep'")
+        found = self._sweep_runs(sweep)
         return found[0].info.run_id if found else None
+
+    def _sweep_runs(self, sweep: str) -> list[Run]:
+        """The parent runs tagged with this sweep's name, oldest first."""
+        return self._search(f"tags.dip.sweep = {_literal(sweep)} AND tags.dip.kind = 'sweep'")
 
     def finish_sweep(self, parent_id: str, status: str = FINISHED) -> None:
         """Close the sweep's parent run (FINISHED, FAILED or KILLED)."""
