@@ -281,16 +281,16 @@ def setting_name(fit: Mapping[str, Any], shown: Sequence[str]) -> str:
     return " ".join(parts) or "fit"
 
 
-def run_name(row: Mapping[str, Any]) -> str:
+def run_name(row: Mapping[str, Any], shown: Sequence[str] = ()) -> str:
     """What a fit is, for a person browsing runs: "F16 · denoise σ=25 · decoder λ=2 · seed 0".
 
     The image by its file stem, the task with its parameters, the method or network with its
-    λ and optimiser (`setting_name` with nothing else varying), the seed. The key stays a tag.
+    λ and optimiser and the `shown` settings (`setting_name`), the seed. The key stays a tag.
     """
     image = re.split(r"[/:]", str(row.get("image") or "?"))[-1].rsplit(".", 1)[0]
     params = {k.removeprefix("param_"): v for k, v in row.items() if k.startswith("param_")}
     task = " ".join(part for part in (str(row.get("task") or "?"), params_label(params)) if part)
-    parts = [image, task, setting_name(row, ())]
+    parts = [image, task, setting_name(row, shown)]
     if present(row.get("seed")):
         parts.append(f"seed {fmt(row['seed'])}")
     return " · ".join(parts)

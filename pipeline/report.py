@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from dipmodel import metrics as M
-from pipeline import plots
+from pipeline import explorer, plots
 from pipeline.claims import FBC_LEVEL, band_convergence, verdict_lines, verdicts
 from pipeline.images import decode
 from pipeline.messages import UserError
@@ -1134,6 +1134,12 @@ def write_report(
         write_band_convergence(restored, store, out)
         write_figures(restored, store, experiment, iterations, max_groups, out)
     lines = _summary_lines(store, fits, name, experiment)
+    if not measured.all():
+        page = explorer.write_explorer(fits, store, out.root, name or "sweep", varying_settings(fits))
+        lines.append(
+            f"- [trajectory explorer]({page.name}): every fit in a table to filter, group and sort; a fit's "
+            "outputs, error maps, curves and power spectra along its trajectory on one slider, up to four side by side"
+        )
     claims = verdict_lines(verdicts(fits, FitFiles(store)))
     if claims:
         lines += ["", "## The papers' claims", "", *claims]
