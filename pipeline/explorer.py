@@ -115,7 +115,8 @@ def _curves(metrics: pd.DataFrame) -> dict[str, list[float | None]]:
     curves = {"iteration": thinned["iteration"].astype(int).tolist()}
     for column in CURVES:
         if column in thinned:
-            curves[column] = [_json_value(v) for v in thinned[column].to_numpy(dtype=np.float64)]
+            values = np.round(thinned[column].to_numpy(dtype=np.float64), 4).tolist()
+            curves[column] = [v if math.isfinite(v) else None for v in values]
     return curves
 
 

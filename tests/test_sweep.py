@@ -175,7 +175,9 @@ def test_mlflow_server_gets_a_parent_and_nested_runs(ray_cluster, tmp_path: Path
     assert pq.read_table(local / "summary.parquet").num_rows == 4
     manifest_path = tmp_path / "tracked.yaml"
     assert dip(["report", str(manifest_path), "--out", str(tmp_path / "report"), "--mlflow"]) == 0
-    assert "report/index.md" in {a.path for a in client.list_artifacts(parent, "report")}
+    assert {"report/index.md", "report/explorer.html", "report/explorer"} <= {
+        a.path for a in client.list_artifacts(parent, "report")
+    }
     assert client.get_run(parent).info.status == "FINISHED"
 
 
