@@ -420,8 +420,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         added, present = sweep.sync_mlflow(manifest)
         print(f"MLflow: logged {added} missing fits; {present} were already there")
     elif args.action == "collect":
-        out = sweep.collect(manifest, args.out)
-        print(f"wrote {out}")
+        out, added = sweep.collect(manifest, args.out)
+        print(f"wrote {out}; metrics of {added} new fit(s) added to the query dataset (dip query)")
     return 0
 
 
@@ -445,6 +445,38 @@ def run_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_query_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "query",
+        help="answer SQL over a sweep's fits and per-iteration metrics (DuckDB)",
+        description="Run SQL over two views of a collected sweep: fits (one row per fit: the summary "
+        "columns) and metrics (one row per fit and logged iteration: key, the spec columns, iteration "
+        "and every metric). Run 'dip sweep collect' first; docs/storage.md has examples.",
+    )
+    p.add_argument("source", help="manifest or storage root (path or URI)")
+    p.add_argument("sql", help='e.g. "SELECT lam, iteration, avg(fbc_5) FROM metrics GROUP BY ALL ORDER BY ALL"')
+    p.add_argument("--out", type=Path, default=None, help="also write the answer here (.csv or .parquet)")
+
+
+def run_query(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from pipeline.query import query
+    from pipeline.sources import open_store
+
+    if args.out and args.out.suffix not in (".csv", ".parquet"):
+        raise UserError(f"--out {args.out}: write the answer to a .csv or .parquet file")
+    answer = query(open_store(args.source), args.sql)
+    if args.out and args.out.suffix == ".csv":
+        answer.to_csv(args.out, index=False)
+    elif args.out:
+        answer.to_parquet(args.out)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(answer.to_string(max_rows=60, index=False))
+    print(f"({len(answer)} row(s))")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dip", description="Deep-image-prior spectral-bias studies.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
@@ -455,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_submit_parser(sub)
     add_report_parser(sub)
     add_reproduce_parser(sub)
+    add_query_parser(sub)
     return parser
 
 
@@ -465,6 +498,7 @@ COMMANDS = {
     "submit": run_submit,
     "report": run_report,
     "reproduce": run_reproduce,
+    "query": run_query,
 }
 
 

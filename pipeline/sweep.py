@@ -658,8 +658,13 @@ def status(manifest: Manifest) -> dict[str, Any]:
     }
 
 
-def collect(manifest: Manifest, out: str | None = None) -> str:
-    """All done fits' summaries as one Parquet file (default ``<storage>/summary.parquet``)."""
+def collect(manifest: Manifest, out: str | None = None) -> tuple[str, int]:
+    """All done fits' summaries as one Parquet file (default ``<storage>/summary.parquet``), and
+    the metrics of fits new since the last collect copied into the queryable dataset
+    (`pipeline.query`); returns the summary's URI and how many fits were copied."""
+    from pipeline.query import consolidate
+
     store = open_store(manifest)
-    store.collect(out, upgrade=upgrade)
-    return out or f"{store.uri.rstrip('/')}/summary.parquet"
+    table = store.collect(out, upgrade=upgrade)
+    added = consolidate(store, table)
+    return out or f"{store.uri.rstrip('/')}/summary.parquet", added
