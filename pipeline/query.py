@@ -138,7 +138,41 @@ def query(store: Store, sql: str) -> pd.DataFrame:
     """The answer to `sql` over the views ``fits`` and ``metrics`` of a store."""
     import duckdb
 
+    con = _connect(store, read_index(store))
+    try:
+        return con.execute(sql).df()
+    except duckdb.Error as error:
+        raise UserError(f"query failed: {str(error).splitlines()[0]}") from error
+
+
+def band_crossings(store: Store, level: float) -> pd.DataFrame:
+    """Per fit in the query dataset that has FBC columns: ``key``, then per band the first
+    iteration at which it reaches `level` × its own maximum over the fit (the report's band
+    convergence, Shi et al. Fig. 3), in one pass over the dataset. Empty without a dataset."""
     parts = read_index(store)
+    if not parts:
+        return pd.DataFrame(columns=["key"])
+    con = _connect(store, parts)
+    bands = sorted(
+        (name for (name,) in con.execute("SELECT column_name FROM (DESCRIBE metrics)").fetchall()),
+        key=lambda name: (len(name), name),
+    )
+    bands = [b for b in bands if b.startswith("fbc_")]
+    if not bands:
+        return pd.DataFrame(columns=["key"])
+    peaks = ", ".join(f"max({b}) AS peak_{b}" for b in bands)
+    firsts = ", ".join(f"min(m.iteration) FILTER (WHERE m.{b} >= {level!r} * p.peak_{b}) AS {b}" for b in bands)
+    sql = (
+        f"WITH p AS (SELECT key, {peaks} FROM metrics WHERE {bands[0]} IS NOT NULL GROUP BY key) "
+        f"SELECT m.key, {firsts} FROM metrics m JOIN p USING (key) GROUP BY m.key"
+    )
+    return con.execute(sql).df()
+
+
+def _connect(store: Store, parts: dict[str, list[str]]) -> Any:
+    """A DuckDB connection with the store's views ``fits`` and ``metrics``."""
+    import duckdb
+
     summary = f"{store.root}/summary.parquet"
     if not parts or not with_retries(lambda: store.fs.exists(summary)):
         raise UserError(f"storage {store.uri} has no collected results to query: run 'dip sweep collect' first")
@@ -149,7 +183,4 @@ def query(store: Store, sql: str) -> pd.DataFrame:
     files = [_duckdb_path(store, f"{store.root}/{DATASET}/{name}") for name in parts]
     con.execute(f"CREATE VIEW fits AS SELECT * FROM read_parquet('{_duckdb_path(store, summary)}')")
     con.execute(f"CREATE VIEW metrics AS SELECT * FROM read_parquet({files!r}, union_by_name = true)")
-    try:
-        return con.execute(sql).df()
-    except duckdb.Error as error:
-        raise UserError(f"query failed: {str(error).splitlines()[0]}") from error
+    return con

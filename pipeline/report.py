@@ -29,6 +29,7 @@ from pipeline.claims import FBC_LEVEL, band_convergence, verdict_lines, verdicts
 from pipeline.images import decode
 from pipeline.messages import UserError
 from pipeline.paper import FIGURE_ITERATIONS, PaperTable, paper_row, tables_for
+from pipeline.query import band_crossings
 from pipeline.record import params_label, present, setting_name, upgrade, with_schema
 from pipeline.single import SE_CONVERGED
 from pipeline.sources import is_manifest, open_store, read_manifest
@@ -549,8 +550,13 @@ def write_stopping(fits: pd.DataFrame, out: Output) -> None:
 def write_band_convergence(fits: pd.DataFrame, store: Store, out: Output) -> None:
     """Shi Fig. 3's claim as a table: the low bands converge before the high ones."""
     section = "Spectral bias"
+    # from the query dataset in one pass where `dip sweep collect` made one; else fit by fit
+    crossings = band_crossings(store, FBC_LEVEL).set_index("key")
     rows = []
     for fit in fits[~fits["one_d"]].itertuples(index=False):
+        if fit.key in crossings.index:
+            rows.append([fit.task, fit.params, fit.setting, *crossings.loc[fit.key].astype(float)])
+            continue
         metrics = store.read_metrics(fit.key).to_pandas()
         if any(c.startswith("fbc_") for c in metrics.columns):
             rows.append([fit.task, fit.params, fit.setting, *band_convergence(metrics)])

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from pipeline import query
+from pipeline.claims import FBC_LEVEL, band_convergence
 from pipeline.cli import main as dip
 from pipeline.storage import Store
 from tests.test_sweep import tiny_manifest
@@ -54,6 +55,12 @@ def test_collect_then_query_locally_and_incrementally(ray_cluster, tmp_path: Pat
     # every row names its fit, and carries its spec: rows per fit are the fit's logged iterations
     per_fit = query.query(store, "SELECT key, image, seed, count(*) AS n FROM metrics GROUP BY ALL")
     assert len(per_fit) == 4 and set(per_fit["n"]) == {store.read_metrics(per_fit["key"][0]).num_rows}
+
+    # the report's band-convergence iterations in one query equal those computed fit by fit
+    crossings = query.band_crossings(store, FBC_LEVEL).set_index("key")
+    assert sorted(crossings.index) == sorted(store.done_keys())
+    for key in crossings.index:
+        assert list(crossings.loc[key].astype(float)) == band_convergence(store.read_metrics(key).to_pandas())
 
     # a second sweep into the same storage: the next collect copies only its fits, into a new part
     [old_part] = query.read_index(store)
