@@ -135,9 +135,23 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
+def _parquet_bytes(table: pa.Table, curves: bool = False) -> bytes:
+    """Parquet in memory. `curves` (per-iteration metrics) are written with encodings that suit
+    smooth float series: byte-stream-split floats and delta-coded iterations under zstd, without
+    dictionaries (about half the default's size on real fits)."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
+    if curves:
+        floats = [f.name for f in table.schema if pa.types.is_floating(f.type)]
+        pq.write_table(
+            table,
+            sink,
+            compression="zstd",
+            use_dictionary=False,
+            use_byte_stream_split=floats,
+            column_encoding={"iteration": "DELTA_BINARY_PACKED"},
+        )
+    else:
+        pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
 
 
@@ -302,7 +316,7 @@ class Store:
             return False
         files = {
             "spec.json": _to_json(spec),
-            "metrics.parquet": _parquet_bytes(_metrics_table(metrics)),
+            "metrics.parquet": _parquet_bytes(_metrics_table(metrics), curves=True),
             "trajectory.npz": _npz_bytes(trajectory),
         } | {f"{_part(name)}.png": png for name, png in images.items()}
         marker = _to_json({"key": key, **summary})
