@@ -186,9 +186,10 @@ def why_cannot_grow(needs: dict[str, tuple[str, float]], wait_s: float = AUTOSCA
     node holds waits forever, so the sweep is refused instead.
 
     Read from what the cluster's autoscaler publishes in the GCS key-value store (Ray 2.60):
-    its node types when it reports them (``ClusterConfig`` under ``__autoscaler_cluster_config``,
-    what ``ray._private.state.GlobalState.get_cluster_config`` reads): it can grow if a node type
-    that may still start (``max_count`` not 0) holds the worker. Else the v1 monitor's report
+    its node types when it reports them (the GCS's ReportClusterConfig stores a ``ClusterConfig``
+    under ``__autoscaler_cluster_config``, which ``ray._private.state.GlobalState.get_cluster_config``
+    reads; Ray 2.60's own autoscalers never call it, ray-project/ray#63012): it can grow if a node
+    type that may still start (``max_count`` not 0) holds the worker. Else the v1 monitor's report
     (``__autoscaling_status``, what ``ray status`` prints): ``ray start --head`` without an
     autoscaling config starts that monitor too, but with Ray's read-only provider, which only
     mirrors the nodes it sees and names each one's type ``node_<its node id>``
