@@ -194,10 +194,12 @@ def why_cannot_grow(needs: dict[str, tuple[str, float]], wait_s: float = AUTOSCA
     autoscaling config starts that monitor too, but with Ray's read-only provider, which only
     mirrors the nodes it sees and names each one's type ``node_<its node id>``
     (``format_readonly_node_type``); any other node type comes from a real provider, which can
-    add nodes. Autoscaler v2 (``__autoscaler_v2_enabled`` = 1) publishes no node types: it may
-    grow. Whatever is uncertain counts as "may grow", so that no sweep is refused wrongly (it
-    then waits, and its progress line says for what): no monitor report within ``wait_s`` (a
-    fresh cluster's monitor has not reported its nodes yet), or a report that cannot be read.
+    add nodes. Autoscaler v2 (``__autoscaler_v2_enabled`` = 1) publishes no node types, and the
+    requests it reports infeasible include ones its node types hold but its ``max_workers`` leave
+    no room for now (``ResourceDemandScheduler._try_schedule``): it may grow. Whatever is
+    uncertain counts as "may grow", so that no sweep is refused wrongly (it then waits, and its
+    progress line says for what): no monitor report within ``wait_s`` (a fresh cluster's monitor
+    has not reported its nodes yet), or a report that cannot be read.
     """
     from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
 
