@@ -213,7 +213,7 @@ class HeadStartedByHand:
             "--disable-usage-stats",
         ]
         env = {k: v for k, v in env.items() if k not in {"RAY_ADDRESS", "RAY_enable_autoscaler_v2"}}
-        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only, fake worker nodes too
+        env |= {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONUNBUFFERED": "1"}  # loopback only, fake nodes too
         if autoscaling is not None:
             config = Path(temp_dir) / "autoscaling.json"
             config.write_text(json.dumps(fake_multinode_config(address, autoscaling)))
@@ -237,7 +237,7 @@ class HeadStartedByHand:
     def monitor_report(self) -> dict[str, Any] | None:
         """What Ray's autoscaling monitor last reported (the JSON `ray status` prints), if it has."""
         from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
-        from ray._raylet import GcsClient
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]  # not in _raylet.pyi
 
         status = GcsClient(address=self.address).internal_kv_get(DEBUG_AUTOSCALING_STATUS.encode(), None)
         return json.loads(status) if status else None
