@@ -622,7 +622,12 @@ def test_an_autoscaling_cluster_is_left_to_add_the_node_a_worker_needs(tmp_path:
     has the custom resource `slot` that the head lacks: the sweep is not refused, says it waits
     for the autoscaler, which adds that node, and every fit is done there."""
     node_types = {
-        "slot-node": {"resources": {"CPU": 1, "slot": 1}, "node_config": {}, "min_workers": 0, "max_workers": 1}
+        "slot-node": {
+            "resources": {"CPU": 1, "slot": 1, "object_store_memory": 200 * 1024**2},
+            "node_config": {},
+            "min_workers": 0,
+            "max_workers": 1,
+        }
     }
     head = HeadStartedByHand.start(dict(os.environ), autoscaling=node_types)
     try:
