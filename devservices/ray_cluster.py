@@ -7,8 +7,12 @@ stands in for GPUs, so fits are scheduled as on a GPU cluster. Start it in the e
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -167,3 +171,128 @@ def wait_for_job(client: Any, job_id: str, timeout: float) -> str:
     """Block until the job ends (succeeded, failed or stopped); returns that status."""
     status = wait_until(lambda: (s := client.get_job_status(job_id)).is_terminal() and s, timeout, f"job {job_id}", 1)
     return str(status)
+
+
+@dataclass
+class HeadStartedByHand:
+    """A Ray head run by ``ray start --head --block`` on 127.0.0.1 (1 CPU, no GPU, no dashboard), as
+    an operator starts one: without ``autoscaling`` Ray's monitor runs with its read-only provider
+    (the cluster cannot grow); with ``autoscaling`` (worker node types, as in a ``ray up`` config)
+    the v1 autoscaler runs with Ray's fake multi-node provider, whose worker nodes are more raylets
+    on this machine (what ``ray.cluster_utils.AutoscalingCluster`` starts, without its
+    ``ray stop --force``, which would stop every Ray on the machine). Pass ``env`` from
+    `cluster_environment` or the test session's own."""
+
+    process: subprocess.Popen
+    address: str  # the GCS, for --address
+    temp_dir: str
+
+    @classmethod
+    def start(
+        cls, env: dict[str, str], autoscaling: dict[str, Any] | None = None, timeout: float = 180
+    ) -> HeadStartedByHand:
+        temp_dir = tempfile.mkdtemp(prefix="dipray-", dir="/tmp")  # sessions and logs of its own
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        cmd = [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=1",
+            "--num-gpus=0",
+            f"--object-store-memory={200 * 1024**2}",
+            "--include-dashboard=false",
+            # ports that are one per machine by default, which other Rays here may hold
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ]
+        env = {k: v for k, v in env.items() if k not in {"RAY_ADDRESS", "RAY_enable_autoscaler_v2"}}
+        env |= {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONUNBUFFERED": "1"}  # loopback only, fake nodes too
+        if autoscaling is not None:
+            config = Path(temp_dir) / "autoscaling.json"
+            config.write_text(json.dumps(fake_multinode_config(address, autoscaling)))
+            cmd.append(f"--autoscaling-config={config}")
+            env |= {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+        log = Path(temp_dir) / "ray-start.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        head = cls(process, address, temp_dir)
+        try:
+            wait_until(
+                lambda: process.poll() is not None or "Ray runtime started" in log.read_text(), timeout, "ray start"
+            )
+            if process.poll() is not None:
+                raise RuntimeError(f"ray start exited {process.returncode}: {log.read_text()[-3000:]}")
+        except BaseException:
+            head.stop()
+            raise
+        return head
+
+    def monitor_report(self) -> dict[str, Any] | None:
+        """What Ray's autoscaling monitor last reported (the JSON `ray status` prints), if it has."""
+        from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]  # not in _raylet.pyi
+
+        status = GcsClient(address=self.address).internal_kv_get(DEBUG_AUTOSCALING_STATUS.encode(), None)
+        return json.loads(status) if status else None
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL, the head's process group, then any process of this cluster left
+        (its workers and fake nodes: found by its temp dir, a name of its own, in their command lines)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, sig)
+                self.process.wait(timeout=15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and proc.stat().st_uid == os.getuid():
+                    cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+                    if self.temp_dir in cmdline:
+                        os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:  # gone meanwhile
+                pass
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def fake_multinode_config(gcs_address: str, worker_node_types: dict[str, Any]) -> dict[str, Any]:
+    """An autoscaling config for Ray's fake multi-node provider (Ray's fake_multi_node/example.yaml,
+    which the wheel does not ship): a 1-CPU head and ``worker_node_types``."""
+    return {
+        "cluster_name": "fake_multinode",
+        "max_workers": sum(t.get("max_workers", 0) for t in worker_node_types.values()),
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": gcs_address,  # else the provider's nodes join port 6379
+        },
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 1, "GPU": 0}, "node_config": {}, "max_workers": 0},
+            **worker_node_types,
+        },
+        "head_node_type": "ray.head.default",
+        "auth": {},
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 5,
+        "docker": {},
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+    }

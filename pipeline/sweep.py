@@ -12,6 +12,7 @@ resume, status and the MLflow backfill all start from the done/failed markers.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import queue
@@ -154,9 +155,12 @@ def worker_needs(gpus: float, cpus: float, custom: dict[str, float]) -> dict[str
     return {name: need for name, need in needs.items() if need[1] > 0}
 
 
-def unplaceable(needs: dict[str, tuple[str, float]], nodes: list[dict[str, Any]]) -> str | None:
+def unplaceable(
+    needs: dict[str, tuple[str, float]], nodes: list[dict[str, Any]], fixed: str = "it cannot add nodes"
+) -> str | None:
     """Why no live node can ever hold one worker (naming the manifest field and what the nodes
-    have), or None when one can. Only meaningful for a cluster that cannot grow."""
+    have), or None when one can. Only meaningful for a cluster that cannot grow: ``fixed`` says
+    why it cannot (`why_cannot_grow`)."""
     have = [node["Resources"] for node in nodes if node.get("Alive")]
     if any(all(res.get(name, 0.0) >= amount for name, (_, amount) in needs.items()) for res in have):
         return None
@@ -168,9 +172,71 @@ def unplaceable(needs: dict[str, tuple[str, float]], nodes: list[dict[str, Any]]
     way_out = {"CPU": f"{field}={most:g}", "GPU": f"{field}=0"}.get(name, "resources.custom={}")
     return (
         f"{field} = {amount:g} per worker, but no node of this Ray cluster has that much {name} "
-        f"({len(have)} node(s), at most {most:g} {name} each) and it cannot add nodes; run on a cluster "
+        f"({len(have)} node(s), at most {most:g} {name} each) and {fixed}; run on a cluster "
         f"that has it (--address), or change it for this run: --set {way_out}"
     )
+
+
+AUTOSCALER_REPORT_WAIT_S = 12.0  # Ray's monitor reports every 5 s (AUTOSCALER_UPDATE_INTERVAL_S)
+
+
+def why_cannot_grow(needs: dict[str, tuple[str, float]], wait_s: float = AUTOSCALER_REPORT_WAIT_S) -> str | None:
+    """Why the connected Ray cluster can never add a node that holds one worker (the end of
+    `unplaceable`'s line), or None when it can or may: on a cluster that cannot grow, a worker no
+    node holds waits forever, so the sweep is refused instead.
+
+    Read from what the cluster's autoscaler publishes in the GCS key-value store (Ray 2.60):
+    its node types when it reports them (the GCS's ReportClusterConfig stores a ``ClusterConfig``
+    under ``__autoscaler_cluster_config``, which ``ray._private.state.GlobalState.get_cluster_config``
+    reads; Ray 2.60's own autoscalers never call it, ray-project/ray#63012): it can grow if a node
+    type that may still start (``max_count`` not 0) holds the worker. Else the v1 monitor's report
+    (``__autoscaling_status``, what ``ray status`` prints): ``ray start --head`` without an
+    autoscaling config starts that monitor too, but with Ray's read-only provider, which only
+    mirrors the nodes it sees and names each one's type ``node_<its node id>``
+    (``format_readonly_node_type``); any other node type comes from a real provider, which can
+    add nodes. Autoscaler v2 (``__autoscaler_v2_enabled`` = 1) publishes no node types, and the
+    requests it reports infeasible include ones its node types hold but its ``max_workers`` leave
+    no room for now (``ResourceDemandScheduler._try_schedule``): it may grow. Whatever is
+    uncertain counts as "may grow", so that no sweep is refused wrongly (it then waits, and its
+    progress line says for what): no monitor report within ``wait_s`` (a fresh cluster's monitor
+    has not reported its nodes yet), or a report that cannot be read.
+    """
+    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+
+    # neither is in Ray's type stubs: _raylet.pyi lacks the constants, protoc's modules build their classes at import
+    from ray._raylet import (  # type: ignore[attr-defined]
+        GCS_AUTOSCALER_CLUSTER_CONFIG_KEY,
+        GCS_AUTOSCALER_STATE_NAMESPACE,
+        GCS_AUTOSCALER_V2_ENABLED_KEY,
+    )
+    from ray.core.generated.autoscaler_pb2 import ClusterConfig  # type: ignore[attr-defined]
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            config = _internal_kv_get(GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, namespace=GCS_AUTOSCALER_STATE_NAMESPACE)
+            if config and (groups := ClusterConfig.FromString(config).node_group_configs):
+                if any(
+                    group.max_count != 0
+                    and all(group.resources.get(name, 0) >= amount for name, (_, amount) in needs.items())
+                    for group in groups
+                ):
+                    return None
+                return f"its autoscaler has no node type that holds it either ({', '.join(g.name for g in groups)})"
+            if _internal_kv_get(GCS_AUTOSCALER_V2_ENABLED_KEY, namespace=GCS_AUTOSCALER_STATE_NAMESPACE) == b"1":
+                return None
+            status = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
+            types = (json.loads(status).get("autoscaler_report") or {}).get("node_type_mapping") if status else None
+        except Exception:  # noqa: BLE001 - an unreadable report leaves it uncertain: it may grow
+            return None
+        if types:
+            if all(kind == f"node_{node}" for node, kind in types.items()):
+                return "it cannot add nodes (no autoscaler)"
+            return None
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(1.0)
 
 
 def pool_size(
@@ -550,10 +616,19 @@ def run_sweep(
         )
         if group
     ]
-    if not (address or os.environ.get("RAY_ADDRESS")):  # a local cluster is all there will ever be
-        for _, gpus, custom in groups:
-            if reason := unplaceable(worker_needs(gpus, res.num_cpus, custom), ray.nodes()):
-                raise UserError(f"sweep {manifest.name}: {reason}")
+    local = not (address or os.environ.get("RAY_ADDRESS"))  # a local cluster is all there will ever be
+    for _, gpus, custom in groups:
+        lane_needs, nodes = worker_needs(gpus, res.num_cpus, custom), ray.nodes()
+        if unplaceable(lane_needs, nodes) is None:
+            continue
+        if fixed := "it cannot add nodes" if local else why_cannot_grow(lane_needs):
+            raise UserError(f"sweep {manifest.name}: {unplaceable(lane_needs, nodes, fixed)}")
+        if progress:
+            print(
+                f"no node can hold a worker yet ({scarce(lane_needs, ray.cluster_resources())}): "
+                "waiting for the cluster's autoscaler to add one",
+                file=sys.stderr,
+            )
     mlflow_log = MlflowLog(manifest, store)
     lanes, needs = [], []
     for group, gpus, custom in groups:

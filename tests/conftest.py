@@ -20,6 +20,9 @@ os.environ.setdefault("DIP_DATA_ROOT", str(Path(__file__).resolve().parents[2] /
 # nodes - must share one, or the second is refused ("Authentication token is missing or
 # incorrect"). A token of the session's own, never the user's ~/.ray/auth_token.
 os.environ.setdefault("RAY_AUTH_TOKEN", uuid.uuid4().hex + uuid.uuid4().hex)
+# Token mode from the start, as the first local ray.init() would switch it on: a GCS client made
+# before that (tests reading a `ray start` head's key-value store) otherwise sends no token.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 @pytest.fixture

@@ -293,7 +293,7 @@ print(json.dumps({"processes": len(tree), "listening": found}))
 
 
 HOST_NAMES = {"ip_address", "host", "dashboard_host"}  # keywords and dict keys that choose where a server binds
-HOST_FLAGS = {"--host", "-H"}  # command-line flags that do (mlflow server, moto.server)
+HOST_FLAGS = {"--host", "-H", "--node-ip-address"}  # command-line flags that do (mlflow server, moto.server, ray start)
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.relative_to(ROOT).as_posix())

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from devservices.ray_cluster import HeadStartedByHand
 from pipeline import sweep
 from pipeline.cli import main as dip
 from pipeline.manifest import FitSpec, load_manifest
@@ -550,6 +551,99 @@ def test_a_local_cluster_that_can_never_place_a_worker_is_an_error_not_a_wait(
     override = "resources.num_gpus=0" if "num_gpus" in resources else "resources.num_cpus=1"
     if "custom" not in resources:  # the way out it names works
         assert dip(["sweep", "run", str(path), "--set", override]) == 0
+
+
+def sweep_at(path: Path, address: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`dip sweep run PATH --address ADDRESS` in a process of its own (this one may hold the
+    session's local Ray, which `run_sweep` would join instead)."""
+    env = os.environ | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "pipeline.cli", "sweep", "run", str(path), "--address", address]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def with_resources(path: Path, resources: dict) -> Path:
+    path.write_text(yaml.safe_dump(yaml.safe_load(path.read_text()) | {"resources": resources}))
+    return path
+
+
+@pytest.mark.slow
+def test_a_cluster_started_by_hand_that_can_never_place_a_worker_is_an_error_not_a_wait(tmp_path: Path) -> None:
+    """`ray start --head` without an autoscaling config (1 CPU, no GPU), reached with --address,
+    cannot grow: a worker asking for a GPU would wait forever, so the sweep exits 2 with one line
+    naming the field, what the cluster has and the way out. Node types that an autoscaler
+    reports to the GCS decide instead, when there are any: none with a GPU is the same error,
+    naming them; one with a GPU means the sweep goes on and waits for it."""
+    from ray._raylet import GcsClient
+    from ray.core.generated.autoscaler_pb2 import ClusterConfig, NodeGroupConfig
+
+    head = HeadStartedByHand.start(dict(os.environ))
+    try:
+        wait_for(lambda: (head.monitor_report() or {}).get("autoscaler_report"), 60, "the monitor's first report")
+        path = with_resources(tiny_manifest(tmp_path, str(tmp_path / "r")), {"num_gpus": 1})
+        run = sweep_at(path, head.address)
+        assert run.returncode == 2, run.stderr[-3000:]
+        [line] = [line for line in run.stderr.splitlines() if "resources.num_gpus" in line]
+        assert (
+            "resources.num_gpus = 1 per worker, but no node of this Ray cluster has that much GPU "
+            "(1 node(s), at most 0 GPU each) and it cannot add nodes (no autoscaler)" in line
+        )
+        assert "--set resources.num_gpus=0" in line
+        assert not Store(str(tmp_path / "r")).done_keys()
+
+        def report_node_types(*groups: tuple[str, dict[str, int]]) -> None:
+            config = ClusterConfig(
+                node_group_configs=[NodeGroupConfig(name=n, resources=r, max_count=4) for n, r in groups]
+            )
+            GcsClient(address=head.address).report_cluster_config(config.SerializeToString())
+
+        report_node_types(("cpu-workers", {"CPU": 4}))
+        run = sweep_at(path, head.address)
+        assert run.returncode == 2, run.stderr[-3000:]
+        assert (
+            "at most 0 GPU each) and its autoscaler has no node type that holds it either (cpu-workers)" in run.stderr
+        )
+
+        report_node_types(("cpu-workers", {"CPU": 4}), ("gpu-workers", {"CPU": 4, "GPU": 1}))
+        log = tmp_path / "waits.log"
+        env = os.environ | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "pipeline.cli", "sweep", "run", str(path), "--address", head.address]
+        proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            wait_for(lambda: "waiting for the cluster's autoscaler to add one" in log.read_text(), 60, "the wait")
+            assert proc.poll() is None, log.read_text()[-3000:]
+        finally:
+            kill_session(proc)
+        assert "no node can hold a worker yet (GPU (resources.num_gpus = 1, cluster 0))" in log.read_text()
+    finally:
+        head.stop()
+
+
+@pytest.mark.slow
+def test_an_autoscaling_cluster_is_left_to_add_the_node_a_worker_needs(tmp_path: Path) -> None:
+    """A cluster with Ray's autoscaler (v1, fake multi-node provider), whose only worker node type
+    has the custom resource `slot` that the head lacks: the sweep is not refused, says it waits
+    for the autoscaler, which adds that node, and every fit is done there."""
+    node_types = {
+        "slot-node": {
+            "resources": {"CPU": 1, "slot": 1, "object_store_memory": 200 * 1024**2},
+            "node_config": {},
+            "min_workers": 0,
+            "max_workers": 1,
+        }
+    }
+    head = HeadStartedByHand.start(dict(os.environ), autoscaling=node_types)
+    try:
+        wait_for(lambda: (head.monitor_report() or {}).get("autoscaler_report"), 60, "the autoscaler's first report")
+        path = with_resources(tiny_manifest(tmp_path, str(tmp_path / "r")), {"num_cpus": 1, "custom": {"slot": 1}})
+        run = sweep_at(path, head.address, timeout=180)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert (
+            "no node can hold a worker yet (slot (resources.custom.slot = 1, cluster 0)): "
+            "waiting for the cluster's autoscaler to add one" in run.stderr
+        )
+        assert len(Store(str(tmp_path / "r")).done_keys()) == 4
+    finally:
+        head.stop()
 
 
 def test_fits_on_workers_the_cluster_cannot_place_wait_and_say_for_what(ray_cluster, tmp_path: Path) -> None:
