@@ -3,7 +3,7 @@
 Everything is a static file, so the page works opened from disk (``file://``) or from object
 storage through any static file server, with no server of ours and no internet. Browsers do not
 let a page opened from disk ``fetch`` its neighbours, but they do run ``<script>`` files: so the
-fit table (``explorer/fits.js``) and each fit's data (``explorer/fit-v1/<key>.js``) are scripts
+fit table (``explorer/fits.js``) and each fit's data (``explorer/fit-v2/<key>.js``) are scripts
 that hand their JSON to the page. A fit's file is loaded only when the fit is shown, which keeps
 the page as quick to open for 10,000 fits as for 10. Plots are plotly.js and the table is
 DataTables, copied from the plotly and itables Python packages.
@@ -33,7 +33,7 @@ from pipeline.storage import Store
 
 PAGE = "explorer.html"
 FOLDER = "explorer"
-FIT_FOLDER = "fit-v1"  # bump when a fit file's content changes: existing files are reused otherwise
+FIT_FOLDER = "fit-v2"  # bump when a fit file's content changes: existing files are reused otherwise
 MAX_CURVE_POINTS = 2000  # per curve; a 10,000-iteration fit logged at every iteration is thinned
 ERROR_SCALE = 0.25  # |output − clean| (mean over channels) shown from 0 to this, in every fit
 CURVES = ("psnr_clean", "psnr_target", "fbc_1", "fbc_2", "fbc_3", "fbc_4", "fbc_5", "ratio")
@@ -113,7 +113,8 @@ def _thinned(frame: pd.DataFrame) -> pd.DataFrame:
 def _curves(metrics: pd.DataFrame) -> dict[str, list[float | None]]:
     thinned = _thinned(metrics)
     curves = {"iteration": thinned["iteration"].astype(int).tolist()}
-    for column in CURVES:
+    amplitude_errors = [c for c in thinned.columns if c.startswith("se_")]  # a 1-D fit's SE(k) (C&M Fig. 3)
+    for column in [*CURVES, *amplitude_errors]:
         if column in thinned:
             values = np.round(thinned[column].to_numpy(dtype=np.float64), 4).tolist()
             curves[column] = [v if math.isfinite(v) else None for v in values]
@@ -158,9 +159,12 @@ def fit_data(store: Store, row: Mapping[str, Any], label: str) -> dict[str, Any]
     snapshots = trajectory.get("snapshots")
     if (snapshots is None or not len(iterations)) and (final := _image(store, key, "final")) is not None:
         iterations, snapshots = np.array([int(metrics["iteration"].iat[-1])]), final[None]
-    images = snapshots is not None and snapshots.ndim == 4 and len(iterations) > 0
-    data["snapshots"] = {"iteration": iterations.tolist() if images else [], "output": [], "error": [], "power": []}
-    if not images:
+    if snapshots is None or not len(iterations):
+        iterations, snapshots = np.zeros(0, np.int64), np.zeros((0, 0, 0, 0))
+    data["snapshots"] = {"iteration": iterations.tolist(), "output": [], "error": [], "power": []}
+    if snapshots.ndim == 3:  # a 1-D fit: (T, 1, length) signals, drawn as curves
+        data["snapshots"]["signal"] = np.round(snapshots[:, 0].astype(np.float64), 4).tolist()
+    if snapshots.ndim != 4 or not len(iterations):
         return data
     outputs = np.asarray(snapshots, dtype=np.float32)
     shots = data["snapshots"]

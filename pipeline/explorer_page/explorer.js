@@ -6,7 +6,7 @@
 
 const DIPExplorer = (() => {
   const MAX_SHOWN = 4;
-  const FIT_FOLDER = "explorer/fit-v1/";
+  const FIT_FOLDER = "explorer/fit-v2/";
   const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
   const BAND_COLOURS = ["#440154", "#3b528b", "#21918c", "#5ec962", "#d4b200"];
   const DASHES = ["solid", "dash", "dot", "dashdot"];
@@ -81,6 +81,7 @@ const DIPExplorer = (() => {
       at.textContent = i < 0 ? "no snapshots stored" : `snapshot at iteration ${fit.snapshots.iteration[i]}`;
       name.appendChild(at);
       row.appendChild(name);
+      if (fit.snapshots.signal) { at.textContent += " (a 1-D signal: drawn below)"; box.appendChild(row); return; }
       row.appendChild(figure("output", i < 0 ? null : fit.snapshots.output[i], "output"));
       row.appendChild(figure("degraded", fit.degraded, "degraded"));
       row.appendChild(figure("clean", fit.clean, "clean"));
@@ -125,15 +126,32 @@ const DIPExplorer = (() => {
       for (let b = 1; b <= 5; b++) {
         if (c[`fbc_${b}`]) fbc.push(line(`band ${b}`, c[`fbc_${b}`], { line: { color: BAND_COLOURS[b - 1], dash: DASHES[n], width: 1.5 } }));
       }
+      Object.keys(c).filter((name) => name.startsWith("se_")).forEach((name, k) => {
+        fbc.push(line(`SE(k${name.slice(3)})`, c[name], { line: { color: BAND_COLOURS[(2 * k) % 5], dash: DASHES[n], width: 1.5 } }));
+      });
       if (c.ratio) ratio.push(line("blur / sharpness", c.ratio));
     });
     Plotly.react("psnr", psnr, layout("PSNR (★ oracle, × auto-stop, ▼ fallback)", "dB", iteration));
-    Plotly.react("fbc", fbc, layout("frequency-band correspondence (band 1 lowest)", "FBC", iteration));
+    const oneD = fbc.length && fbc.every((t) => t.name.includes("SE("));
+    Plotly.react("fbc", fbc, oneD
+      ? layout("amplitude error SE(k) per frequency (C&M Fig. 3)", "SE(k)", iteration, { yaxis: { type: "log", title: { text: "SE(k)" } } })
+      : layout("frequency-band correspondence (band 1 lowest)", "FBC", iteration));
     Plotly.react("ratio", ratio, layout("blur / sharpness ratio (auto-stop signal)", "ratio", iteration,
       { yaxis: { type: "log", title: { text: "ratio (log)" } } }));
   }
 
+  function drawSignals(iteration) {
+    const traces = shown.map((key, n) => {
+      const fit = fits[key], i = nearest(fit, iteration);
+      return { name: `#${n + 1} output at ${fit.snapshots.iteration[i]}`, y: fit.snapshots.signal[i], mode: "lines",
+        line: { color: COLOURS[n], width: 1.5 } };
+    });
+    Plotly.react("spectrum", traces, layout("output signal at the slider's iteration", "value", iteration,
+      { xaxis: { title: { text: "sample" } }, shapes: [] }));
+  }
+
   function drawSpectrum(iteration) {
+    if (shown.every((key) => fits[key].snapshots.signal)) { drawSignals(iteration); return; }
     const traces = [];
     shown.forEach((key, n) => {
       const fit = fits[key], i = nearest(fit, iteration);
