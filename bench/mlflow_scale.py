@@ -27,7 +27,6 @@ import os
 import statistics
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -128,21 +127,21 @@ def database_bytes(server: MlflowServer) -> int:
     return sum(p.stat().st_size for p in server.root.glob("mlflow.db*"))
 
 
-def fit_runs(uri: str, experiment: str) -> dict[str, str]:
-    """Fit key → run id of every FINISHED fit run; raises if a key has more than one."""
+def check_runs(server: MlflowServer, experiment: str, keys: set[str]) -> None:
+    """One FINISHED run per fit: none dropped, none duplicated."""
+    counts = server.fit_run_keys(experiment)
+    if set(counts) != keys or set(counts.values()) != {1}:
+        twice = sum(n > 1 for n in counts.values())
+        raise AssertionError(f"{experiment}: {len(counts)} of {len(keys)} fits logged, {twice} more than once")
+
+
+def fit_run(uri: str, experiment: str, key: str) -> str:
+    """The run id of one fit."""
     client = mlflow.MlflowClient(uri)
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], "tags.`dip.kind` = 'fit'", max_results=500, page_token=token)
-        runs += [r for r in page if r.info.status == "FINISHED"]
-        if not (token := page.token):
-            break
-    twice = [key for key, n in Counter(r.data.tags["dip.fit_key"] for r in runs).items() if n > 1]
-    if twice:
-        raise AssertionError(f"duplicated fit runs: {twice}")
-    return {r.data.tags["dip.fit_key"]: r.info.run_id for r in runs}
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None
+    [run] = client.search_runs([found.experiment_id], f"tags.`dip.fit_key` = '{key}'")
+    return run.info.run_id
 
 
 def check_points(uri: str, run_id: str, bound: int | None) -> int:
@@ -192,11 +191,13 @@ def measure(server: MlflowServer, root: Path, fits: int, points: int | None, sna
     start = time.perf_counter()
     again = sweep.sync_mlflow(synced)
     row["resync_s"] = time.perf_counter() - start
-    runs = fit_runs(server.uri, "scale-sync-" + label)
-    if again != (0, fits) or set(runs) != {s.key for s in specs}:
-        raise AssertionError(f"sync logged {logged}, then {again}; {len(runs)} runs for {fits} fits")
-    row["points_per_fit"] = check_points(server.uri, runs[specs[0].key], points)
-    row["history_ms"] = history_ms(server.uri, runs[specs[0].key])
+    keys = {spec.key for spec in specs}
+    check_runs(server, synced.name, keys)
+    if again != (0, fits):
+        raise AssertionError(f"sync logged {logged}, then {again}")
+    run_id = fit_run(server.uri, synced.name, specs[0].key)
+    row["points_per_fit"] = check_points(server.uri, run_id, points)
+    row["history_ms"] = history_ms(server.uri, run_id)
 
     live = manifest(root, server.uri, fits, points, snapshots, f"scale-sweep-{label}")
     start = time.perf_counter()
@@ -205,8 +206,7 @@ def measure(server: MlflowServer, root: Path, fits: int, points: int | None, sna
         log.log(spec.key)
     log.close(timeout=3600)
     row["sweep_fits_s"] = fits / (time.perf_counter() - start)
-    if len(fit_runs(server.uri, "scale-sweep-" + label)) != fits:
-        raise AssertionError("the sweep's loggers dropped fits")
+    check_runs(server, live.name, keys)
     print(
         f"max_metric_points {label:>4}: sync {row['sync_fits_s']:.2f} fits/s (again: {row['resync_s']:.1f} s), "
         f"sweep loggers {row['sweep_fits_s']:.2f} fits/s; CPU per fit: server {row['server_cpu_ms_per_fit']:.0f} ms, "
