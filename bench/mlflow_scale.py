@@ -12,9 +12,11 @@ PNG outputs MLflow gets and optionally a trajectory (``--snapshots`` of ``--size
 keep 21 at 512²; S6-S8 keep none). It starts a real `mlflow server` (SQLite, devservices) on
 127.0.0.1 and for each ``mlflow.max_metric_points`` setting, in an experiment of its own:
 
-- sync: `sweep.sync_mlflow` of all N fits (fits/s, server database growth per fit), then once
-  more (it must log nothing); every fit must have one FINISHED run and one point per step;
-- sweep: the same fits through `sweep.MlflowLog` (the sweep's background loggers), enqueue to close;
+- sync: `sweep.sync_mlflow` of all N fits (fits/s, CPU per fit of server and client, database
+  growth per fit), then once more (it must log nothing); every fit must have one FINISHED run,
+  and one fit's metrics at most the bound of points, one per step, the first and last included;
+- sweep: the same fits through `sweep.MlflowLog` (the sweep's background loggers), enqueue to
+  close, again one FINISHED run per fit;
 - `MlflowClient.get_metric_history` of one metric of one fit (median of 5), what the UI's chart of
   a fit waits for beside its own sampling.
 """
