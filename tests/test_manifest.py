@@ -286,6 +286,12 @@ BAD = {  # id: (lines to change, start of the line blamed, field path, words of 
     "duplicate-key": ({"spare": "model: {}"}, "model:", "model", "key given twice (again on line 18)"),
     "set-twice": ({"spare": "zip: [{lam: [1, 2]}]"}, "zip", "zip[0].lam", "already set at grid.lam"),
     "pack-zero": ({"spare": "resources: {pack: 0}"}, "resources", "resources.pack", "greater than 0"),
+    "mlflow-points-negative": (
+        {"spare": "mlflow: {max_metric_points: -1}"},
+        "mlflow",
+        "mlflow.max_metric_points",
+        "greater than or equal to 0",
+    ),
     # lambda is null or positive, in each place the grammar allows it (NetConfig's check, located)
     "lam-zero-in-model": ({"width": "  lam: 0", "lam": "  width: [8]"}, "lam", "model.lam", "lam must be positive"),
     "lam-negative-in-grid": ({"lam": "  lam: [2, -1]"}, "lam", "grid.lam[1]", "no bound), got -1.0"),

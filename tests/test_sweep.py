@@ -213,6 +213,58 @@ def test_mlflow_down_then_sync_backfills_without_duplicates(
     assert parent == "FINISHED"  # a backfill closes the sweep's run again
 
 
+def write_long_fits(store: Store, specs: list[FitSpec], rows: int) -> dict[str, dict[str, np.ndarray]]:
+    """Stored fits with `rows` metric rows (iterations 0 … rows-1) of random values, written
+    without running them; fit i has its oracle best at 1234 + i and its auto-stop at 567 + i."""
+    tables = {}
+    for i, spec in enumerate(specs):
+        rng = np.random.default_rng(i)
+        table = {"iteration": np.arange(rows)} | {c: rng.normal(size=rows).astype(np.float32) for c in ("psnr", "fbc")}
+        summary = {"key": spec.key, "image": spec.image_name, "task": spec.task, "seed": spec.seed, "best_psnr": 30.0}
+        summary |= {"best_iteration": 1234 + i, "stop_iteration": 567 + i}
+        store.write_fit(spec.key, {}, summary, table, {"snapshot_iterations": np.zeros(0, np.int64)}, {})
+        tables[spec.key] = table
+    return tables
+
+
+def test_mlflow_gets_bounded_curves_from_sweep_and_sync_once(tmp_path: Path, mlflow_server: str) -> None:
+    """Four stored 2,001-row fits, two logged by a sweep's loggers and all by sync-mlflow, twice:
+    with max_metric_points 23, each curve is the 21 rows 0, 100, …, 2000 plus the best and stop
+    rows, with the stored values; a fit is logged once, and its summary numbers still are."""
+    import mlflow
+
+    path = tiny_manifest(
+        tmp_path,
+        str(tmp_path / "r"),
+        name="bounded",
+        mlflow={"tracking_uri": mlflow_server, "experiment": "bounded", "max_metric_points": 23},
+    )
+    manifest = load_manifest(path)
+    store = sweep.open_store(manifest)
+    specs = sweep.expand_specs(manifest)
+    tables = write_long_fits(store, specs, 2001)
+
+    live = sweep.MlflowLog(manifest, store)
+    for spec in specs[:2]:
+        live.log(spec.key)
+    live.close()
+    assert sweep.sync_mlflow(manifest) == (2, 2)
+    assert sweep.sync_mlflow(manifest) == (0, 4)
+
+    client = mlflow.MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("bounded").experiment_id], "tags.`dip.kind` = 'fit'")
+    assert sorted(r.data.tags["dip.fit_key"] for r in runs) == sorted(tables)
+    for run in runs:
+        i = next(n for n, spec in enumerate(specs) if spec.key == run.data.tags["dip.fit_key"])
+        expected = sorted({*range(0, 2001, 100), 1234 + i, 567 + i})
+        table = tables[specs[i].key]
+        for column in ("psnr", "fbc"):
+            history = sorted(client.get_metric_history(run.info.run_id, column), key=lambda m: m.step)
+            assert [m.step for m in history] == expected
+            assert [m.value for m in history] == table[column][expected].astype(np.float64).tolist()
+        assert run.data.metrics["best_psnr"] == 30.0 and run.data.metrics["best_iteration"] == 1234 + i
+
+
 def test_report_to_mlflow_needs_a_manifest_and_a_logged_sweep(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -523,6 +575,26 @@ def test_trajectory_images_are_spread_evenly_and_bounded() -> None:
     assert [p.shape for _, p in sweep.trajectory_images(rgb, 24)] == [(4, 6, 3)] * 3
     assert sweep.trajectory_images(trajectory, 0) == []
     assert sweep.trajectory_images({"snapshots": np.zeros((3, 1, 8)), "snapshot_iterations": np.arange(3)}, 4) == []
+
+
+def test_spread_keeps_the_ends_and_the_marks_within_the_bound() -> None:
+    """2,001 rows at most 21: every 100th; at most 23 with two marks: those and the marks; a
+    bound too small for all marks keeps the ends and the first marks; 1 keeps the last row.
+    Random cases: within the bound, ascending, the ends and every mark the bound has room for."""
+    assert sweep.spread(2001, 21).tolist() == list(range(0, 2001, 100))
+    assert sweep.spread(2001, 23, [1234, 567]).tolist() == sorted({*range(0, 2001, 100), 567, 1234})
+    assert sweep.spread(10, 3, [7, 4]).tolist() == [0, 4, 9]
+    assert sweep.spread(10, 2, [4]).tolist() == [0, 9]
+    assert sweep.spread(10, 1).tolist() == [9]
+    assert sweep.spread(10, 0).tolist() == []
+    assert sweep.spread(10, None).tolist() == sweep.spread(10, 10, [3]).tolist() == list(range(10))
+    rng = np.random.default_rng(0)
+    for count, most in rng.integers(3, 400, size=(200, 2)):
+        keep = rng.integers(0, count, size=3).tolist()
+        rows = sweep.spread(int(count), int(most), keep)
+        assert len(rows) <= most and rows[0] == 0 and rows[-1] == count - 1 and (np.diff(rows) > 0).all()
+        if most >= 2 + len(set(keep) - {0, count - 1}):
+            assert set(keep) <= set(rows.tolist())
 
 
 @pytest.mark.parametrize(
