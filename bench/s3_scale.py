@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.resume import fit_keys, s3_store, summary
-from pipeline.storage import Store
+from pipeline.storage import READ_BATCH, Store
 from pipeline.sweep import STATUS_REASONS_READ
 
 FAILED = 100
@@ -38,7 +38,7 @@ def put_markers(store: Store, keys: list[str], first: int) -> None:
     for start in range(0, len(keys), PUT_CHUNK):
         chunk = keys[start : start + PUT_CHUNK]
         markers = {f"{store.root}/done/{k}.json": summary(k, first + start + i) for i, k in enumerate(chunk)}
-        store.fs.pipe({path: json.dumps(row).encode() for path, row in markers.items()})
+        store.fs.pipe({path: json.dumps(row).encode() for path, row in markers.items()}, batch_size=READ_BATCH)
 
 
 def timed(seconds: dict[str, float], name: str, action: Callable[[], Any]) -> Any:
@@ -66,7 +66,7 @@ def measure(store: Store, fits: int, new: int) -> dict[str, float]:
     seconds: dict[str, float] = {}
     timed(seconds, f"write {fits} markers", lambda: put_markers(store, done, 0))
     records = {f"{store.root}/failed/{k}.json": {"key": k, "reason": f"error {i % 3}"} for i, k in enumerate(failing)}
-    store.fs.pipe({path: json.dumps(record).encode() for path, record in records.items()})
+    store.fs.pipe({path: json.dumps(record).encode() for path, record in records.items()}, batch_size=READ_BATCH)
     # S3 dates objects to the second: markers of a collect's own second are read again by the next
     time.sleep(1.1)
     timed(seconds, "LIST done/", store.done_keys)

@@ -63,6 +63,10 @@ _SCALAR = (str, int, float, bool, type(None), np.generic)
 SUMMARY = "summary.parquet"
 _COLLECTED = b"dip.collected"  # summary.parquet metadata: what it was collected from and when (Store.collect)
 POOL_CONNECTIONS = 64  # concurrent requests per S3 client (botocore's default: 10); marker reads use them
+# Reads started at once on an async file system: a started read waits for a free connection, and
+# aiohttp counts that wait towards botocore's connect timeout (60 s), so a queue as long as
+# fsspec's default (1280) times out on a server answering fewer than ~20 requests per second.
+READ_BATCH = 4 * POOL_CONNECTIONS
 
 
 class StorageError(DipError, RuntimeError):
@@ -249,7 +253,8 @@ class Store:
         byte 0 rather than None, for which s3fs asks each file's size (another HEAD) first.
         """
         markers: list[dict[str, Any]] = []
-        for path, blob in zip(paths, self.fs.cat_ranges(paths, 0, None, on_error="return"), strict=True):
+        batch = {"batch_size": READ_BATCH} if self.fs.async_impl else {}
+        for path, blob in zip(paths, self.fs.cat_ranges(paths, 0, None, on_error="return", **batch), strict=True):
             if isinstance(blob, FileNotFoundError):
                 continue
             if isinstance(blob, BaseException):
