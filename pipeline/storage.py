@@ -230,19 +230,20 @@ class Store:
     def _read_json(self, path: str) -> Any:
         return json.loads(self.fs.cat_file(path))
 
-    def _listing(self, folder: str) -> dict[str, float | None]:
-        """Keys with a marker in done/ or failed/, with when each marker was written (`_modified`),
-        from the listing alone: one LIST call per 1000 keys on S3, no marker is read."""
+    def _listing(self, folder: str, dated: bool = False) -> dict[str, float | None]:
+        """Keys with a marker in done/ or failed/ from the listing alone (one LIST call per 1000
+        keys on S3, no marker is read); if `dated`, with when each marker was written
+        (`_modified`), which S3's listing has anyway and a local one gets by a stat per file."""
         try:
-            entries = self.fs.ls(self._path(folder), detail=True)
+            entries = self.fs.ls(self._path(folder), detail=dated)
         except FileNotFoundError:
             return {}
         listed: dict[str, float | None] = {}
-        for info in entries:
-            name = info["name"].rsplit("/", 1)[-1]
+        for entry in entries:
+            name = (entry["name"] if dated else entry).rsplit("/", 1)[-1]
             # skip temporary files of interrupted local writes (".<name>.<id>.tmp")
-            if info["type"] == "file" and name.endswith(".json") and not name.startswith("."):
-                listed[name.removesuffix(".json")] = _modified(info)
+            if name.endswith(".json") and not name.startswith(".") and (not dated or entry["type"] == "file"):
+                listed[name.removesuffix(".json")] = _modified(entry) if dated else None
         return listed
 
     def _read_markers(self, paths: list[str]) -> list[dict[str, Any]]:
@@ -387,7 +388,7 @@ class Store:
         """
         fs, path = self._summary_file(out)
         since = self._clock() if write else None  # before the listing: what is written after is newer
-        listed = self._listing("done")
+        listed = self._listing("done", dated=True)
         previous = None if full else self._reusable(fs, path, _upgrade_name(upgrade))
         kept: list[pa.Table] = []
         if previous is not None:
