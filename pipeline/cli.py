@@ -285,6 +285,9 @@ def add_sweep_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
             )
         if name == "collect":
             q.add_argument("--out", help="output URI (default: <storage>/summary.parquet)")
+            q.add_argument(
+                "--full", action="store_true", help="read every done marker, not only those the output file lacks"
+            )
 
 
 def add_submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -413,6 +416,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
             f"sweep {st['sweep']}: {st['fits']} fits · {st['done']} done · {st['failed']} failed · "
             f"{st['pending']} pending"
         )
+        if st["failures_read"] < st["failed"]:
+            print(f"  reasons of {st['failures_read']} of the {st['failed']} failed fits (spread over their keys):")
         for reason, count in st["failures"].items():
             print(f"  {count} × {reason}")
         print(f"results: {st['storage']}\nmlflow:  {st['mlflow']}")
@@ -420,7 +425,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         added, present = sweep.sync_mlflow(manifest)
         print(f"MLflow: logged {added} missing fits; {present} were already there")
     elif args.action == "collect":
-        out, added = sweep.collect(manifest, args.out)
+        out, added = sweep.collect(manifest, args.out, args.full)
         print(f"wrote {out}; metrics of {added} new fit(s) added to the query dataset (dip query)")
     return 0
 

@@ -201,6 +201,33 @@ def _misfits(value: Any, dtype: pa.DataType) -> bool:
     return False
 
 
+def _column_rank(name: str) -> tuple[int, int, str]:
+    """Where a column goes: the record's columns in schema order, then param_*, converged_k* by k
+    and any other column by name."""
+    if name in ROW_SCHEMA.names:
+        return (0, ROW_SCHEMA.names.index(name), "")
+    if name.startswith("param_"):
+        return (1, 0, name)
+    if name.startswith(CONVERGED_PREFIX) and name.removeprefix(CONVERGED_PREFIX).isdigit():
+        return (2, int(name.removeprefix(CONVERGED_PREFIX)), "")
+    return (3, 0, name)
+
+
+def canonical(summaries: pa.Table) -> pa.Table:
+    """A summary table in the one form `collect` gives however it was assembled: rows sorted by
+    key, every `ROW_SCHEMA` column, any other column only where some fit has a value, columns in
+    a fixed order. A table reusing rows of an earlier one then equals a table read at once (a
+    column null in every kept row may or may not have been in those rows' markers; this form
+    does not depend on it)."""
+    summaries = with_schema(summaries)
+    names = [
+        name
+        for name in summaries.column_names
+        if name in ROW_SCHEMA.names or summaries.column(name).null_count < summaries.num_rows
+    ]
+    return summaries.select(sorted(names, key=_column_rank)).sort_by("key")
+
+
 def with_schema(summaries: pa.Table) -> pa.Table:
     """A summary table with every `ROW_SCHEMA` column (null where no fit has it), for readers
     such as the report that expect them all."""

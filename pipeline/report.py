@@ -69,6 +69,7 @@ METRICS = {
     "posterior_psnr": ("posterior mean", "PSNR of the mean of the SGLD samples after burn-in (Bayesian DIP)"),
 }
 DEFAULT_MAX_GROUPS = 12
+REASONS_READ = 100  # failure records read for the summary's reasons, at most
 GRID_COLUMNS = 5  # default number of iterations in output grids and spectra
 LINESTYLES = ("-", "--", ":", "-.")
 
@@ -108,9 +109,10 @@ def load_fits(store: Store) -> pd.DataFrame:
     the output the automatic rule hands back, which is the final one when the rule never
     fired (NaN for 1-D fits, which have no blur/sharpness signal to stop on).
     """
-    table = store.collect(write=False, upgrade=upgrade)
+    table = store.collect(write=False, upgrade=upgrade)  # reads only the markers summary.parquet lacks
     if table.num_rows == 0:
-        raise UserError(f"no finished fits in storage {store.uri} ({len(store.failed())} failed): nothing to report")
+        failed = len(store.failed_keys())
+        raise UserError(f"no finished fits in storage {store.uri} ({failed} failed): nothing to report")
     fits = with_schema(table).to_pandas()  # every column, typed, whatever kinds of fits (or older markers) it holds
     fits["one_d"] = fits["kind"] == "signal"
     fired = fits["stop_iteration"].notna()
@@ -1082,8 +1084,8 @@ def write_responses(fits: pd.DataFrame, store: Store, out: Output) -> None:
 
 
 def _summary_lines(store: Store, fits: pd.DataFrame, name: str | None, experiment: str | None) -> list[str]:
-    done = set(fits["key"])
-    failed = [record for key, record in store.failed().items() if key not in done]
+    failed = store.failed_keys() - set(fits["key"])
+    reasons, read = store.failure_reasons(failed, REASONS_READ)
     seeds = sorted(fits["seed"].dropna().astype(int).unique().tolist())
     counts = (
         f"{fits['task'].nunique()} task(s), {fits['image'].nunique()} image(s), "
@@ -1095,9 +1097,8 @@ def _summary_lines(store: Store, fits: pd.DataFrame, name: str | None, experimen
         f"Storage `{store.uri}`.",
         "",
         f"- fits done: {len(fits)} ({counts})",
-        f"- fits failed: {len(failed)}",
+        f"- fits failed: {len(failed)}" + (f" (reasons from {read} of their records)" if read < len(failed) else ""),
     ]
-    reasons = Counter(record.get("reason", "?") for record in failed)
     lines += [f"  - {count} × {reason}" for reason, count in reasons.most_common(5)]
     no_clean = int((fits["best_psnr"].isna() & (fits["kind"] != "response")).sum())
     if no_clean:

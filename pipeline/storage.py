@@ -9,12 +9,14 @@ Layout under the storage root (see docs/storage.md for the Parquet schema)::
     fits/<key>/<name>.png       images
     done/<key>.json             completion marker holding the flat summary row, written LAST
     failed/<key>.json           failure record
+    summary.parquet             every done marker's row, written by `Store.collect`
 
 There is no multi-object transaction on S3, so a fit counts as done only once its marker exists:
 the data files go first and the marker last, and a crash in between leaves a fit that is simply
 not done. Every file is written whole: one PUT on object stores (atomic there), a temporary name
 plus rename on local disk. Markers carry the summary so that resume plans and ``collect`` need
-only the two marker folders, never the per-fit folders.
+only the two marker folders, never the per-fit folders. Plans need only the LIST pages of those
+folders; ``collect`` reads only the markers its last ``summary.parquet`` lacks (see `Store.collect`).
 
 A second completion of a done fit (a Ray retry of a call that had in fact finished) writes
 nothing: the first completion wins. Two completions racing at the same moment could both write;
@@ -30,7 +32,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -44,7 +47,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.locations import as_uri, climbs
 from pipeline.messages import DipError, UserError, one_line
-from pipeline.record import summary_table
+from pipeline.record import canonical, column_type, summary_table
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,6 +60,13 @@ _TRANSIENT = (OSError, BotoConnectionError, HTTPClientError)
 _PERMANENT = (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError)
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SCALAR = (str, int, float, bool, type(None), np.generic)
+SUMMARY = "summary.parquet"
+_COLLECTED = b"dip.collected"  # summary.parquet metadata: what it was collected from and when (Store.collect)
+POOL_CONNECTIONS = 64  # concurrent requests per S3 client (botocore's default: 10); marker reads use them
+# Reads started at once on an async file system: a started read waits for a free connection, and
+# aiohttp counts that wait towards botocore's connect timeout (60 s), so a queue as long as
+# fsspec's default (1280) times out on a server answering fewer than ~20 requests per second.
+READ_BATCH = 4 * POOL_CONNECTIONS
 
 
 class StorageError(DipError, RuntimeError):
@@ -88,12 +98,15 @@ def _fs_options(uri: str, storage_options: dict[str, Any]) -> dict[str, Any]:
     Listings are never cached: markers are written by other processes, and a cached listing
     would plan a resume from stale state. On S3, botocore's "standard" retry mode (3 retries,
     ~2.5 s against a dead endpoint) replaces its legacy default (~11 s there), so
-    `Store.check_writable` fails in seconds and `with_retries` bounds the rest.
+    `Store.check_writable` fails in seconds and `with_retries` bounds the rest; and a client
+    keeps up to POOL_CONNECTIONS requests in flight, since reading markers is many small GETs
+    that mostly wait on the network.
     """
     options = {"use_listings_cache": False, **storage_options}
     if uri.startswith(("s3://", "s3a://")):
         config = dict(options.get("config_kwargs") or {})
         config.setdefault("retries", {"mode": "standard", "max_attempts": 3})
+        config.setdefault("max_pool_connections", POOL_CONNECTIONS)
         options["config_kwargs"] = config
     return options
 
@@ -176,6 +189,24 @@ def _check_flat(summary: dict[str, Any]) -> None:
         raise ValueError(f"summary values must be scalars (flatten them first): {nested}")
 
 
+def _modified(info: dict[str, Any]) -> float | None:
+    """When a listed object was last written, in seconds: S3's LastModified, a local file's mtime;
+    None where a file system gives neither (its markers are then read by every collect)."""
+    value = info.get("LastModified", info.get("mtime"))
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _upgrade_name(upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None) -> str:
+    return f"{upgrade.__module__}.{upgrade.__qualname__}" if upgrade else ""
+
+
+def _spread(keys: list[str], most: int) -> list[str]:
+    """At most `most` of the keys, evenly spaced (all of them when there are no more)."""
+    return keys if len(keys) <= most else [keys[i * len(keys) // most] for i in range(most)]
+
+
 def _part(name: str) -> str:
     """A key or image name, checked to be one safe path component."""
     if not _SAFE_NAME.fullmatch(name):
@@ -213,21 +244,85 @@ class Store:
     def _read_json(self, path: str) -> Any:
         return json.loads(self.fs.cat_file(path))
 
-    def _marker_keys(self, folder: str) -> list[str]:
-        """Keys with a marker in done/ or failed/: one LIST call per 1000 keys on S3."""
+    def _listing(self, folder: str, dated: bool = False) -> dict[str, float | None]:
+        """Keys with a marker in done/ or failed/ from the listing alone (one LIST call per 1000
+        keys on S3, no marker is read); if `dated`, with when each marker was written
+        (`_modified`), which S3's listing has anyway and a local one gets by a stat per file."""
         try:
-            names = (path.rsplit("/", 1)[-1] for path in self.fs.ls(self._path(folder), detail=False))
+            entries = self.fs.ls(self._path(folder), detail=dated)
         except FileNotFoundError:
-            return []
-        # skip temporary files of interrupted local writes (".<name>.<id>.tmp")
-        return [name.removesuffix(".json") for name in names if name.endswith(".json") and not name.startswith(".")]
+            return {}
+        listed: dict[str, float | None] = {}
+        for entry in entries:
+            name = (entry["name"] if dated else entry).rsplit("/", 1)[-1]
+            # skip temporary files of interrupted local writes (".<name>.<id>.tmp")
+            if name.endswith(".json") and not name.startswith(".") and (not dated or entry["type"] == "file"):
+                listed[name.removesuffix(".json")] = _modified(entry) if dated else None
+        return listed
 
     def _read_markers(self, paths: list[str]) -> list[dict[str, Any]]:
         """Read many small JSON files at once: concurrent GETs on async file systems like s3fs.
 
-        `cat_ranges` rather than `cat`: `cat` first expands its paths, one HEAD request per file.
+        A marker deleted since it was listed is left out: its fit is no longer done. `cat_ranges`
+        rather than `cat`, which first expands its paths with a HEAD request per file; and from
+        byte 0 rather than None, for which s3fs asks each file's size (another HEAD) first.
         """
-        return [json.loads(blob) for blob in self.fs.cat_ranges(paths, None, None, on_error="raise")]
+        markers: list[dict[str, Any]] = []
+        batch = {"batch_size": READ_BATCH} if self.fs.async_impl else {}
+        for path, blob in zip(paths, self.fs.cat_ranges(paths, 0, None, on_error="return", **batch), strict=True):
+            if isinstance(blob, FileNotFoundError):
+                continue
+            if isinstance(blob, BaseException):
+                raise blob
+            try:
+                markers.append(json.loads(blob))
+            except ValueError as err:
+                raise ValueError(f"{path}: not a JSON marker: {err}") from None
+        return markers
+
+    def _clock(self) -> float | None:
+        """The storage's own time now: when a probe written now was last modified. Marker times
+        compared with it need no agreement between this machine's clock and the server's."""
+        probe = self._path(f".clock-{uuid.uuid4().hex}")
+        self._write(probe, b"clock")
+        try:
+            return _modified(self.fs.info(probe))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(probe)
+
+    def _summary_file(self, out: str | None) -> tuple[fsspec.AbstractFileSystem, str]:
+        """Where `collect` writes (and finds the table it may reuse): `out`, else <root>/summary.parquet."""
+        if out is None:
+            return self.fs, self._path(SUMMARY)
+        uri = _normalise_uri(out)
+        same_scheme = uri.split("://", 1)[0] == self.uri.split("://", 1)[0]
+        fs, path = fsspec.core.url_to_fs(uri, **_fs_options(uri, self.storage_options if same_scheme else {}))
+        return fs, path
+
+    def _reusable(self, fs: fsspec.AbstractFileSystem, path: str, upgrade: str) -> tuple[pa.Table, float] | None:
+        """An earlier collect's table at `path` and the storage time its listing began, if it was
+        collected from this store with the same `upgrade` and its columns are typed as this code
+        types them; else None (every marker is read)."""
+        try:
+            table = pq.read_table(pa.BufferReader(with_retries(lambda: fs.cat_file(path))))
+        except FileNotFoundError:
+            return None
+        except (pa.ArrowException, OSError) as err:  # unreadable: it is rebuilt from the markers
+            log.warning("%s cannot be read, collecting every marker again: %s", path, one_line(err))
+            return None
+        try:
+            meta = json.loads((table.schema.metadata or {}).get(_COLLECTED, b"{}"))
+        except ValueError:
+            return None
+        if (
+            not isinstance(meta, dict)
+            or (meta.get("store"), meta.get("upgrade")) != (self.uri, upgrade)
+            or not isinstance(meta.get("listed_from"), (int, float))
+            or any(field.type != column_type(field.name) for field in table.schema)
+        ):
+            return None
+        return table.replace_schema_metadata(None), float(meta["listed_from"])
 
     # --- sweep level -----------------------------------------------------------------------------
 
@@ -258,12 +353,26 @@ class Store:
         self._write(path, data)
 
     def done_keys(self) -> set[str]:
-        return set(self._marker_keys("done"))
+        """Keys of the done fits, from the listing alone."""
+        return set(self._listing("done"))
 
-    def failed(self) -> dict[str, dict[str, Any]]:
-        """Failure records by key; a key may also be done when a retry later succeeded elsewhere."""
-        records = self._read_markers([self._failed(key) for key in self._marker_keys("failed")])
+    def failed_keys(self) -> set[str]:
+        """Keys with a failure record, from the listing alone; a key may also be done when a retry
+        later succeeded elsewhere."""
+        return set(self._listing("failed"))
+
+    def failed(self, keys: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Failure records by key, of `keys` (default: all); records that do not exist are left out."""
+        wanted = sorted(self.failed_keys() if keys is None else keys)
+        records = self._read_markers([self._failed(key) for key in wanted])
         return {record["key"]: record for record in records}
+
+    def failure_reasons(self, keys: Iterable[str], most: int) -> tuple[Counter[str], int]:
+        """How often each reason occurs among the failure records of `keys`, from at most `most`
+        records spread evenly over the keys (a sweep with thousands of failures usually has a few
+        reasons); returns the counts and how many records they come from."""
+        records = self.failed(_spread(sorted(keys), most))
+        return Counter(record.get("reason", "?") for record in records.values()), len(records)
 
     def is_done(self, key: str) -> bool:
         """Whether the fit's marker exists; retried, since write_fit and the workers start with it."""
@@ -274,26 +383,39 @@ class Store:
         out: str | None = None,
         write: bool = True,
         upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        full: bool = False,
     ) -> pa.Table:
         """All done summaries as one table, one row per fit sorted by key.
 
-        Columns are the union of the summaries' keys (null where a fit lacks one), typed by the
-        summary record's schema (`pipeline.record.summary_table`); `upgrade` (e.g. `pipeline.record.upgrade`)
-        first adds to each marker's row what markers of older versions lack. Unless
-        `write` is False, the table is also written as Parquet to `out` (a path or URI; default
-        ``<root>/summary.parquet``).
+        Columns are every column of the summary record's schema and each other field some fit
+        has a value for, typed by that schema (`pipeline.record.summary_table`, `canonical`);
+        `upgrade` (e.g. `pipeline.record.upgrade`) first adds to each marker's row what markers
+        of older versions lack. Unless `write` is False, the table is also written as Parquet to
+        `out` (a path or URI; default ``<root>/summary.parquet``).
+
+        Only what that file lacks is read: its metadata holds the storage's time when its
+        listing began (`_clock`), and a fit keeps its row when its marker is still listed and
+        was written before that time. Markers are never rewritten in place, so a row is re-read
+        only for a marker that is new to the table or was deleted and written again (in either
+        case after the earlier listing began, so at or after that time); a row whose marker is
+        gone is dropped. `full` reads every marker.
         """
-        rows = self._read_markers([self._done(key) for key in sorted(self.done_keys())])
+        fs, path = self._summary_file(out)
+        since = self._clock() if write else None  # before the listing: what is written after is newer
+        listed = self._listing("done", dated=True)
+        previous = None if full else self._reusable(fs, path, _upgrade_name(upgrade))
+        kept: list[pa.Table] = []
+        if previous is not None:
+            table, listed_from = previous
+            keep = [(t := listed.get(key, None)) is not None and t < listed_from for key in table["key"].to_pylist()]
+            kept = [table.filter(pa.array(keep, type=pa.bool_()))]
+        have = set().union(*(part["key"].to_pylist() for part in kept))
+        rows = self._read_markers([self._done(key) for key in sorted(listed.keys() - have)])
         rows = [upgrade(row) for row in rows] if upgrade else rows
-        table = summary_table(sorted(rows, key=lambda row: row["key"]))
+        table = canonical(pa.concat_tables([*kept, summary_table(rows)], promote_options="default"))
         if write:
-            if out is None:
-                fs, path = self.fs, self._path("summary.parquet")
-            else:
-                uri = _normalise_uri(out)
-                same_scheme = uri.split("://", 1)[0] == self.uri.split("://", 1)[0]
-                fs, path = fsspec.core.url_to_fs(uri, **_fs_options(uri, self.storage_options if same_scheme else {}))
-            data = _parquet_bytes(table)
+            meta = {"store": self.uri, "upgrade": _upgrade_name(upgrade), "listed_from": since}
+            data = _parquet_bytes(table.replace_schema_metadata({_COLLECTED: json.dumps(meta)}))
             with_retries(lambda: write_whole(fs, path, data))
         return table
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -23,6 +26,9 @@ os.environ.setdefault("RAY_AUTH_TOKEN", uuid.uuid4().hex + uuid.uuid4().hex)
 # Token mode from the start, as the first local ray.init() would switch it on: a GCS client made
 # before that (tests reading a `ray start` head's key-value store) otherwise sends no token.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# moto's request recorder (the s3_requests fixture) appends to this file; moto reads the variable
+# when it is first imported, so it is set before, and never to a file in the working tree.
+os.environ.setdefault("MOTO_RECORDER_FILEPATH", str(Path(tempfile.gettempdir()) / f"moto-recording-{uuid.uuid4().hex}"))
 
 
 @pytest.fixture
@@ -77,6 +83,29 @@ def s3_store_uri(s3_server: str) -> tuple[str, dict]:
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir(bucket)
     return f"s3://{bucket}/results", options
+
+
+@pytest.fixture
+def s3_requests(s3_server: str) -> Iterator[Callable[..., list[tuple[str, str]]]]:
+    """What the S3 server was asked during the test, as moto itself records it (its recorder,
+    /moto-api/recorder/): yields a function returning (method, path) of each request so far,
+    path as ``/<bucket>/<key>``, and empties the record when called with ``reset=True``."""
+    import requests
+
+    api = f"{s3_server}/moto-api/recorder"
+    requests.post(f"{api}/reset-recording", timeout=10).raise_for_status()
+    requests.post(f"{api}/start-recording", timeout=10).raise_for_status()
+
+    def seen(reset: bool = False) -> list[tuple[str, str]]:
+        lines = requests.get(f"{api}/download-recording", timeout=30).text.splitlines()
+        if reset:
+            requests.post(f"{api}/reset-recording", timeout=10).raise_for_status()
+        return [(entry["method"], unquote(urlsplit(entry["url"]).path)) for entry in map(json.loads, lines)]
+
+    try:
+        yield seen
+    finally:
+        requests.post(f"{api}/stop-recording", timeout=10)
 
 
 # --- Ray -------------------------------------------------------------------------------------------

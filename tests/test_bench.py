@@ -95,3 +95,20 @@ def test_paper_cost_counts_flops_that_scale_with_pixels_and_sums_them_over_fits(
         assert (cost.network_fits, cost.classical_fits, cost.iterations) == (2, 0, 200)
         low, high = cost.gflop_per_it
         assert 0 < low <= high and low * 1e9 * 200 <= cost.flops <= high * 1e9 * 200
+
+
+def test_s3_scale_times_every_step_on_a_small_store(s3_store_uri: tuple[str, dict]) -> None:
+    """bench.s3_scale end to end on 30 markers plus 5 new (its own assertions check the counts)."""
+    from bench import s3_scale
+    from pipeline.storage import Store
+
+    seconds = s3_scale.measure(Store(*s3_store_uri), 30, 5)
+    assert list(seconds) == [
+        "write 30 markers",
+        "LIST done/",
+        "plan",
+        "status",
+        "full collect",
+        "collect after 5 new",
+        "unchanged collect (report)",
+    ]

@@ -9,15 +9,18 @@ import shutil
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline import storage
+from pipeline.record import ROW_SCHEMA
 from pipeline.storage import StorageError, Store, with_retries
 
 
@@ -166,7 +169,7 @@ def test_write_sweep_keeps_a_different_manifest(store: Store) -> None:
 
 def test_collect(store: Store, tmp_path: Path) -> None:
     empty = store.collect(write=False)
-    assert (empty.num_rows, empty.num_columns) == (0, 0)
+    assert (empty.num_rows, empty.column_names) == (0, ROW_SCHEMA.names)
 
     fits = [make_fit(0), make_fit(1, param_ratio=0.25), make_fit(2, note="third")]
     for fit in reversed(fits):
@@ -178,7 +181,8 @@ def test_collect(store: Store, tmp_path: Path) -> None:
     assert table.column("note").to_pylist() == [None, None, "third"]
     assert table.column("stop_iteration").null_count == 3
     assert table.column_names[0] == "key"
-    assert set(table.column_names) == set().union(*(f["summary"] for f in fits))
+    # every column of the record, and those others some fit has a value for
+    assert set(table.column_names) == set(ROW_SCHEMA.names) | {"param_sigma", "param_ratio", "note"}
     assert pq.read_table(store.fs.open(f"{store.root}/summary.parquet", "rb")).equals(table)
 
     out = tmp_path / "elsewhere" / "summary.parquet"
@@ -312,3 +316,128 @@ def test_metrics_are_stored_with_curve_encodings(tmp_path: Path) -> None:
     default = pa.BufferOutputStream()
     pq.write_table(pq.read_table(path), default)
     assert path.stat().st_size < default.getvalue().size
+
+
+# --- collect reads only what summary.parquet lacks ---------------------------------------------
+
+
+def done_reads(requests: list[tuple[str, str]]) -> list[str]:
+    """Keys of the done markers read (GET) or looked up (HEAD) in moto's request record."""
+    return sorted(
+        path.rsplit("/", 1)[-1].removesuffix(".json")
+        for method, path in requests
+        if method in ("GET", "HEAD") and "/done/" in path
+    )
+
+
+def stored_a_second_ago(store: Store, fits: list[dict[str, Any]]) -> None:
+    """Write fits, then wait past S3's one-second LastModified resolution, so that they are older
+    than the next collect's listing by the storage's own clock."""
+    for fit in fits:
+        assert store.write_fit(**fit)
+    time.sleep(1.1)
+
+
+def test_incremental_collect_equals_a_full_one(store: Store) -> None:
+    """After adds, a deletion and a marker deleted and written again with a new summary, the
+    collect that reuses summary.parquet gives the table a full collect gives, and writes it."""
+    stored_a_second_ago(store, [make_fit(seed) for seed in range(4)])
+    first = store.collect()
+    assert first.num_rows == 4
+
+    gone, redone = make_fit(1)["key"], make_fit(2, best_psnr=99.0, note="redone")
+    store.fs.rm_file(f"{store.root}/done/{gone}.json")  # by hand: the fit is to run again
+    store.fs.rm_file(f"{store.root}/done/{redone['key']}.json")
+    assert store.write_fit(**redone)  # run again, with a different outcome
+    for fit in (make_fit(5, param_ratio=0.25), make_fit(6)):
+        store.write_fit(**fit)
+
+    incremental = store.collect()
+    full = store.collect(write=False, full=True)
+    assert incremental.equals(full)
+    assert incremental.column("key").to_pylist() == [make_fit(s)["key"] for s in (0, 2, 3, 5, 6)]
+    assert incremental.column("best_psnr").to_pylist()[1] == 99.0 and "note" in incremental.column_names
+    written = pq.read_table(store.fs.open(f"{store.root}/summary.parquet", "rb"))
+    assert written.equals(full)
+
+
+def test_collect_gets_only_new_markers_from_s3(s3_store_uri: tuple[str, dict], s3_requests: Any) -> None:
+    """Counted by moto: the first collect GETs every marker once (no HEAD), the next only the new
+    ones, and one with nothing new none; `full` GETs all again."""
+    store = Store(*s3_store_uri)
+    old = [make_fit(seed) for seed in range(5)]
+    stored_a_second_ago(store, old)
+    s3_requests(reset=True)
+    store.collect()
+    assert done_reads(s3_requests(reset=True)) == sorted(f["key"] for f in old)
+
+    new = [make_fit(seed) for seed in (7, 8)]
+    stored_a_second_ago(store, new)
+    s3_requests(reset=True)
+    assert store.collect().num_rows == 7
+    assert done_reads(s3_requests(reset=True)) == sorted(f["key"] for f in new)
+
+    assert store.collect(write=False).num_rows == 7  # as the report reads it: nothing new, nothing read
+    assert done_reads(s3_requests(reset=True)) == []
+    store.collect(full=True)
+    assert done_reads(s3_requests()) == sorted(f["key"] for f in old + new)
+
+
+def test_a_kept_row_is_not_read_again_and_a_missed_marker_is_read(tmp_path: Path) -> None:
+    """A marker spoilt in place after a collect, its modification time kept (markers are never
+    rewritten in place, so only by hand), does not stop the next collect: its row is reused.
+    A marker dated before that collect began but not in its table (written by a running sweep
+    after the listing passed its name) is read. A full collect reads the spoilt one and fails."""
+    store = Store(str(tmp_path / "results"))
+    stored_a_second_ago(store, [make_fit(seed) for seed in range(3)])
+    first = store.collect()
+    marker = tmp_path / "results" / "done" / f"{make_fit(1)['key']}.json"
+    stat = marker.stat()
+    marker.write_text("{not json")
+    os.utime(marker, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    store.write_fit(**make_fit(4))
+    os.utime(tmp_path / "results" / "done" / f"{make_fit(4)['key']}.json", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    second = store.collect()
+    assert second.column("key").to_pylist() == [make_fit(s)["key"] for s in (0, 1, 2, 4)]
+    assert second.filter(pc.field("key") != make_fit(4)["key"]).equals(first)
+    with pytest.raises(ValueError, match=f"{marker.name}: not a JSON marker"):
+        store.collect(write=False, full=True)
+
+
+def test_summary_of_another_store_or_upgrade_is_not_reused(tmp_path: Path) -> None:
+    """summary.parquet is reused only by the store it was collected from and with the same
+    upgrade; --out elsewhere keeps its own table."""
+    from pipeline.record import upgrade
+
+    one, two = Store(str(tmp_path / "one")), Store(str(tmp_path / "two"))
+    stored_a_second_ago(one, [make_fit(0)])
+    stored_a_second_ago(two, [make_fit(1)])
+    out = str(tmp_path / "shared.parquet")
+    one.collect(out)
+    assert two.collect(out).column("key").to_pylist() == [make_fit(1)["key"]]
+    two.collect()
+    assert "kind" in two.collect(write=False, upgrade=upgrade).column_names
+    assert two.collect(write=False, upgrade=upgrade).column("kind").to_pylist() == ["image"]
+    assert two.collect(write=False).column("kind").to_pylist() == [None]
+
+
+def test_listings_read_no_marker(s3_store_uri: tuple[str, dict], s3_requests: Any) -> None:
+    """done_keys and failed_keys come from LIST pages; failure_reasons reads only the records
+    it samples."""
+    store = Store(*s3_store_uri)
+    store.write_fit(**make_fit(0))
+    failures = [make_fit(seed) for seed in range(1, 11)]
+    for n, fit in enumerate(failures):
+        store.write_failure(fit["key"], fit["spec"], f"reason {n % 2}", "ValueError", attempts=1)
+    s3_requests(reset=True)
+    assert store.done_keys() == {make_fit(0)["key"]}
+    assert store.failed_keys() == {f["key"] for f in failures}
+    bucket = store.root.split("/", 1)[0]
+    assert {(method, path.rstrip("/")) for method, path in s3_requests(reset=True)} == {("GET", f"/{bucket}")}  # LISTs
+
+    reasons, read = store.failure_reasons(store.failed_keys(), most=4)
+    gets = {path for method, path in s3_requests(reset=True) if method == "GET" and "/failed/" in path}
+    assert read == len(gets) == 4 and sum(reasons.values()) == 4
+    keys = sorted(f["key"] for f in failures)
+    assert store.failure_reasons(keys, most=100) == (Counter({"reason 0": 5, "reason 1": 5}), 10)

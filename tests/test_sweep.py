@@ -114,6 +114,27 @@ def test_s3_and_local_storage_give_the_same_results(ray_cluster, tmp_path: Path,
         )
 
 
+def test_plan_and_status_read_no_done_marker(tmp_path: Path, s3_store_uri, s3_requests) -> None:
+    """Counted by moto: plan and status list the marker folders and read no done marker; status
+    reads the failure records of failed fits that are not done, for their reasons."""
+    uri, options = s3_store_uri
+    manifest = load_manifest(tiny_manifest(tmp_path, uri, storage_options=options))
+    a, b, c, d = (spec.key for spec in sweep.make_plan(manifest).specs)
+    store = Store(uri, options)
+    store.fs.pipe({f"{store.root}/done/{key}.json": json.dumps({"key": key}).encode() for key in (a, b)})
+    for key in (b, c):  # b: a stale record of a fit that a retry later finished
+        store.fs.pipe_file(
+            f"{store.root}/failed/{key}.json", json.dumps({"key": key, "reason": f"failed {key}"}).encode()
+        )
+    s3_requests(reset=True)
+    plan = sweep.make_plan(manifest)
+    assert (plan.done, plan.failed, [s.key for s in plan.todo()]) == ({a, b}, {c}, [d])
+    st = sweep.status(manifest)
+    assert (st["done"], st["failed"], st["pending"], st["failures"]) == (2, 1, 1, {f"failed {c}": 1})
+    reads = [path for method, path in s3_requests() if method in ("GET", "HEAD") and path.endswith(".json")]
+    assert reads == [f"/{store.root}/failed/{c}.json"]
+
+
 def test_images_from_a_data_set_on_s3(ray_cluster, tmp_path: Path, s3_store_uri) -> None:
     import io
 
