@@ -70,7 +70,7 @@ def timed_query(root: str) -> dict[str, float]:
     out = subprocess.run([sys.executable, "-c", TIMED_QUERY, root, MEAN_CURVE], capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(out.stderr)
-    result: dict[str, float] = json.loads(out.stdout)
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
 

@@ -178,6 +178,7 @@ def _connect(store: Store, parts: dict[str, list[str]]) -> Any:
         raise UserError(f"storage {store.uri} has no collected results to query: run 'dip sweep collect' first")
     con = duckdb.connect()
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    con.execute("SET enable_progress_bar = false")  # it would print into the answer on stdout
     if _duckdb_path(store, summary) != summary:
         con.register_filesystem(store.fs)
     files = [_duckdb_path(store, f"{store.root}/{DATASET}/{name}") for name in parts]
