@@ -28,6 +28,7 @@ from matplotlib import colormaps
 from PIL import Image
 
 from dipmodel import metrics as M
+from pipeline.images import decode
 from pipeline.record import present, run_name
 from pipeline.storage import Store
 
@@ -140,8 +141,6 @@ def _marks(row: Mapping[str, Any], metrics: pd.DataFrame) -> dict[str, Any]:
 def _image(store: Store, key: str, name: str) -> np.ndarray | None:
     if not store.has_image(key, name):
         return None
-    from pipeline.images import decode
-
     return decode(store.read_image(key, name), f"{key}/{name}.png").numpy()
 
 
