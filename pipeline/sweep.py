@@ -125,11 +125,18 @@ def fit_worker_class(num_gpus: float, num_cpus: float, max_retries: int, custom:
     return FitWorker
 
 
+_SIGTERM_SEEN = threading.Event()
+
+
 def stop_on_sigterm() -> None:
     """Make SIGTERM end the sweep like Ctrl-C (`Terminated`). Set after Ray starts, whose core
-    worker would otherwise take the signal and print C++ stack dumps; only the main thread may."""
+    worker would otherwise take the signal and print C++ stack dumps; only the main thread may.
+    The signal is also remembered: arriving while the driver waits inside Ray, the handler's
+    exception reaches the sweep as Ray's KeyboardInterrupt instead."""
+    _SIGTERM_SEEN.clear()
 
     def terminate(signum: int, frame: object) -> None:
+        _SIGTERM_SEEN.set()
         raise Terminated(signal.Signals(signum).name)
 
     if threading.current_thread() is threading.main_thread():
@@ -704,8 +711,11 @@ def run_sweep(
                     bar.failed += 1
                     failures[record["key"]] = record["reason"]
     except KeyboardInterrupt as stop:
-        how = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        terminated = isinstance(stop, Terminated) or _SIGTERM_SEEN.is_set()
+        how = "terminated" if terminated else "interrupted"
         print(f"\n{how}: finished fits are stored; rerun the same command to resume", file=sys.stderr)
+        if terminated and not isinstance(stop, Terminated):
+            raise Terminated("SIGTERM") from stop
         raise
     finally:
         for actor in dispatch.actors:

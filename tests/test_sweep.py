@@ -85,7 +85,8 @@ def test_local_sweep_end_to_end_and_rerun_does_nothing(ray_cluster, tmp_path: Pa
     assert (again.done, again.skipped) == (0, 4)
     st = sweep.status(manifest)
     assert (st["done"], st["failed"], st["pending"]) == (4, 0, 0)
-    assert sweep.collect(manifest).endswith("summary.parquet")
+    out, copied = sweep.collect(manifest)
+    assert out.endswith("summary.parquet") and copied == 4  # and the 4 fits' metrics into the query dataset
     import pyarrow.parquet as pq
 
     assert pq.read_table(tmp_path / "results" / "summary.parquet").num_rows == 4
