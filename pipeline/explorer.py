@@ -28,7 +28,6 @@ from matplotlib import colormaps
 from PIL import Image
 
 from dipmodel import metrics as M
-from pipeline.images import decode
 from pipeline.record import present, run_name
 from pipeline.storage import Store
 
@@ -138,28 +137,21 @@ def _marks(row: Mapping[str, Any], metrics: pd.DataFrame) -> dict[str, Any]:
             "fallbacks": fallbacks}  # fmt: skip
 
 
-def _image(store: Store, key: str, name: str) -> np.ndarray | None:
-    if not store.has_image(key, name):
-        return None
-    return decode(store.read_image(key, name), f"{key}/{name}.png").numpy()
-
-
 def fit_data(store: Store, row: Mapping[str, Any], label: str) -> dict[str, Any]:
     """One fit's file: its curves, marks, clean and degraded images, and per snapshot the output,
     its error map and its radial power spectrum (the final output when no snapshot was kept)."""
-    key = str(row["key"])
-    metrics = store.read_metrics(key).to_pandas()
+    from pipeline.report import FitFiles  # the report's reader of a fit's files (it imports this module)
+
+    key, files = str(row["key"]), FitFiles(store)
+    metrics = files.metrics(key)
     data: dict[str, Any] = {"key": key, "label": label, "curves": _curves(metrics), "marks": _marks(row, metrics)}
-    clean, degraded = _image(store, key, "clean"), _image(store, key, "degraded")
+    clean, degraded = files.image(key, "clean"), files.image(key, "degraded")
     data["clean"] = _png(_pixels(clean)) if clean is not None else None
     data["degraded"] = _png(_pixels(degraded)) if degraded is not None else None
-    trajectory = store.read_trajectory(key)
-    iterations = np.asarray(trajectory.get("snapshot_iterations", np.zeros(0)), dtype=np.int64)
-    snapshots = trajectory.get("snapshots")
-    if (snapshots is None or not len(iterations)) and (final := _image(store, key, "final")) is not None:
-        iterations, snapshots = np.array([int(metrics["iteration"].iat[-1])]), final[None]
-    if snapshots is None or not len(iterations):
-        iterations, snapshots = np.zeros(0, np.int64), np.zeros((0, 0, 0, 0))
+    kept = files.snapshots(key)
+    if kept is None and (final := files.image(key, "final")) is not None:
+        kept = np.array([int(metrics["iteration"].iat[-1])]), final[None]
+    iterations, snapshots = kept or (np.zeros(0, np.int64), np.zeros((0, 0, 0, 0)))
     data["snapshots"] = {"iteration": iterations.tolist(), "output": [], "error": [], "power": []}
     if snapshots.ndim == 3:  # a 1-D fit: (T, 1, length) signals, drawn as curves
         data["snapshots"]["signal"] = np.round(snapshots[:, 0].astype(np.float64), 4).tolist()
