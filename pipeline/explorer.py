@@ -17,6 +17,7 @@ import json
 import math
 import shutil
 from collections.abc import Callable, Mapping, Sequence
+from html import escape as html_escape
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -215,10 +216,6 @@ def write_explorer(fits: pd.DataFrame, store: Store, root: Path, title: str, sho
             temporary = path.with_suffix(".tmp")
             temporary.write_text(_script("fit", fit_data(store, row, run_name(row, shown))), encoding="utf-8")
             temporary.replace(path)  # whole or absent: an interrupted report leaves no half file
-    html = page.joinpath(PAGE).read_text(encoding="utf-8").replace("{{title}}", _escape(title))
+    html = page.joinpath(PAGE).read_text(encoding="utf-8").replace("{{title}}", html_escape(title))
     (root / PAGE).write_text(html, encoding="utf-8")
     return root / PAGE
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

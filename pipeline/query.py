@@ -129,7 +129,7 @@ def consolidate(store: Store, summary: pa.Table) -> int:
 def _duckdb_path(store: Store, path: str) -> str:
     """A path DuckDB reads: local as it is, remote with its protocol (through the store's fsspec
     filesystem, registered with DuckDB: no DuckDB extension or download needed)."""
-    if store.uri.startswith("file://") or "://" not in store.uri:
+    if store.uri.startswith("file://"):  # Store makes every local root a file:// URI
         return path
     return f"{store.uri.split('://', 1)[0]}://{path}"
 
