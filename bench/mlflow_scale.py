@@ -205,7 +205,7 @@ def measure(server: MlflowServer, root: Path, fits: int, points: int | None, sna
     start = time.perf_counter()
     log = sweep.MlflowLog(live, store)
     for spec in specs:
-        log.log(spec.key)
+        log.log(store.summary(spec.key))
     log.close(timeout=3600)
     row["sweep_fits_s"] = fits / (time.perf_counter() - start)
     check_runs(server, live.name, keys)

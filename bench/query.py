@@ -1,7 +1,7 @@
 """Questions across many fits: how long `dip sweep collect` takes to build the query dataset and
 how long, and how much memory, the mean-curve query takes, for N synthetic fits.
 
-    python -m bench.query --fits 10000 --iterations 3000
+    python -m bench.query --fits 10000 --iterations 3000 [--report]
 
 Each synthetic fit is written through `Store.write_fit` with the metric columns of a real image
 fit (PSNR twice, five FBC bands, blur, sharpness, ratio, fallbacks) at every iteration, random
@@ -9,6 +9,7 @@ values, and a summary row with the spec columns a λ study has; no trajectory. T
 (summary and query dataset, timed apart), a second collect with nothing new, and in a fresh
 process each the mean band-5 FBC curve by λ over every fit and iteration, with its peak memory
 (the process's maximum resident set size, which includes Python and DuckDB themselves).
+`--report` then times `dip report` over the same store in a fresh process, with its peak memory.
 """
 
 from __future__ import annotations
@@ -74,11 +75,31 @@ def timed_query(root: str) -> dict[str, float]:
     return result
 
 
+TIMED_REPORT = """
+import json, resource, sys, time
+from pipeline.cli import main
+started = time.perf_counter()
+code = main(["report", sys.argv[1], "--out", sys.argv[2]])
+print(json.dumps({"seconds": time.perf_counter() - started, "code": code,
+                  "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
+"""
+
+
+def timed_report(root: str, out: str) -> dict[str, float]:
+    """`dip report` over the store in a fresh process: its time and peak memory."""
+    done = subprocess.run([sys.executable, "-c", TIMED_REPORT, root, out], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fits", type=int, default=10_000)
     parser.add_argument("--iterations", type=int, default=3000)
     parser.add_argument("--dir", type=Path, default=None, help="where to write the store (default: a temporary folder)")
+    parser.add_argument("--report", action="store_true", help="also time `dip report` over the same store")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         store = Store(tmp)
@@ -103,6 +124,9 @@ def main() -> None:
                 f"mean band-5 curve by λ (run {attempt + 1}): {result['seconds']:.1f} s, "
                 f"{result['rows']} rows, peak memory {result['max_rss_gb']:.2f} GB"
             )
+        if args.report:
+            report = timed_report(tmp, str(Path(tmp, "report")))
+            log(f"dip report: {report['seconds']:.0f} s, peak memory {report['max_rss_gb']:.2f} GB")
 
 
 if __name__ == "__main__":

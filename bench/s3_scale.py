@@ -2,19 +2,22 @@
 
     python -m bench.s3_scale --fits 100000            # and --new 1000 (the default)
 
-Writes N done markers, each holding a realistic summary row (`bench.resume.summary`), and 100
-failure records to a moto S3 server in its own process, then times, once each:
+Writes N done fits as a sweep leaves them (a bundle per 1,000 fits, `pipeline.sweep.BUNDLE_EVERY`;
+each marker a realistic summary row, `bench.resume.summary`) and 100 failure records to a moto
+S3 server in its own process, then times, once each:
 
-- LIST done/: the listing of done/ alone;
-- plan: the listings of done/ and failed/ and the keys left to run (what `sweep.make_plan` reads
-  from storage; expanding the manifest is not counted);
+- driver's bundle: what the sweep driver pays per 1,000 finished fits (`Store.bundle`, the markers
+  written first);
+- plan: the listings of done/, failed/ and bundles/, the bundles' key columns, and the keys left
+  to run (what `sweep.make_plan` reads from storage; expanding the manifest is not counted);
 - status: the same plus the reasons of at most 100 failure records (`sweep.status`);
-- full collect: every marker read, summary.parquet written (`Store.collect(full=True)`);
-- incremental collect: after `--new` more markers, reusing summary.parquet;
+- first collect: every bundle read, merged into one (more than `BUNDLES_MERGED_AT`), summary written;
+- full collect: every bundle read again (`Store.collect(full=True)`);
+- collect after `--new` fits bundled by a sweep, and after `--new` loose markers (a sweep
+  stopped before it could bundle them: one GET each);
 - unchanged collect: nothing new, not written (what the report's `load_fits` does).
 
-moto answers each LIST page by scanning the whole bucket, so its LIST time grows with the
-bucket; S3's does not. The figures are in docs/performance.md.
+The figures are in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -27,18 +30,27 @@ from typing import Any
 
 from bench.resume import fit_keys, s3_store, summary
 from pipeline.storage import READ_BATCH, Store
-from pipeline.sweep import STATUS_REASONS_READ
+from pipeline.sweep import BUNDLE_EVERY, STATUS_REASONS_READ
 
 FAILED = 100
 PUT_CHUNK = 10_000  # markers per fs.pipe call: concurrent PUTs, a bounded batch of bodies in memory
 
 
-def put_markers(store: Store, keys: list[str], first: int) -> None:
-    """Done markers for `keys`, numbered from `first`, written concurrently."""
+def put_markers(store: Store, keys: list[str], first: int) -> list[dict[str, Any]]:
+    """Done markers for `keys`, numbered from `first`, written concurrently; returns them."""
+    markers = [summary(k, first + i) for i, k in enumerate(keys)]
     for start in range(0, len(keys), PUT_CHUNK):
-        chunk = keys[start : start + PUT_CHUNK]
-        markers = {f"{store.root}/done/{k}.json": summary(k, first + start + i) for i, k in enumerate(chunk)}
-        store.fs.pipe({path: json.dumps(row).encode() for path, row in markers.items()}, batch_size=READ_BATCH)
+        chunk = markers[start : start + PUT_CHUNK]
+        store.fs.pipe(
+            {f"{store.root}/done/{m['key']}.json": json.dumps(m).encode() for m in chunk}, batch_size=READ_BATCH
+        )
+    return markers
+
+
+def put_bundles(store: Store, keys: list[str], first: int) -> None:
+    """The fits as a sweep's driver leaves them: their markers in bundles of BUNDLE_EVERY."""
+    for start in range(0, len(keys), BUNDLE_EVERY):
+        store.bundle([summary(k, first + start + i) for i, k in enumerate(keys[start : start + BUNDLE_EVERY])])
 
 
 def timed(seconds: dict[str, float], name: str, action: Callable[[], Any]) -> Any:
@@ -61,24 +73,25 @@ def status(store: Store, keys: list[str]) -> tuple[Any, int]:
 
 
 def measure(store: Store, fits: int, new: int) -> dict[str, float]:
-    keys = fit_keys(fits + new + FAILED)
-    done, added, failing = keys[:fits], keys[fits : fits + new], keys[fits + new :]
+    keys = fit_keys(fits + 2 * new + FAILED)
+    done, bundled, loose, failing = keys[:fits], keys[fits : fits + new], keys[fits + new : -FAILED], keys[-FAILED:]
     seconds: dict[str, float] = {}
-    timed(seconds, f"write {fits} markers", lambda: put_markers(store, done, 0))
+    timed(seconds, f"write {fits} fits in bundles", lambda: put_bundles(store, done[BUNDLE_EVERY:], BUNDLE_EVERY))
+    markers = put_markers(store, done[:BUNDLE_EVERY], 0)
+    timed(seconds, f"driver's bundle of {len(markers)}", lambda: store.bundle(markers))
     records = {f"{store.root}/failed/{k}.json": {"key": k, "reason": f"error {i % 3}"} for i, k in enumerate(failing)}
     store.fs.pipe({path: json.dumps(record).encode() for path, record in records.items()}, batch_size=READ_BATCH)
-    # S3 dates objects to the second: markers of a collect's own second are read again by the next
-    time.sleep(1.1)
-    timed(seconds, "LIST done/", store.done_keys)
     todo, _ = timed(seconds, "plan", lambda: plan(store, keys))
-    assert len(todo) == new
+    assert len(todo) == 2 * new
     _, read = timed(seconds, "status", lambda: status(store, keys))
     assert read == STATUS_REASONS_READ
+    assert timed(seconds, "first collect (merges the bundles)", store.collect).num_rows == fits
     assert timed(seconds, "full collect", lambda: store.collect(full=True)).num_rows == fits
-    put_markers(store, added, fits)
-    time.sleep(1.1)
-    assert timed(seconds, f"collect after {new} new", store.collect).num_rows == fits + new
-    assert timed(seconds, "unchanged collect (report)", lambda: store.collect(write=False)).num_rows == fits + new
+    put_bundles(store, bundled, fits)
+    assert timed(seconds, f"collect after {new} new fits, bundled", store.collect).num_rows == fits + new
+    put_markers(store, loose, fits + new)
+    assert timed(seconds, f"collect after {new} new loose markers", store.collect).num_rows == fits + 2 * new
+    assert timed(seconds, "unchanged collect (report)", lambda: store.collect(write=False)).num_rows == fits + 2 * new
     return seconds
 
 

@@ -249,6 +249,7 @@ def add_sweep_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         ("status", "counts by state, failures by reason, and where results are"),
         ("sync-mlflow", "log to MLflow every stored fit it lacks (no duplicates)"),
         ("collect", "gather all fit summaries into one Parquet file"),
+        ("forget", "make done fits not done, so that the next run computes them again"),
     ]:
         q = ssub.add_parser(name, help=text, description=text)
         q.add_argument("manifest", help="manifest file or URI (s3://…)")
@@ -283,6 +284,8 @@ def add_sweep_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
             q.add_argument(
                 "--budget-s", type=float, default=float("inf"), help="--local: start no new fit after this many seconds"
             )
+        if name == "forget":
+            q.add_argument("keys", nargs="+", metavar="KEY", help="fit keys (dip sweep plan, summary.parquet)")
         if name == "collect":
             q.add_argument("--out", help="output URI (default: <storage>/summary.parquet)")
             q.add_argument(
@@ -427,6 +430,12 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     elif args.action == "collect":
         out, added = sweep.collect(manifest, args.out, args.full)
         print(f"wrote {out}; metrics of {added} new fit(s) added to the query dataset (dip query)")
+    elif args.action == "forget":
+        forgotten = sweep.open_store(manifest).forget(args.keys)
+        for key in sorted(set(args.keys) - forgotten):
+            print(f"  {key}: not done in {manifest.storage}")
+        print(f"forgot {len(forgotten)} fit(s); the next 'dip sweep run' computes them again")
+        return 0 if forgotten == set(args.keys) else 1
     return 0
 
 

@@ -8,6 +8,7 @@ Layout under the storage root (see docs/storage.md for the Parquet schema)::
     fits/<key>/trajectory.npz   snapshots (T, C, H, W) + snapshot_iterations, compressed
     fits/<key>/<name>.png       images
     done/<key>.json             completion marker holding the flat summary row, written LAST
+    bundles/<time>-<id>.parquet done markers moved into one file: key, marker (its JSON text)
     failed/<key>.json           failure record
     summary.parquet             every done marker's row, written by `Store.collect`
 
@@ -15,8 +16,14 @@ There is no multi-object transaction on S3, so a fit counts as done only once it
 the data files go first and the marker last, and a crash in between leaves a fit that is simply
 not done. Every file is written whole: one PUT on object stores (atomic there), a temporary name
 plus rename on local disk. Markers carry the summary so that resume plans and ``collect`` need
-only the two marker folders, never the per-fit folders. Plans need only the LIST pages of those
-folders; ``collect`` reads only the markers its last ``summary.parquet`` lacks (see `Store.collect`).
+only the marker folders, never the per-fit folders.
+
+One file per done fit would make every plan LIST, and every fresh collect GET, all of them, so
+markers are moved into bundles (`Store.bundle`: by the sweep's driver as fits finish, and by
+``collect`` for those left over). A bundle is written before the markers it holds are deleted,
+so a fit is never lost in between; a fit found in two places counts once. Plans read the
+listings and the bundles' key columns; ``collect`` reads only the bundles and markers its last
+``summary.parquet`` lacks (see `Store.collect`).
 
 A second completion of a done fit (a Ray retry of a call that had in fact finished) writes
 nothing: the first completion wins. Two completions racing at the same moment could both write;
@@ -26,6 +33,7 @@ fits are seeded, so both write the same results.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -61,12 +69,14 @@ _PERMANENT = (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryE
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SCALAR = (str, int, float, bool, type(None), np.generic)
 SUMMARY = "summary.parquet"
-_COLLECTED = b"dip.collected"  # summary.parquet metadata: what it was collected from and when (Store.collect)
+_COLLECTED = b"dip.collected"  # summary.parquet metadata: what it was collected from (Store.collect)
 POOL_CONNECTIONS = 64  # concurrent requests per S3 client (botocore's default: 10); marker reads use them
 # Reads started at once on an async file system: a started read waits for a free connection, and
 # aiohttp counts that wait towards botocore's connect timeout (60 s), so a queue as long as
 # fsspec's default (1280) times out on a server answering fewer than ~20 requests per second.
 READ_BATCH = 4 * POOL_CONNECTIONS
+BUNDLES = "bundles"  # the folder of marker bundles
+BUNDLES_MERGED_AT = 16  # more bundles than this, and a collect merges them into one
 
 
 class StorageError(DipError, RuntimeError):
@@ -149,9 +159,9 @@ def _now() -> datetime:
 
 
 def _parquet_bytes(table: pa.Table, curves: bool = False) -> bytes:
-    """Parquet in memory. `curves` (per-iteration metrics) are written with encodings that suit
-    smooth float series: byte-stream-split floats and delta-coded iterations under zstd, without
-    dictionaries (about half the default's size on real fits)."""
+    """Parquet in memory, zstd-compressed. `curves` (per-iteration metrics) are written with
+    encodings that suit smooth float series: byte-stream-split floats and delta-coded iterations,
+    without dictionaries (about half the default's size on real fits)."""
     sink = pa.BufferOutputStream()
     if curves:
         floats = [f.name for f in table.schema if pa.types.is_floating(f.type)]
@@ -164,7 +174,7 @@ def _parquet_bytes(table: pa.Table, curves: bool = False) -> bytes:
             column_encoding={"iteration": "DELTA_BINARY_PACKED"},
         )
     else:
-        pq.write_table(table, sink)
+        pq.write_table(table, sink, compression="zstd")
     return sink.getvalue().to_pybytes()
 
 
@@ -189,13 +199,8 @@ def _check_flat(summary: dict[str, Any]) -> None:
         raise ValueError(f"summary values must be scalars (flatten them first): {nested}")
 
 
-def _modified(info: dict[str, Any]) -> float | None:
-    """When a listed object was last written, in seconds: S3's LastModified, a local file's mtime;
-    None where a file system gives neither (its markers are then read by every collect)."""
-    value = info.get("LastModified", info.get("mtime"))
-    if isinstance(value, datetime):
-        return value.timestamp()
-    return float(value) if isinstance(value, (int, float)) else None
+def _name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
 
 
 def _upgrade_name(upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None) -> str:
@@ -244,21 +249,16 @@ class Store:
     def _read_json(self, path: str) -> Any:
         return json.loads(self.fs.cat_file(path))
 
-    def _listing(self, folder: str, dated: bool = False) -> dict[str, float | None]:
+    def _listing(self, folder: str) -> set[str]:
         """Keys with a marker in done/ or failed/ from the listing alone (one LIST call per 1000
-        keys on S3, no marker is read); if `dated`, with when each marker was written
-        (`_modified`), which S3's listing has anyway and a local one gets by a stat per file."""
+        keys on S3, no marker is read)."""
         try:
-            entries = self.fs.ls(self._path(folder), detail=dated)
+            names = self.fs.ls(self._path(folder), detail=False)
         except FileNotFoundError:
-            return {}
-        listed: dict[str, float | None] = {}
-        for entry in entries:
-            name = (entry["name"] if dated else entry).rsplit("/", 1)[-1]
-            # skip temporary files of interrupted local writes (".<name>.<id>.tmp")
-            if name.endswith(".json") and not name.startswith(".") and (not dated or entry["type"] == "file"):
-                listed[name.removesuffix(".json")] = _modified(entry) if dated else None
-        return listed
+            return set()
+        # skip temporary files of interrupted local writes (".<name>.<id>.tmp")
+        names = (path.rsplit("/", 1)[-1] for path in names)
+        return {name.removesuffix(".json") for name in names if name.endswith(".json") and not name.startswith(".")}
 
     def _read_markers(self, paths: list[str]) -> list[dict[str, Any]]:
         """Read many small JSON files at once: concurrent GETs on async file systems like s3fs.
@@ -280,17 +280,6 @@ class Store:
                 raise ValueError(f"{path}: not a JSON marker: {err}") from None
         return markers
 
-    def _clock(self) -> float | None:
-        """The storage's own time now: when a probe written now was last modified. Marker times
-        compared with it need no agreement between this machine's clock and the server's."""
-        probe = self._path(f".clock-{uuid.uuid4().hex}")
-        self._write(probe, b"clock")
-        try:
-            return _modified(self.fs.info(probe))
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm_file(probe)
-
     def _summary_file(self, out: str | None) -> tuple[fsspec.AbstractFileSystem, str]:
         """Where `collect` writes (and finds the table it may reuse): `out`, else <root>/summary.parquet."""
         if out is None:
@@ -300,16 +289,18 @@ class Store:
         fs, path = fsspec.core.url_to_fs(uri, **_fs_options(uri, self.storage_options if same_scheme else {}))
         return fs, path
 
-    def _reusable(self, fs: fsspec.AbstractFileSystem, path: str, upgrade: str) -> tuple[pa.Table, float] | None:
-        """An earlier collect's table at `path` and the storage time its listing began, if it was
-        collected from this store with the same `upgrade` and its columns are typed as this code
-        types them; else None (every marker is read)."""
+    def _reusable(
+        self, fs: fsspec.AbstractFileSystem, path: str, upgrade: str, bundles: list[str]
+    ) -> tuple[pa.Table, set[str]] | None:
+        """An earlier collect's table at `path` and the bundles its rows come from, if it was
+        collected from this store with the same `upgrade`, every one of those bundles is still
+        there, and its columns are typed as this code types them; else None (all is read)."""
         try:
             table = pq.read_table(pa.BufferReader(with_retries(lambda: fs.cat_file(path))))
         except FileNotFoundError:
             return None
-        except (pa.ArrowException, OSError) as err:  # unreadable: it is rebuilt from the markers
-            log.warning("%s cannot be read, collecting every marker again: %s", path, one_line(err))
+        except (pa.ArrowException, OSError) as err:  # unreadable: it is rebuilt from the bundles
+            log.warning("%s cannot be read, collecting every bundle and marker again: %s", path, one_line(err))
             return None
         try:
             meta = json.loads((table.schema.metadata or {}).get(_COLLECTED, b"{}"))
@@ -318,11 +309,88 @@ class Store:
         if (
             not isinstance(meta, dict)
             or (meta.get("store"), meta.get("upgrade")) != (self.uri, upgrade)
-            or not isinstance(meta.get("listed_from"), (int, float))
+            or not isinstance(meta.get("bundles"), list)
+            or not set(meta["bundles"]) <= {_name(bundle) for bundle in bundles}
             or any(field.type != column_type(field.name) for field in table.schema)
         ):
             return None
-        return table.replace_schema_metadata(None), float(meta["listed_from"])
+        return table.replace_schema_metadata(None), set(meta["bundles"])
+
+    # --- marker bundles ----------------------------------------------------------------------------
+
+    def _bundles(self) -> list[str]:
+        """Paths of the marker bundles, oldest first (a bundle's name starts with when it was written)."""
+        try:
+            paths = self.fs.ls(self._path(BUNDLES), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(p for p in paths if p.endswith(".parquet") and not _name(p).startswith("."))
+
+    def _bundle_keys(self, bundles: list[str]) -> set[str]:
+        """The keys the bundles hold: their key columns alone, read by range requests."""
+        keys: set[str] = set()
+        for bundle in bundles:
+            with self.fs.open(bundle, "rb", cache_type="none") as fh:  # exact ranges: footer, key column
+                keys.update(pq.read_table(fh, columns=["key"]).column("key").to_pylist())
+        return keys
+
+    def _bundle_markers(self, bundles: list[str], keys: set[str] | None = None) -> dict[str, dict[str, Any]]:
+        """The markers the bundles hold by key (of `keys` only, if given); a key bundled twice (a
+        retried fit, two collects at once) keeps the row of the older bundle."""
+        markers: dict[str, dict[str, Any]] = {}
+        for bundle in bundles:
+            table = pq.read_table(pa.BufferReader(with_retries(functools.partial(self.fs.cat_file, bundle))))
+            for key, marker in zip(table.column("key").to_pylist(), table.column("marker").to_pylist(), strict=True):
+                if key not in markers and (keys is None or key in keys):
+                    markers[key] = json.loads(marker)
+        return markers
+
+    def _write_bundle(self, markers: list[dict[str, Any]]) -> str:
+        """One bundle of the given markers, sorted by key; returns its name."""
+        rows = sorted(markers, key=lambda marker: str(marker["key"]))
+        table = pa.table(
+            {
+                "key": pa.array([row["key"] for row in rows], pa.string()),
+                "marker": pa.array([json.dumps(row, default=_json_default) for row in rows], pa.string()),
+            }
+        )
+        name = f"{_now().strftime('%Y%m%dT%H%M%S.%fZ')}-{uuid.uuid4().hex[:8]}.parquet"
+        self._write(self._path(BUNDLES, name), _parquet_bytes(table))
+        return name
+
+    def _delete(self, paths: list[str]) -> None:
+        """Delete files, those already gone included (S3: one request per 1,000)."""
+        if not paths:
+            return
+        if isinstance(self.fs, LocalFileSystem):
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(path)
+        else:
+            with_retries(lambda: self.fs.rm(paths))
+
+    def bundle(self, markers: list[dict[str, Any]]) -> str | None:
+        """Move done markers (as written: the key and the summary) into one bundle, then delete
+        their files; returns the bundle's name (None for no markers).
+
+        The bundle is written whole before any marker is deleted, so a crash in between leaves a
+        fit both bundled and marked, which readers count once. The sweep driver bundles the
+        markers of the fits it sees finish (`pipeline.sweep`), `collect` those left over."""
+        if not markers:
+            return None
+        name = self._write_bundle(markers)
+        self._delete([self._done(str(marker["key"])) for marker in markers])
+        return name
+
+    def _merge(self, bundles: list[str]) -> list[str]:
+        """Merge the bundles into one when there are more than BUNDLES_MERGED_AT, so that readers
+        open a bounded number of files; the merged bundle is written before the others go.
+        Returns the bundles there are afterwards."""
+        if len(bundles) <= BUNDLES_MERGED_AT:
+            return bundles
+        name = self._write_bundle(list(self._bundle_markers(bundles).values()))
+        self._delete(bundles)
+        return [self._path(BUNDLES, name)]
 
     # --- sweep level -----------------------------------------------------------------------------
 
@@ -353,13 +421,13 @@ class Store:
         self._write(path, data)
 
     def done_keys(self) -> set[str]:
-        """Keys of the done fits, from the listing alone."""
-        return set(self._listing("done"))
+        """Keys of the done fits: the listing of done/ and the key columns of the bundles."""
+        return self._listing("done") | self._bundle_keys(self._bundles())
 
     def failed_keys(self) -> set[str]:
         """Keys with a failure record, from the listing alone; a key may also be done when a retry
         later succeeded elsewhere."""
-        return set(self._listing("failed"))
+        return self._listing("failed")
 
     def failed(self, keys: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
         """Failure records by key, of `keys` (default: all); records that do not exist are left out."""
@@ -375,8 +443,34 @@ class Store:
         return Counter(record.get("reason", "?") for record in records.values()), len(records)
 
     def is_done(self, key: str) -> bool:
-        """Whether the fit's marker exists; retried, since write_fit and the workers start with it."""
-        return with_retries(lambda: self.fs.exists(self._done(key)))
+        """Whether the fit's marker exists or a bundle holds it; retried, since write_fit and the
+        workers start with it."""
+        return with_retries(lambda: self.fs.exists(self._done(key)) or key in self._bundle_keys(self._bundles()))
+
+    def summaries(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The done markers (key and summary) of `keys`, bundled or not; keys not done are left out."""
+        wanted = set(keys)
+        found = self._bundle_markers(self._bundles(), wanted)
+        loose = sorted((self._listing("done") & wanted) - found.keys())
+        return found | {marker["key"]: marker for marker in self._read_markers([self._done(k) for k in loose])}
+
+    def forget(self, keys: Iterable[str]) -> set[str]:
+        """Make done fits not done, so that the next run computes them again; returns the keys
+        that were done. Their markers are deleted, and each bundle holding one is written again
+        without it; their files stay until the rerun replaces them. Not meant to run beside a
+        collect: one that read a bundle before it was rewritten may write that bundle's rows back."""
+        wanted = set(keys)
+        forgotten = self._listing("done") & wanted
+        self._delete([self._done(key) for key in sorted(forgotten)])
+        for bundle in self._bundles():
+            if not wanted & self._bundle_keys([bundle]):
+                continue
+            markers = self._bundle_markers([bundle])
+            forgotten |= wanted & markers.keys()
+            if rest := [marker for key, marker in markers.items() if key not in wanted]:
+                self._write_bundle(rest)
+            self._delete([bundle])
+        return forgotten
 
     def collect(
         self,
@@ -390,31 +484,32 @@ class Store:
         Columns are every column of the summary record's schema and each other field some fit
         has a value for, typed by that schema (`pipeline.record.summary_table`, `canonical`);
         `upgrade` (e.g. `pipeline.record.upgrade`) first adds to each marker's row what markers
-        of older versions lack. Unless `write` is False, the table is also written as Parquet to
-        `out` (a path or URI; default ``<root>/summary.parquet``).
+        of older versions lack. Unless `write` is False, the markers still in done/ are moved
+        into a bundle (`bundle`), bundles beyond BUNDLES_MERGED_AT are merged, and the table is written
+        as Parquet to `out` (a path or URI; default ``<root>/summary.parquet``).
 
-        Only what that file lacks is read: its metadata holds the storage's time when its
-        listing began (`_clock`), and a fit keeps its row when its marker is still listed and
-        was written before that time. Markers are never rewritten in place, so a row is re-read
-        only for a marker that is new to the table or was deleted and written again (in either
-        case after the earlier listing began, so at or after that time); a row whose marker is
-        gone is dropped. `full` reads every marker.
+        Only what that file lacks is read: its metadata names the bundles its rows come from, so
+        a collect reads the bundles written since (by sweeps or other collects) and the markers
+        not bundled yet. If one of its bundles is gone (merged, or rewritten by `forget`), or
+        `full`, every bundle is read.
         """
         fs, path = self._summary_file(out)
-        since = self._clock() if write else None  # before the listing: what is written after is newer
-        listed = self._listing("done", dated=True)
-        previous = None if full else self._reusable(fs, path, _upgrade_name(upgrade))
-        kept: list[pa.Table] = []
-        if previous is not None:
-            table, listed_from = previous
-            keep = [(t := listed.get(key, None)) is not None and t < listed_from for key in table["key"].to_pylist()]
-            kept = [table.filter(pa.array(keep, type=pa.bool_()))]
-        have = set().union(*(part["key"].to_pylist() for part in kept))
-        rows = self._read_markers([self._done(key) for key in sorted(listed.keys() - have)])
+        bundles, loose = self._bundles(), sorted(self._listing("done"))
+        previous = None if full else self._reusable(fs, path, _upgrade_name(upgrade), bundles)
+        kept, covered = ([previous[0]], previous[1]) if previous is not None else ([], set())
+        have = set().union(*(table["key"].to_pylist() for table in kept))
+        bundled = self._bundle_markers([bundle for bundle in bundles if _name(bundle) not in covered])
+        markers = self._read_markers([self._done(key) for key in loose])
+        new = [marker for marker in markers if marker["key"] not in have and marker["key"] not in bundled]
+        rows = [marker for key, marker in bundled.items() if key not in have] + new
         rows = [upgrade(row) for row in rows] if upgrade else rows
         table = canonical(pa.concat_tables([*kept, summary_table(rows)], promote_options="default"))
         if write:
-            meta = {"store": self.uri, "upgrade": _upgrade_name(upgrade), "listed_from": since}
+            if new:
+                bundles.append(self._path(BUNDLES, self._write_bundle(new)))
+            self._delete([self._done(marker["key"]) for marker in markers])
+            bundles = self._merge(bundles)
+            meta = {"store": self.uri, "upgrade": _upgrade_name(upgrade), "bundles": [_name(p) for p in bundles]}
             data = _parquet_bytes(table.replace_schema_metadata({_COLLECTED: json.dumps(meta)}))
             with_retries(lambda: write_whole(fs, path, data))
         return table
@@ -464,7 +559,13 @@ class Store:
         self._write(self._failed(key), _to_json(record))
 
     def summary(self, key: str) -> dict[str, Any]:
-        return self._read_json(self._done(key))
+        """A done fit's marker (key and summary), from its own file or else from its bundle."""
+        try:
+            return self._read_json(self._done(key))
+        except FileNotFoundError:
+            if found := self._bundle_markers(self._bundles(), {key}):
+                return found[key]
+            raise FileNotFoundError(f"fit {key} is not done in {self.uri}") from None
 
     def read_spec(self, key: str) -> dict[str, Any]:
         return self._read_json(self._fit_file(key, "spec.json"))

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline.manifest import FitSpec, Manifest, MlflowSpec
-from pipeline.messages import Terminated, UserError
+from pipeline.messages import Terminated, UserError, one_line
 from pipeline.record import flatten_for_mlflow, run_name, upgrade
 from pipeline.sources import expand_specs, open_store
 from pipeline.storage import Store
@@ -336,7 +336,7 @@ class MlflowLog:
         self.settings = manifest.mlflow
         self.tracker: Tracker | None = None
         self.parent = ""
-        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
         if not manifest.mlflow.enabled:
@@ -366,16 +366,17 @@ class MlflowLog:
                 )
             self.tracker = None
 
-    def log(self, key: str) -> None:
+    def log(self, marker: dict[str, Any]) -> None:
+        """Queue a fit that just finished, by its done marker (key and summary)."""
         if self.tracker is not None:
-            self.queue.put(key)
+            self.queue.put(marker)
 
     def drain(self) -> None:
-        while (key := self.queue.get()) is not None:
+        while (marker := self.queue.get()) is not None:
             if (tracker := self.tracker) is None:
                 continue
             try:
-                log_stored_fit(tracker, self.parent, self.store, key, self.settings)
+                log_stored_fit(tracker, self.parent, self.store, marker, self.settings)
             except TrackingError as err:
                 self.disable(err)
 
@@ -457,12 +458,12 @@ def metric_points(metrics: dict[str, np.ndarray], most: int | None, summary: dic
     return {name: np.asarray(column)[rows] for name, column in metrics.items()}
 
 
-def log_stored_fit(tracker: Tracker, parent: str, store: Store, key: str, settings: MlflowSpec) -> None:
-    """Log one stored fit to MLflow from storage (the only path, live or backfill): its
-    per-iteration metrics thinned to `settings.max_metric_points` rows, and up to
-    `settings.trajectory_images` snapshots of its trajectory."""
+def log_stored_fit(tracker: Tracker, parent: str, store: Store, summary: dict[str, Any], settings: MlflowSpec) -> None:
+    """Log one stored fit, given its done marker (`summary`), to MLflow from storage (the only
+    path, live or backfill): its per-iteration metrics thinned to `settings.max_metric_points`
+    rows, and up to `settings.trajectory_images` snapshots of its trajectory."""
+    key = summary["key"]
     table = store.read_metrics(key)
-    summary = store.summary(key)
     metrics = metric_points(
         {name: table.column(name).to_numpy() for name in table.column_names}, settings.max_metric_points, summary
     )
@@ -617,6 +618,19 @@ class Dispatch:
         self.idle.append(i)
 
 
+BUNDLE_EVERY = 1000  # fits whose done markers the driver moves into one bundle as they finish
+
+
+def bundle_finished(store: Store, markers: list[dict[str, Any]]) -> None:
+    """Move finished fits' markers into a bundle (`Store.bundle`), so that the next plan and
+    collect need not read them one by one. If storage fails now they stay markers, which every
+    reader counts just the same, and the sweep goes on."""
+    try:
+        store.bundle(markers)
+    except Exception as err:  # noqa: BLE001 - any failure leaves the markers, which are enough
+        print(f"\nwarning: left {len(markers)} done markers unbundled ({one_line(err)})", file=sys.stderr)
+
+
 def run_sweep(
     manifest: Manifest, address: str | None = None, retry_failed: bool = False, progress: bool = True
 ) -> SweepOutcome:
@@ -678,6 +692,7 @@ def run_sweep(
     dispatch = Dispatch(lanes, res.max_retries)
     bar = Progress(total=len(todo))
     failures: dict[str, str] = {}
+    finished: list[dict[str, Any]] = []  # done markers not bundled yet
     try:
         waiting_since: float | None = None
         while dispatch.busy():
@@ -706,7 +721,11 @@ def run_sweep(
                 if record["status"] == "done":
                     bar.done += 1
                     if not record.get("skipped"):
-                        mlflow_log.log(record["key"])
+                        finished.append({"key": record["key"], **record["summary"]})
+                        mlflow_log.log(finished[-1])
+                        if len(finished) >= BUNDLE_EVERY:
+                            bundle_finished(store, finished)
+                            finished = []
                 else:
                     bar.failed += 1
                     failures[record["key"]] = record["reason"]
@@ -720,6 +739,7 @@ def run_sweep(
     finally:
         for actor in dispatch.actors:
             ray.kill(actor)
+        bundle_finished(store, finished)
     if progress:
         bar.show(force=True)
     mlflow_log.close()
@@ -734,9 +754,11 @@ def sync_mlflow(manifest: Manifest) -> tuple[int, int]:
     tracker.log_sweep_files(parent, {"manifest.yaml": manifest_text(manifest)})
     have = tracker.logged_keys(parent)
     keys = {s.key for s in expand_specs(manifest)}
-    missing = sorted((store.done_keys() & keys) - have)
+    missing = store.summaries(keys - have)
     with ThreadPoolExecutor(logging_threads(tracker.tracking_uri)) as pool:
-        for _ in pool.map(lambda key: log_stored_fit(tracker, parent, store, key, manifest.mlflow), missing):
+        for _ in pool.map(
+            lambda key: log_stored_fit(tracker, parent, store, missing[key], manifest.mlflow), sorted(missing)
+        ):
             pass  # a TrackingError is raised here, in order
     tracker.log_sweep_files(parent, {"summary.parquet": summary_bytes(store)})
     tracker.finish_sweep(parent)

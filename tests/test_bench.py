@@ -98,17 +98,20 @@ def test_paper_cost_counts_flops_that_scale_with_pixels_and_sums_them_over_fits(
 
 
 def test_s3_scale_times_every_step_on_a_small_store(s3_store_uri: tuple[str, dict]) -> None:
-    """bench.s3_scale end to end on 30 markers plus 5 new (its own assertions check the counts)."""
+    """bench.s3_scale end to end on 1,030 fits plus 5 bundled and 5 loose (its own assertions
+    check the counts)."""
     from bench import s3_scale
     from pipeline.storage import Store
 
-    seconds = s3_scale.measure(Store(*s3_store_uri), 30, 5)
+    seconds = s3_scale.measure(Store(*s3_store_uri), 1030, 5)
     assert list(seconds) == [
-        "write 30 markers",
-        "LIST done/",
+        "write 1030 fits in bundles",
+        "driver's bundle of 1000",
         "plan",
         "status",
+        "first collect (merges the bundles)",
         "full collect",
-        "collect after 5 new",
+        "collect after 5 new fits, bundled",
+        "collect after 5 new loose markers",
         "unchanged collect (report)",
     ]

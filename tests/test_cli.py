@@ -197,6 +197,12 @@ def test_a_local_sweep_runs_the_chosen_fits_in_process_and_resumes(tmp_path: Pat
     assert Store(str(store)).done_keys() == {chosen}
     assert dip(run) == 0  # a second call finds it done
     assert "already done" in capsys.readouterr().out
+    forget = ["sweep", "forget", str(path), "--set", f"storage={store}", chosen, "0000000000000000"]
+    assert dip(forget) == 1  # one of the two keys was not done
+    assert "0000000000000000: not done" in capsys.readouterr().out
+    assert Store(str(store)).done_keys() == set()
+    assert dip(run) == 0  # computed again
+    assert "already done" not in capsys.readouterr().out and Store(str(store)).done_keys() == {chosen}
     assert dip([*run[:-1], "nofield=1"]) == 2
     assert "no field 'nofield'" in capsys.readouterr().err
 

@@ -78,7 +78,7 @@ def test_collect_then_query_locally_and_incrementally(ray_cluster, tmp_path: Pat
     stray.write_bytes((results / "metrics" / old_part).read_bytes())
     # a fit deleted to run again: the dataset is rebuilt without it
     gone = dataset_keys(store)[0]
-    (results / "done" / f"{gone}.json").unlink()
+    assert dip(["sweep", "forget", str(second), gone]) == 0
     assert dip(["sweep", "collect", str(second)]) == 0
     assert not stray.exists()
     assert dataset_keys(store) == sorted(store.done_keys()) and gone not in dataset_keys(store)

@@ -154,7 +154,7 @@ def test_mlflow_gets_the_record_flattened_once(three_kinds: tuple[Store, dict[st
     spec = specs["image"]
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "record")
     parent = tracker.sweep_run("image", {})
-    log_stored_fit(tracker, parent, store, spec.key, MlflowSpec(trajectory_images=0))
+    log_stored_fit(tracker, parent, store, store.summary(spec.key), MlflowSpec(trajectory_images=0))
     [run] = mlflow.MlflowClient(tracker.tracking_uri).search_runs(
         [tracker.experiment_id], f"tags.dip.fit_key = '{spec.key}'"
     )

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -318,7 +317,7 @@ def test_metrics_are_stored_with_curve_encodings(tmp_path: Path) -> None:
     assert path.stat().st_size < default.getvalue().size
 
 
-# --- collect reads only what summary.parquet lacks ---------------------------------------------
+# --- markers bundled: collect reads only what summary.parquet lacks -----------------------------
 
 
 def done_reads(requests: list[tuple[str, str]]) -> list[str]:
@@ -330,24 +329,33 @@ def done_reads(requests: list[tuple[str, str]]) -> list[str]:
     )
 
 
-def stored_a_second_ago(store: Store, fits: list[dict[str, Any]]) -> None:
-    """Write fits, then wait past S3's one-second LastModified resolution, so that they are older
-    than the next collect's listing by the storage's own clock."""
-    for fit in fits:
-        assert store.write_fit(**fit)
-    time.sleep(1.1)
+def listed(store: Store, folder: str) -> list[str]:
+    """Names in a folder of the store (none if it does not exist)."""
+    return (
+        sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(f"{store.root}/{folder}"))
+        if store.fs.exists(f"{store.root}/{folder}")
+        else []
+    )
 
 
-def test_incremental_collect_equals_a_full_one(store: Store) -> None:
-    """After adds, a deletion and a marker deleted and written again with a new summary, the
-    collect that reuses summary.parquet gives the table a full collect gives, and writes it."""
-    stored_a_second_ago(store, [make_fit(seed) for seed in range(4)])
+def test_collect_bundles_markers_and_equals_a_full_read(store: Store) -> None:
+    """A collect moves the markers into one bundle and deletes them; after adds, a forgotten fit
+    and one forgotten and run again with another outcome, the collect that reuses
+    summary.parquet gives the table a full collect gives, and writes it."""
+    for seed in range(4):
+        assert store.write_fit(**make_fit(seed))
     first = store.collect()
-    assert first.num_rows == 4
+    assert first.column("key").to_pylist() == [make_fit(s)["key"] for s in range(4)]
+    assert listed(store, "done") == [] and len(listed(store, "bundles")) == 1
+    assert store.done_keys() == set(first.column("key").to_pylist())
+    assert (
+        store.is_done(make_fit(3)["key"])
+        and store.summary(make_fit(3)["key"]) == read_back(store, make_fit(3)["key"])["summary"]
+    )
 
     gone, redone = make_fit(1)["key"], make_fit(2, best_psnr=99.0, note="redone")
-    store.fs.rm_file(f"{store.root}/done/{gone}.json")  # by hand: the fit is to run again
-    store.fs.rm_file(f"{store.root}/done/{redone['key']}.json")
+    assert store.forget([gone, redone["key"], "ffffffffffffffff"]) == {gone, redone["key"]}
+    assert not store.is_done(gone) and not store.is_done(redone["key"])
     assert store.write_fit(**redone)  # run again, with a different outcome
     for fit in (make_fit(5, param_ratio=0.25), make_fit(6)):
         store.write_fit(**fit)
@@ -359,50 +367,86 @@ def test_incremental_collect_equals_a_full_one(store: Store) -> None:
     assert incremental.column("best_psnr").to_pylist()[1] == 99.0 and "note" in incremental.column_names
     written = pq.read_table(store.fs.open(f"{store.root}/summary.parquet", "rb"))
     assert written.equals(full)
+    assert listed(store, "done") == []
 
 
 def test_collect_gets_only_new_markers_from_s3(s3_store_uri: tuple[str, dict], s3_requests: Any) -> None:
     """Counted by moto: the first collect GETs every marker once (no HEAD), the next only the new
-    ones, and one with nothing new none; `full` GETs all again."""
+    ones, and one with nothing new none; `full` reads the bundles again, no marker."""
     store = Store(*s3_store_uri)
     old = [make_fit(seed) for seed in range(5)]
-    stored_a_second_ago(store, old)
+    for fit in old:
+        store.write_fit(**fit)
     s3_requests(reset=True)
     store.collect()
     assert done_reads(s3_requests(reset=True)) == sorted(f["key"] for f in old)
 
     new = [make_fit(seed) for seed in (7, 8)]
-    stored_a_second_ago(store, new)
+    for fit in new:
+        store.write_fit(**fit)
     s3_requests(reset=True)
     assert store.collect().num_rows == 7
     assert done_reads(s3_requests(reset=True)) == sorted(f["key"] for f in new)
 
     assert store.collect(write=False).num_rows == 7  # as the report reads it: nothing new, nothing read
-    assert done_reads(s3_requests(reset=True)) == []
-    store.collect(full=True)
-    assert done_reads(s3_requests()) == sorted(f["key"] for f in old + new)
+    requests = s3_requests(reset=True)
+    assert done_reads(requests) == [] and not [path for _, path in requests if "/bundles/2" in path]
+    assert store.collect(full=True).num_rows == 7
+    requests = s3_requests()
+    assert done_reads(requests) == [] and len({p for m, p in requests if m == "GET" and "/bundles/2" in p}) == 2
 
 
-def test_a_kept_row_is_not_read_again_and_a_missed_marker_is_read(tmp_path: Path) -> None:
-    """A marker spoilt in place after a collect, its modification time kept (markers are never
-    rewritten in place, so only by hand), does not stop the next collect: its row is reused.
-    A marker dated before that collect began but not in its table (written by a running sweep
-    after the listing passed its name) is read. A full collect reads the spoilt one and fails."""
+def test_a_fit_bundled_twice_or_bundled_and_marked_counts_once(tmp_path: Path) -> None:
+    """A crash between writing a bundle and deleting its markers, or two collects at once, leaves
+    a fit in two places: every reader counts it once, with the row of its first bundle, and the
+    next collect deletes the left-over marker."""
     store = Store(str(tmp_path / "results"))
-    stored_a_second_ago(store, [make_fit(seed) for seed in range(3)])
-    first = store.collect()
-    marker = tmp_path / "results" / "done" / f"{make_fit(1)['key']}.json"
-    stat = marker.stat()
-    marker.write_text("{not json")
-    os.utime(marker, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    store.write_fit(**make_fit(4))
-    os.utime(tmp_path / "results" / "done" / f"{make_fit(4)['key']}.json", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    fits = [make_fit(seed) for seed in range(3)]
+    for fit in fits:
+        store.write_fit(**fit)
+    markers = [store.summary(fit["key"]) for fit in fits]
+    store._write_bundle(markers)  # the crash: bundled, not deleted
+    store._write_bundle([markers[0] | {"best_psnr": -1.0}])  # a later, second bundle of the first fit
+    assert store.done_keys() == {fit["key"] for fit in fits}
+    table = store.collect()
+    assert table.column("key").to_pylist() == sorted(fit["key"] for fit in fits)
+    assert table.column("best_psnr").to_pylist()[0] == markers[0]["best_psnr"]
+    assert listed(store, "done") == [] and len(listed(store, "bundles")) == 2
+    assert store.collect(write=False, full=True).equals(table)
 
-    second = store.collect()
-    assert second.column("key").to_pylist() == [make_fit(s)["key"] for s in (0, 1, 2, 4)]
-    assert second.filter(pc.field("key") != make_fit(4)["key"]).equals(first)
-    with pytest.raises(ValueError, match=f"{marker.name}: not a JSON marker"):
-        store.collect(write=False, full=True)
+
+def test_bundles_are_merged_and_a_bundle_read_is_its_key_column(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past BUNDLES_MERGED_AT bundles a collect merges them into one, holding every row; a summary
+    that named the merged bundles is not reused (it is rebuilt from the merged bundle)."""
+    monkeypatch.setattr(storage, "BUNDLES_MERGED_AT", 3)
+    store = Store(str(tmp_path / "results"))
+    for seed in range(4):
+        store.write_fit(**make_fit(seed))
+        store.collect()
+        assert len(listed(store, "bundles")) == (seed + 1 if seed < 3 else 1)  # the 4th collect merges
+    table = store.collect()
+    assert table.column("key").to_pylist() == [make_fit(s)["key"] for s in range(4)]
+    assert table.equals(store.collect(write=False, full=True))
+
+
+def test_an_old_store_is_collected_and_bundled(tmp_path: Path) -> None:
+    """A store written before bundles (markers only, and a summary.parquet whose metadata names
+    no bundles) is read whole once; its markers then live in one bundle."""
+    store = Store(str(tmp_path / "results"))
+    fits = [make_fit(seed) for seed in range(3)]
+    for fit in fits:
+        store.write_fit(**fit)
+    old_meta = {"store": store.uri, "upgrade": "", "listed_from": 1.0}
+    stale = store.collect(write=False).slice(0, 1)  # an older table, missing two fits
+    pq.write_table(
+        stale.replace_schema_metadata({b"dip.collected": json.dumps(old_meta)}),
+        str(tmp_path / "results" / "summary.parquet"),
+    )
+    table = store.collect()
+    assert table.column("key").to_pylist() == sorted(fit["key"] for fit in fits)
+    assert listed(store, "done") == [] and len(listed(store, "bundles")) == 1
 
 
 def test_summary_of_another_store_or_upgrade_is_not_reused(tmp_path: Path) -> None:
@@ -411,8 +455,8 @@ def test_summary_of_another_store_or_upgrade_is_not_reused(tmp_path: Path) -> No
     from pipeline.record import upgrade
 
     one, two = Store(str(tmp_path / "one")), Store(str(tmp_path / "two"))
-    stored_a_second_ago(one, [make_fit(0)])
-    stored_a_second_ago(two, [make_fit(1)])
+    one.write_fit(**make_fit(0))
+    two.write_fit(**make_fit(1))
     out = str(tmp_path / "shared.parquet")
     one.collect(out)
     assert two.collect(out).column("key").to_pylist() == [make_fit(1)["key"]]

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -60,7 +61,10 @@ def tiny_manifest(
     return path
 
 
-def test_local_sweep_end_to_end_and_rerun_does_nothing(ray_cluster, tmp_path: Path) -> None:
+def test_local_sweep_end_to_end_and_rerun_does_nothing(
+    ray_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sweep, "BUNDLE_EVERY", 3)  # the driver bundles 3 markers, then the last one as it ends
     path = tiny_manifest(
         tmp_path,
         str(tmp_path / "results"),
@@ -73,6 +77,8 @@ def test_local_sweep_end_to_end_and_rerun_does_nothing(ray_cluster, tmp_path: Pa
     store = Store(str(tmp_path / "results"))
     keys = {s.key for s in sweep.make_plan(manifest).specs}
     assert store.done_keys() == keys
+    assert not list((tmp_path / "results" / "done").glob("*.json"))
+    assert len(list((tmp_path / "results" / "bundles").glob("*.parquet"))) == 2
     for key in keys:
         files = {p.name for p in (tmp_path / "results" / "fits" / key).iterdir()}
         assert FIT_FILES <= files
@@ -268,7 +274,7 @@ def test_mlflow_gets_bounded_curves_from_sweep_and_sync_once(tmp_path: Path, mlf
 
     live = sweep.MlflowLog(manifest, store)
     for spec in specs[:2]:
-        live.log(spec.key)
+        live.log(store.summary(spec.key))
     live.close()
     assert sweep.sync_mlflow(manifest) == (2, 2)
     assert sweep.sync_mlflow(manifest) == (0, 4)
@@ -479,9 +485,10 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def done_markers(root: Path) -> dict[str, str]:
-    folder = root / "done"
-    return {p.stem: p.read_text() for p in folder.glob("*.json")} if folder.exists() else {}
+def done_markers(root: Path) -> dict[str, dict[str, Any]]:
+    """The done markers of a local store by key, whether still in done/ or already bundled."""
+    store = Store(str(root))
+    return store.summaries(store.done_keys())
 
 
 def kill_session(proc: subprocess.Popen) -> None:
@@ -571,7 +578,7 @@ def test_a_killed_worker_does_not_lose_fits(tmp_path: Path) -> None:
     keys = {s.key for s in sweep.make_plan(load_manifest(path)).specs}
     assert set(done_markers(root)) == keys
     assert not (root / "failed").exists() or not list((root / "failed").iterdir())
-    summaries = [json.loads(v) for v in done_markers(root).values()]
+    summaries = list(done_markers(root).values())
     assert all(s["iterations_run"] == 300 for s in summaries)
 
 
