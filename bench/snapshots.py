@@ -167,6 +167,10 @@ def main() -> None:
         asked = ", ".join(f"{n} {method}" for method, n in sorted(figures["requests"].items()))
         print(f"  {name:12s} {figures['bytes']:>12,} bytes  {asked:12s}  {figures['seconds'] * 1000:6.1f} ms")
 
+    raw = clean.size * 2
+    blurry, noisy = (snapshot_bytes(clean, t, "float16") for t in (0, ITERATIONS))
+    print(f"\none float16 snapshot in the file: {blurry:,} bytes at the start ({blurry / raw:.0%} of raw), ", end="")
+    print(f"{noisy:,} at the end ({noisy / raw:.0%})")
     costs = stride_costs(clean)
     print(f"\ntrajectory per fit and per 1,000 fits, {ITERATIONS:,} iterations")
     print(
