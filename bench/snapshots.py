@@ -62,10 +62,13 @@ def dip_like(clean: np.ndarray, iteration: int, dtype: str) -> np.ndarray:
     return np.clip(blurred + noise, 0, 1).astype(dtype)
 
 
-def trajectory(clean: np.ndarray, stride: int | None, dtype: str = "float16") -> dict[str, np.ndarray]:
+def trajectory(clean: np.ndarray, stride: int, dtype: str = "float16") -> dict[str, np.ndarray]:
+    """A fit's trajectory at `stride`, as `Store.write_fit` takes it."""
     iterations = snapshot_iterations(stride)
-    snapshots = np.stack([dip_like(clean, int(t), dtype) for t in iterations]) if len(iterations) else None
-    return {"snapshot_iterations": iterations} | ({} if snapshots is None else {"snapshots": snapshots})
+    return {
+        "snapshots": np.stack([dip_like(clean, t, dtype) for t in iterations.tolist()]),
+        "snapshot_iterations": iterations,
+    }
 
 
 def load(path: Path) -> np.ndarray:
@@ -109,7 +112,7 @@ def one_snapshot(clean: np.ndarray) -> dict[str, Any]:
             store.write_fit(key, {}, {"key": key}, {"iteration": np.arange(ITERATIONS + 1)}, fit, {})
             size = figures["file bytes"] = store.fs.size(f"{store.root}/fits/{key}/trajectory.npz")
             one_member = io.BytesIO()
-            np.savez_compressed(one_member, **fit)  # as trajectories were stored before
+            np.savez_compressed(one_member, allow_pickle=False, **fit)  # as trajectories were stored before
             figures["one-member file bytes"] = one_member.getbuffer().nbytes
             one = store.open_trajectory(key).read([10])[0]
             assert np.array_equal(one.view(np.uint16), fit["snapshots"][10].view(np.uint16))
