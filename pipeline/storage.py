@@ -233,11 +233,17 @@ class _RangeFile:
         return None
 
     def fetch(self, spans: Iterable[tuple[int, int]]) -> None:
-        """Fetch the (start, stop) spans not held yet: one request each, at once on S3."""
-        missing = sorted({span for span in spans if self._held(*span) is None})
-        if missing:
-            starts, stops = zip(*missing, strict=True)
-            blobs = self.fs.cat_ranges([self.path] * len(missing), list(starts), list(stops), on_error="raise")
+        """Fetch the (start, stop) spans not held yet: one request per run of adjacent spans (all
+        of a trajectory's snapshots: one), the requests at once on S3."""
+        runs: list[list[int]] = []  # [start, stop]
+        for start, stop in sorted({span for span in spans if self._held(*span) is None}):
+            if runs and runs[-1][1] == start:
+                runs[-1][1] = stop
+            else:
+                runs.append([start, stop])
+        if runs:
+            starts, stops = [run[0] for run in runs], [run[1] for run in runs]
+            blobs = self.fs.cat_ranges([self.path] * len(runs), starts, stops, on_error="raise")
             self.parts.update(zip(starts, blobs, strict=True))
 
     def read(self, size: int = -1, /) -> bytes:
@@ -590,8 +596,8 @@ class Store:
         return arrays
 
     def open_trajectory(self, key: str) -> Trajectory:
-        """A fit's snapshots to read a few of: the file's last TAIL_BYTES now (zip directory and
-        iterations), then one range request per snapshot read."""
+        """A fit's snapshots to read a few of: the file's size and last TAIL_BYTES now (zip
+        directory and iterations), then a range request per run of adjacent snapshots read."""
         path = self._fit_file(key, TRAJECTORY)
         size = self.fs.size(path)
         start = max(size - TAIL_BYTES, 0)

@@ -368,7 +368,8 @@ def range_bytes(requests: list[dict[str, Any]], size: int) -> list[int]:
 def test_one_snapshot_is_two_small_range_requests_on_s3(s3_store_uri: tuple[str, dict], s3_server: str) -> None:
     """Counted by moto's recorder: opening a 30-snapshot trajectory and reading one snapshot asks
     for its size (HEAD) and two ranges, the tail and that snapshot's member (its compressed bytes
-    and a local header), under a tenth of the file; reading it whole GETs every byte once."""
+    and a local header), under a tenth of the file; reading it whole GETs every byte once, and
+    every snapshot through open_trajectory is one run of adjacent members after the tail."""
     import requests
 
     store = Store(*s3_store_uri)
@@ -389,6 +390,8 @@ def test_one_snapshot_is_two_small_range_requests_on_s3(s3_store_uri: tuple[str,
     try:
         one = store.open_trajectory(fit["key"]).read([7])[0]
         one_requests = recorded()
+        every = store.open_trajectory(fit["key"]).read(range(30))
+        every_requests = recorded()
         whole = store.read_trajectory(fit["key"])["snapshots"]
         whole_requests = recorded()
     finally:
@@ -401,6 +404,8 @@ def test_one_snapshot_is_two_small_range_requests_on_s3(s3_store_uri: tuple[str,
     stored = zipfile.ZipFile(io.BytesIO(store.fs.cat_file(path))).getinfo("snapshots/7.npy").compress_size
     assert tail == storage.TAIL_BYTES and stored < member < stored + 100
     assert tail + member < size / 10 < size == sum(range_bytes(whole_requests, size))
+    np.testing.assert_array_equal(every.view(np.uint16), snapshots.view(np.uint16))
+    assert len(range_bytes(every_requests, size)) == 2  # the tail and one run of adjacent members
 
 
 @pytest.mark.parametrize("kept", [True, False])
