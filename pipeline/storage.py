@@ -5,7 +5,8 @@ Layout under the storage root (see docs/storage.md for the Parquet schema)::
     sweep.json                  resolved manifest; a different one goes beside it as sweep-<time>.json
     fits/<key>/spec.json        resolved fit spec
     fits/<key>/metrics.parquet  per-iteration metrics, "iteration" (int64) first
-    fits/<key>/trajectory.npz   snapshots (T, C, H, W) + snapshot_iterations, compressed
+    fits/<key>/trajectory.npz   a zip of snapshots/<i>.npy (C, H, W), each deflated on its own,
+                                then snapshot_iterations.npy (T,)
     fits/<key>/<name>.png       images
     done/<key>.json             completion marker holding the flat summary row, written LAST
     bundles/<time>-<id>.parquet done markers moved into one file: key, marker (its JSON text)
@@ -25,6 +26,11 @@ so a fit is never lost in between; a fit found in two places counts once. Plans 
 listings and the bundles' key columns; ``collect`` reads only the bundles and markers its last
 ``summary.parquet`` lacks (see `Store.collect`).
 
+A reader of one snapshot fetches the trajectory's last bytes (its zip directory and iterations)
+and that snapshot's member: two range requests after the size (a HEAD on S3), not the whole file
+(`Store.open_trajectory`). Trajectories stored before hold all snapshots in one member
+"snapshots"; every reader still reads them, whole.
+
 A second completion of a done fit (a Ray retry of a call that had in fact finished) writes
 nothing: the first completion wins. Two completions racing at the same moment could both write;
 fits are seeded, so both write the same results.
@@ -40,8 +46,9 @@ import logging
 import re
 import time
 import uuid
+import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -77,6 +84,12 @@ POOL_CONNECTIONS = 64  # concurrent requests per S3 client (botocore's default: 
 READ_BATCH = 4 * POOL_CONNECTIONS
 BUNDLES = "bundles"  # the folder of marker bundles
 BUNDLES_MERGED_AT = 16  # more bundles than this, and a collect merges them into one
+TRAJECTORY = "trajectory.npz"
+ITERATIONS = "snapshot_iterations.npy"
+ALL_SNAPSHOTS = "snapshots.npy"  # the one member of all snapshots in trajectories stored before
+# A trajectory's last bytes, read first: its zip directory (~70 bytes a snapshot) and iterations
+# (8 bytes a snapshot) fit for up to ~800 snapshots; a larger directory costs one more request.
+TAIL_BYTES = 64 * 1024
 
 
 class StorageError(DipError, RuntimeError):
@@ -187,10 +200,110 @@ def _metrics_table(metrics: dict[str, np.ndarray]) -> pa.Table:
     return pa.table(columns)
 
 
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+def _snapshot(index: int) -> str:
+    return f"snapshots/{index}.npy"
+
+
+def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, allow_pickle=False, **arrays)  # plain arrays only, as read_trajectory loads them
+    np.save(buffer, array, allow_pickle=False)  # plain arrays only, as Trajectory loads them
     return buffer.getvalue()
+
+
+def trajectory_bytes(trajectory: dict[str, np.ndarray]) -> bytes:
+    """A fit's trajectory as a zip (.npz) with one deflated member per snapshot, so that a reader
+    fetches one alone, and the iterations last, beside the zip directory at the end."""
+    unknown = set(trajectory) - {"snapshots", "snapshot_iterations"}
+    if unknown:
+        raise ValueError(f"a trajectory holds snapshots and snapshot_iterations, not {sorted(unknown)}")
+    snapshots = trajectory.get("snapshots")
+    iterations = trajectory.get("snapshot_iterations", np.zeros(0, np.int64))
+    if snapshots is not None and len(snapshots) != len(iterations):
+        raise ValueError(f"{len(snapshots)} snapshots but {len(iterations)} snapshot iterations")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for index, snapshot in enumerate(() if snapshots is None else snapshots):
+            archive.writestr(_snapshot(index), _npy(snapshot))
+        archive.writestr(ITERATIONS, _npy(np.asarray(iterations)))
+    return buffer.getvalue()
+
+
+class _RangeFile:
+    """A stored file as a seekable file for `zipfile` that reads only the bytes asked for: from
+    the parts fetched before (`fetch`) when one holds them, else with one range request."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, size: int, parts: dict[int, bytes]) -> None:
+        self.fs, self.path, self.size, self.parts = fs, path, size, parts
+        self.position = 0
+
+    def _held(self, start: int, stop: int) -> bytes | None:
+        for begin, data in self.parts.items():
+            if begin <= start and stop <= begin + len(data):
+                return data[start - begin : stop - begin]
+        return None
+
+    def fetch(self, spans: Iterable[tuple[int, int]]) -> None:
+        """Fetch the (start, stop) spans not held yet: one request per run of adjacent spans (all
+        of a trajectory's snapshots: one), the requests at once on S3."""
+        runs: list[list[int]] = []  # [start, stop]
+        for start, stop in sorted({span for span in spans if self._held(*span) is None}):
+            if runs and runs[-1][1] == start:
+                runs[-1][1] = stop
+            else:
+                runs.append([start, stop])
+        if runs:
+            starts, stops = [run[0] for run in runs], [run[1] for run in runs]
+            blobs = self.fs.cat_ranges([self.path] * len(runs), starts, stops, on_error="raise")
+            self.parts.update(zip(starts, blobs, strict=True))
+
+    def read(self, size: int = -1, /) -> bytes:
+        start = self.position
+        stop = self.size if size < 0 else min(start + size, self.size)
+        self.position = max(start, stop)
+        if start >= stop:
+            return b""
+        held = self._held(start, stop)
+        return self.fs.cat_file(self.path, start=start, end=stop) if held is None else held
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
+        self.position = offset + (0, self.position, self.size)[whence]
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def seekable(self) -> bool:
+        return True
+
+
+class Trajectory:
+    """A fit's stored snapshots, read a few at a time: each snapshot's member is fetched alone
+    (`read`). Trajectories stored before hold all snapshots in one member, read whole."""
+
+    def __init__(self, file: _RangeFile) -> None:
+        self._file = file
+        self._zip = zipfile.ZipFile(file)
+        # a member's bytes (local header and data) run to the next member's or to the zip directory
+        starts = sorted(info.header_offset for info in self._zip.infolist()) + [self._zip.start_dir]
+        ends = dict(zip(starts, starts[1:], strict=False))
+        self._spans = {info.filename: (info.header_offset, ends[info.header_offset]) for info in self._zip.infolist()}
+        self.iterations = self._load([ITERATIONS])[0] if ITERATIONS in self._spans else np.zeros(0, np.int64)
+
+    @property
+    def kept(self) -> bool:
+        """Whether the fit kept snapshots (a fit may store their iterations alone, or nothing)."""
+        return ALL_SNAPSHOTS in self._spans or _snapshot(0) in self._spans
+
+    def read(self, indices: Iterable[int]) -> np.ndarray:
+        """The snapshots at `indices` (of `iterations`) as stored: (k, C, …), float16 by default."""
+        rows = [range(len(self.iterations))[i] for i in indices]
+        if ALL_SNAPSHOTS in self._spans:
+            return self._load([ALL_SNAPSHOTS])[0][rows]
+        return np.stack(self._load([_snapshot(row) for row in rows]))
+
+    def _load(self, names: Sequence[str]) -> list[np.ndarray]:
+        self._file.fetch(self._spans[name] for name in names)
+        return [np.load(io.BytesIO(self._zip.read(name)), allow_pickle=False) for name in names]
 
 
 def _check_flat(summary: dict[str, Any]) -> None:
@@ -534,7 +647,7 @@ class Store:
         files = {
             "spec.json": _to_json(spec),
             "metrics.parquet": _parquet_bytes(_metrics_table(metrics), curves=True),
-            "trajectory.npz": _npz_bytes(trajectory),
+            TRAJECTORY: trajectory_bytes(trajectory),
         } | {f"{_part(name)}.png": png for name, png in images.items()}
         marker = _to_json({"key": key, **summary})
         for name, data in files.items():
@@ -574,8 +687,22 @@ class Store:
         return pq.read_table(pa.BufferReader(self.fs.cat_file(self._fit_file(key, "metrics.parquet"))))
 
     def read_trajectory(self, key: str) -> dict[str, np.ndarray]:
-        with np.load(io.BytesIO(self.fs.cat_file(self._fit_file(key, "trajectory.npz"))), allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
+        """Every snapshot (T, C, …) and its iteration (T,), from one read of the whole file."""
+        path = self._fit_file(key, TRAJECTORY)
+        data = self.fs.cat_file(path)
+        trajectory = Trajectory(_RangeFile(self.fs, path, len(data), {0: data}))
+        arrays = {"snapshot_iterations": trajectory.iterations}
+        if trajectory.kept:
+            arrays["snapshots"] = trajectory.read(range(len(trajectory.iterations)))
+        return arrays
+
+    def open_trajectory(self, key: str) -> Trajectory:
+        """A fit's snapshots to read a few of: the file's size and last TAIL_BYTES now (zip
+        directory and iterations), then a range request per run of adjacent snapshots read."""
+        path = self._fit_file(key, TRAJECTORY)
+        size = self.fs.size(path)
+        start = max(size - TAIL_BYTES, 0)
+        return Trajectory(_RangeFile(self.fs, path, size, {start: self.fs.cat_file(path, start=start, end=size)}))
 
     def read_image(self, key: str, name: str) -> bytes:
         return self.fs.cat_file(self._fit_file(key, f"{_part(name)}.png"))

@@ -35,7 +35,7 @@ from pipeline.manifest import FitSpec, Manifest, MlflowSpec
 from pipeline.messages import Terminated, UserError, one_line
 from pipeline.record import flatten_for_mlflow, run_name, upgrade
 from pipeline.sources import expand_specs, open_store
-from pipeline.storage import Store
+from pipeline.storage import Store, Trajectory
 from pipeline.tracking import Tracker, TrackingError, default_tracking_uri
 
 
@@ -433,16 +433,19 @@ def spread(count: int, most: int | None, keep: Iterable[int] = ()) -> np.ndarray
     return np.union1d(even, np.asarray(marks, dtype=np.int64))
 
 
-def trajectory_images(trajectory: dict[str, np.ndarray], most: int) -> list[tuple[int, np.ndarray]]:
+def trajectory_images(trajectory: Trajectory, most: int) -> list[tuple[int, np.ndarray]]:
     """At most `most` snapshots of an image fit, evenly spread from the first to the last, as
-    (iteration, H×W or H×W×C uint8) for MLflow's step-indexed images; none for a 1-D fit."""
-    snapshots = trajectory.get("snapshots")
-    if most == 0 or snapshots is None or snapshots.ndim != 4 or not len(snapshots):
+    (iteration, H×W or H×W×C uint8) for MLflow's step-indexed images; none for a 1-D fit. Only
+    those snapshots are read from storage."""
+    if most == 0 or not trajectory.kept or not len(trajectory.iterations):
         return []
-    chosen = spread(len(snapshots), most)
-    pixels = (np.clip(snapshots[chosen].astype(np.float32), 0, 1) * 255).round().astype(np.uint8)
+    chosen = spread(len(trajectory.iterations), most)
+    snapshots = trajectory.read(chosen)
+    if snapshots.ndim != 4:
+        return []
+    pixels = (np.clip(snapshots.astype(np.float32), 0, 1) * 255).round().astype(np.uint8)
     pictures = pixels[:, 0] if pixels.shape[1] == 1 else pixels.transpose(0, 2, 3, 1)
-    return [(int(trajectory["snapshot_iterations"][i]), picture) for i, picture in zip(chosen, pictures, strict=True)]
+    return [(int(trajectory.iterations[i]), picture) for i, picture in zip(chosen, pictures, strict=True)]
 
 
 def metric_points(metrics: dict[str, np.ndarray], most: int | None, summary: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -474,7 +477,7 @@ def log_stored_fit(tracker: Tracker, parent: str, store: Store, summary: dict[st
         if store.has_image(key, name)
     }
     most_images = settings.trajectory_images
-    trajectory = trajectory_images(store.read_trajectory(key), most_images) if most_images else []
+    trajectory = trajectory_images(store.open_trajectory(key), most_images) if most_images else []
     tracker.log_fit(parent, key, run_name(summary), params, numbers, metrics, images, store.uri, trajectory)
 
 

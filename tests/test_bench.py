@@ -115,3 +115,19 @@ def test_s3_scale_times_every_step_on_a_small_store(s3_store_uri: tuple[str, dic
         "collect after 5 new loose markers",
         "unchanged collect (report)",
     ]
+
+
+@pytest.mark.skipif(not (DATA_ROOT / "standard9").is_dir(), reason="shared data sets not on this machine")
+def test_snapshot_stride_costs_fall_with_the_stride() -> None:
+    """bench.snapshots on a 32² crop of a real image: the strides keep 101, 41, 21, 11, 5 and 0
+    snapshots; the file shrinks with the stride and float32 costs more than float16 (the bench
+    itself checks its sum against a written file)."""
+    from bench import snapshots
+
+    clean = snapshots.load(DATA_ROOT / "standard9" / "image_Peppers512rgb.png")[:, 200:232, 200:232]
+    assert [len(snapshots.snapshot_iterations(s)) for s in snapshots.STRIDES] == [101, 41, 21, 11, 5, 0]
+    costs = snapshots.stride_costs(clean)
+    for dtype in snapshots.DTYPES:
+        sizes = [costs[dtype][str(stride)] for stride in snapshots.STRIDES]
+        assert sizes == sorted(sizes, reverse=True) and sizes[-1] < 300
+    assert costs["float32"]["500"] > 1.5 * costs["float16"]["500"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import threading
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -315,6 +317,130 @@ def test_metrics_are_stored_with_curve_encodings(tmp_path: Path) -> None:
     default = pa.BufferOutputStream()
     pq.write_table(pq.read_table(path), default)
     assert path.stat().st_size < default.getvalue().size
+
+
+# --- a trajectory read one snapshot at a time ----------------------------------------------------
+
+
+def with_snapshots(snapshots: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """A fit whose trajectory is `snapshots`, kept every 10 iterations."""
+    iterations = np.arange(0, 10 * len(snapshots), 10, dtype=np.int64)
+    return make_fit(seed) | {"trajectory": {"snapshots": snapshots, "snapshot_iterations": iterations}}
+
+
+def test_a_snapshot_reads_back_bit_exact(store: Store) -> None:
+    """Every snapshot read alone is the float16 array written, bit for bit (NaN and -0.0 too),
+    in any order and repeated; an index past the end is an IndexError."""
+    snapshots = np.random.default_rng(1).normal(0.5, 0.3, (5, 3, 16, 12)).astype(np.float16)
+    snapshots[2, 0, 0, :3] = [np.nan, -0.0, np.inf]
+    fit = with_snapshots(snapshots)
+    store.write_fit(**fit)
+    trajectory = store.open_trajectory(fit["key"])
+    assert trajectory.kept and trajectory.iterations.tolist() == [0, 10, 20, 30, 40]
+    got = trajectory.read([4, 2, 2, -5])
+    assert got.dtype == np.float16 and got.shape == (4, 3, 16, 12)
+    np.testing.assert_array_equal(got.view(np.uint16), snapshots[[4, 2, 2, 0]].view(np.uint16))
+    with pytest.raises(IndexError):
+        trajectory.read([5])
+
+
+def test_a_large_zip_directory_is_read_too(store: Store) -> None:
+    """1,500 snapshots: their zip directory (~90 KB) is larger than the tail read first."""
+    snapshots = np.arange(1500 * 4, dtype=np.float16).reshape(1500, 1, 2, 2)
+    fit = with_snapshots(snapshots)
+    store.write_fit(**fit)
+    trajectory = store.open_trajectory(fit["key"])
+    assert len(trajectory.iterations) == 1500
+    np.testing.assert_array_equal(trajectory.read([0, 1499]), snapshots[[0, 1499]])
+
+
+def range_bytes(requests: list[dict[str, Any]], size: int) -> list[int]:
+    """Bytes each GET asked for, from its Range header as moto recorded it (a GET without one: the
+    whole file of `size` bytes)."""
+    asked = []
+    for request in (r for r in requests if r["method"] == "GET"):
+        first, last = request["headers"].get("Range", f"bytes=0-{size - 1}").removeprefix("bytes=").split("-")
+        asked.append(int(last) - int(first) + 1)
+    return asked
+
+
+def test_one_snapshot_is_two_small_range_requests_on_s3(s3_store_uri: tuple[str, dict], s3_server: str) -> None:
+    """Counted by moto's recorder: opening a 30-snapshot trajectory and reading one snapshot asks
+    for its size (HEAD) and two ranges, the tail and that snapshot's member (its compressed bytes
+    and a local header), under a tenth of the file; reading it whole GETs every byte once, and
+    every snapshot through open_trajectory is one run of adjacent members after the tail."""
+    import requests
+
+    store = Store(*s3_store_uri)
+    snapshots = np.random.default_rng(2).random((30, 3, 128, 128)).astype(np.float16)  # ~85 KB a member
+    fit = with_snapshots(snapshots)
+    store.write_fit(**fit)
+    path = f"{store.root}/fits/{fit['key']}/trajectory.npz"
+    size = store.fs.size(path)
+    api = f"{s3_server}/moto-api/recorder"
+
+    def recorded() -> list[dict[str, Any]]:
+        lines = requests.get(f"{api}/download-recording", timeout=30).text.splitlines()
+        requests.post(f"{api}/reset-recording", timeout=10).raise_for_status()
+        return [entry for entry in map(json.loads, lines) if entry["url"].endswith(path.split("/", 1)[1])]
+
+    requests.post(f"{api}/reset-recording", timeout=10).raise_for_status()
+    requests.post(f"{api}/start-recording", timeout=10).raise_for_status()
+    try:
+        one = store.open_trajectory(fit["key"]).read([7])[0]
+        one_requests = recorded()
+        every = store.open_trajectory(fit["key"]).read(range(30))
+        every_requests = recorded()
+        whole = store.read_trajectory(fit["key"])["snapshots"]
+        whole_requests = recorded()
+    finally:
+        requests.post(f"{api}/stop-recording", timeout=10)
+    np.testing.assert_array_equal(one.view(np.uint16), snapshots[7].view(np.uint16))
+    np.testing.assert_array_equal(whole.view(np.uint16), snapshots.view(np.uint16))
+
+    assert [r["method"] for r in one_requests] == ["HEAD", "GET", "GET"]
+    tail, member = range_bytes(one_requests, size)
+    stored = zipfile.ZipFile(io.BytesIO(store.fs.cat_file(path))).getinfo("snapshots/7.npy").compress_size
+    assert tail == storage.TAIL_BYTES and stored < member < stored + 100
+    assert tail + member < size / 10 < size == sum(range_bytes(whole_requests, size))
+    np.testing.assert_array_equal(every.view(np.uint16), snapshots.view(np.uint16))
+    assert len(range_bytes(every_requests, size)) == 2  # the tail and one run of adjacent members
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_a_trajectory_stored_before_is_still_read(store: Store, kept: bool) -> None:
+    """A trajectory.npz as stored before (np.savez_compressed, all snapshots one member, iterations
+    first) reads back whole, a snapshot at a time and as MLflow's images; a fit that kept no
+    snapshots has their iterations alone."""
+    from pipeline.sweep import trajectory_images
+
+    fit = make_fit()
+    store.write_fit(**fit)
+    old = fit["trajectory"] if kept else {"snapshot_iterations": np.zeros(0, np.int64)}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, allow_pickle=False, **old)
+    store.fs.pipe_file(f"{store.root}/fits/{fit['key']}/trajectory.npz", buffer.getvalue())
+
+    assert set(store.read_trajectory(fit["key"])) == set(old)
+    for name, array in store.read_trajectory(fit["key"]).items():
+        np.testing.assert_array_equal(array, old[name])
+    trajectory = store.open_trajectory(fit["key"])
+    assert trajectory.kept is kept
+    np.testing.assert_array_equal(trajectory.iterations, old["snapshot_iterations"])
+    if kept:
+        np.testing.assert_array_equal(trajectory.read([2, 0]), old["snapshots"][[2, 0]])
+    assert [step for step, _ in trajectory_images(trajectory, 2)] == ([0, 40] if kept else [])
+
+
+def test_a_trajectory_is_checked_when_written(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "results"))
+    with pytest.raises(ValueError, match="3 snapshots but 2 snapshot iterations"):
+        store.write_fit(
+            **make_fit() | {"trajectory": {**make_fit()["trajectory"], "snapshot_iterations": np.arange(2)}}
+        )
+    with pytest.raises(ValueError, match=r"not \['final'\]"):
+        store.write_fit(**make_fit() | {"trajectory": {"final": np.zeros(3)}})
+    assert not store.done_keys()
 
 
 # --- markers bundled: collect reads only what summary.parquet lacks -----------------------------

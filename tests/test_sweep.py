@@ -24,7 +24,7 @@ from devservices.ray_cluster import HeadStartedByHand
 from pipeline import sweep
 from pipeline.cli import main as dip
 from pipeline.manifest import FitSpec, load_manifest
-from pipeline.storage import Store
+from pipeline.storage import Store, Trajectory
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 FIT_FILES = {"spec.json", "metrics.parquet", "trajectory.npz", "final.png", "clean.png"}
@@ -591,19 +591,28 @@ def test_work_estimate_counts_a_classical_reference_as_one_iteration() -> None:
     assert sweep.work_estimate(specs) == 2 * 3 * (4 * 1000 + 2) * 64**2
 
 
-def test_trajectory_images_are_spread_evenly_and_bounded() -> None:
+def stored_trajectory(store: Store, key: str, snapshots: np.ndarray) -> Trajectory:
+    """`snapshots` stored as a fit's trajectory (at iterations 0, 5, …) and opened for reading."""
+    iterations = np.arange(0, 5 * len(snapshots), 5)
+    trajectory = {"snapshots": snapshots, "snapshot_iterations": iterations}
+    store.write_fit(key, {}, {"key": key}, {"iteration": iterations}, trajectory, {})
+    return store.open_trajectory(key)
+
+
+def test_trajectory_images_are_spread_evenly_and_bounded(tmp_path: Path) -> None:
     """Ten grey snapshots at iterations 0, 5, …, 45, at most four: indices 0, 3, 6, 9 (rounded
     linspace), as H×W uint8 with 1.0 → 255; a 1-D fit or a bound of 0 logs none."""
+    store = Store(str(tmp_path / "results"))
     snapshots = np.stack([np.full((1, 4, 6), i / 9, dtype=np.float16) for i in range(10)])
-    trajectory = {"snapshots": snapshots, "snapshot_iterations": np.arange(0, 50, 5)}
+    trajectory = stored_trajectory(store, "grey", snapshots)
     chosen = sweep.trajectory_images(trajectory, 4)
     assert [step for step, _ in chosen] == [0, 15, 30, 45]
     assert all(picture.shape == (4, 6) and picture.dtype == np.uint8 for _, picture in chosen)
     assert chosen[-1][1].max() == 255 and chosen[0][1].max() == 0
-    rgb = {"snapshots": np.zeros((3, 3, 4, 6), np.float16), "snapshot_iterations": np.arange(3)}
+    rgb = stored_trajectory(store, "rgb", np.zeros((3, 3, 4, 6), np.float16))
     assert [p.shape for _, p in sweep.trajectory_images(rgb, 24)] == [(4, 6, 3)] * 3
     assert sweep.trajectory_images(trajectory, 0) == []
-    assert sweep.trajectory_images({"snapshots": np.zeros((3, 1, 8)), "snapshot_iterations": np.arange(3)}, 4) == []
+    assert sweep.trajectory_images(stored_trajectory(store, "signal", np.zeros((3, 1, 8))), 4) == []
 
 
 def test_spread_keeps_the_ends_and_the_marks_within_the_bound() -> None:
