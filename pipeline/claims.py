@@ -14,9 +14,9 @@ sees what was asked of the numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,8 @@ import torch
 
 from dipmodel.metrics import power_spectrum_error
 from pipeline.paper import PAPER_TABLES, paper_row
+from pipeline.record import FBC_CONVERGED_PREFIX, present
+from pipeline.single import band_convergence
 
 Status = Literal["holds", "does not hold", "not run"]
 
@@ -38,7 +40,6 @@ class Files(Protocol):
     def image(self, key: str, name: str) -> np.ndarray | None: ...
 
 
-FBC_LEVEL = 0.9  # a band has "converged" once it reaches this fraction of its own maximum
 DECAY_DB = 1.0  # "peaks then decays": best minus final PSNR above this (Shi et al. 2022, Fig. 8)
 FLAT_DB = 0.3  # "does not decay": best minus final PSNR below this
 UNDERFIT_DB = 0.5  # "λ = 1 under-fits": its peak at least this far below λ = 2's
@@ -50,15 +51,18 @@ MATCHED_POWER = 2.0  # C7: a frequency is "matched" while its power is within th
 DENOISE_GAIN_DB = 1.0  # C3: "not removed": the peak PSNR at most this above the noisy input's
 
 
-def band_convergence(metrics: pd.DataFrame) -> list[float]:
-    """Per FBC band, the first iteration at which it reaches FBC_LEVEL × its maximum over the fit.
+def stored_band_convergence(fit: Mapping[str, Any]) -> list[float] | None:
+    """A summary row's fbc_converged_* columns (`band_convergence`, computed by the worker) by
+    band; None for a fit without them (no FBC metrics, or stored before they existed)."""
+    columns = sorted((c for c in fit if c.startswith(FBC_CONVERGED_PREFIX)), key=lambda c: int(c.rsplit("_", 1)[1]))
+    values = [float(fit[c]) for c in columns if present(fit[c])]
+    return values or None
 
-    Relative to each band's own maximum, so bands that never match fully (noise in the high
-    bands of a denoising target) are compared by how fast they get where they get.
-    """
-    bands = sorted(c for c in metrics.columns if c.startswith("fbc_"))
-    it = metrics["iteration"].to_numpy()
-    return [float(it[np.argmax(metrics[b].to_numpy() >= FBC_LEVEL * metrics[b].max())]) for b in bands]
+
+def fit_band_convergence(fit: Mapping[str, Any], files: Files) -> list[float]:
+    """A fit's band convergence from its summary row, or from its metrics for a fit stored
+    before the row had it."""
+    return stored_band_convergence(fit) or [float(it) for it in band_convergence(files.metrics(fit["key"]))]
 
 
 @dataclass(frozen=True)
@@ -208,7 +212,7 @@ def check_band_order(fits: pd.DataFrame, files: Files) -> list[Check]:
     images = fits[fits["kind"] == "image"]
     if images.empty:
         return [_missing("image fits")]
-    bands = np.array([band_convergence(files.metrics(k)) for k in images["key"]])
+    bands = np.array([fit_band_convergence(fit, files) for fit in images.to_dict("records")])
     first, last = float(bands[:, 0].mean()), float(bands[:, -1].mean())
     peak_after = float(np.mean(images["best_iteration"].to_numpy() >= bands[:, 0]))
     return [
@@ -229,7 +233,7 @@ def check_s2(fits: pd.DataFrame, files: Files) -> list[Check]:
     if not {"decoder", "convnet"} <= set(models):
         return [_missing(a) for a in asked]
     bands = {
-        m: np.mean([band_convergence(files.metrics(k)) for k in models[m]["key"]], axis=0)
+        m: np.mean([fit_band_convergence(fit, files) for fit in models[m].to_dict("records")], axis=0)
         for m in ("decoder", "convnet")
     }
     best = {m: float(models[m]["best_psnr"].mean()) for m in ("decoder", "convnet")}

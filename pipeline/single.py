@@ -2,8 +2,9 @@
 
 ``prepare_problem`` is the shared first half (image → crop → operator → observation);
 `write_fit_folder` is how `dip fit` shows a stored fit (images, metrics.csv, curves).
-The preprocessing that defines an input (``downsample``, 1-D ``sine_signal``) and the 1-D
-amplitude metrics of C&M §3.1 live here for the same reason.
+The preprocessing that defines an input (``downsample``, 1-D ``sine_signal``), the 1-D
+amplitude metrics of C&M §3.1 and the per-fit convergence iterations a worker stores in the
+summary row (``convergence_iterations``, ``band_convergence``) live here for the same reason.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from pipeline.images import ImageError, center_crop, encode_png
 from pipeline.storage import Store
 
 SE_CONVERGED = 0.01  # C&M's delta: frequency k has converged once SE(k) <= delta
+FBC_LEVEL = 0.9  # a band has "converged" once it reaches this fraction of its own maximum
 
 
 @dataclass
@@ -78,6 +81,20 @@ def convergence_iterations(metrics: Mapping[str, np.ndarray], count: int) -> dic
     se = torch.from_numpy(np.stack([metrics[f"se_{i + 1}"] for i in range(count)], axis=1))
     rows = M.first_convergence(se, delta=SE_CONVERGED).tolist()  # rows of the table, not iterations
     return {f"converged_k{i + 1}": int(metrics["iteration"][r]) if r >= 0 else -1 for i, r in enumerate(rows)}
+
+
+def band_convergence(metrics: Mapping[str, Any]) -> list[int]:
+    """Per FBC band (fbc_1 … fbc_K, a fit's metrics as arrays or a DataFrame), the first logged
+    iteration at which it reaches FBC_LEVEL × its maximum over the fit (Shi et al. 2022, Fig. 3).
+
+    Relative to each band's own maximum, so bands that never match fully (noise in the high
+    bands of a denoising target) are compared by how fast they get where they get.
+    """
+    bands = sorted((c for c in metrics if re.fullmatch(r"fbc_\d+", c)), key=lambda c: int(c[4:]))
+    it = np.asarray(metrics["iteration"])
+    values = [np.asarray(metrics[band], dtype=np.float64) for band in bands]
+    # NaN rows (a diverged step) are left out of the maximum, as pandas' max leaves them out
+    return [int(it[np.argmax(v >= FBC_LEVEL * np.nanmax(v, initial=-np.inf))]) for v in values]
 
 
 def prepare_problem(

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.claims import band_convergence, verdict_lines, verdicts
+from pipeline.claims import verdict_lines, verdicts
+from pipeline.single import band_convergence
 
 NONE = math.nan  # the summary's λ of an unconstrained fit
 
@@ -111,6 +112,20 @@ def test_band_convergence_and_the_band_order_claim() -> None:
     assert v.status == "holds"
     early_peak = verdict_of(fits.assign(best_iteration=5), "S1", lambda key: curves)
     assert early_peak.status == "does not hold"
+
+
+def test_the_band_order_claim_takes_band_convergence_from_the_summary_row() -> None:
+    """fbc_converged_1 = 10 < fbc_converged_5 = 40 and the peak (50) after band 1: holds, with no metrics read."""
+    fits = pd.DataFrame(
+        {"key": ["k"], "experiment": ["S1"], "kind": ["image"], "best_iteration": [50]}
+        | {"fbc_converged_1": [10], "fbc_converged_5": [40]}
+    )
+
+    def unread(key: str) -> pd.DataFrame:
+        raise AssertionError(f"metrics of {key} read")
+
+    assert verdict_of(fits, "S1", unread).status == "holds"
+    assert verdict_of(fits.assign(fbc_converged_1=45), "S1", unread).status == "does not hold"
 
 
 def test_c6_gap_and_the_markdown_lines() -> None:
