@@ -154,6 +154,18 @@ def test_stopping_table_counts_iterations_saved_from_the_markers(denoise: tuple[
     assert "| denoise | all settings | " in summary and "backtracking fallbacks" in summary
 
 
+def test_real_fits_of_one_image_share_its_stored_inputs(denoise: tuple[Path, Path, Path]) -> None:
+    """2 λ × 2 seeds of one image: one clean image for all four fits, one degraded image per seed
+    (the noise is the seed's, whatever λ), and none in the fits' own folders."""
+    _, root, _ = denoise
+    assert len(list((root / "images").iterdir())) == 3
+    assert not list((root / "fits").glob("*/clean.png")) and not list((root / "fits").glob("*/degraded.png"))
+    store = Store(str(root))
+    keys = [marker["key"] for marker in markers(root)]
+    assert len({store.read_image(key, "clean") for key in keys}) == 1
+    assert len({store.read_image(key, "degraded") for key in keys}) == 2
+
+
 def test_band_convergence_table_is_the_same_from_old_markers(denoise: tuple[Path, Path, Path], tmp_path: Path) -> None:
     """Markers written before rows had fbc_converged_* (the same store with them removed): the
     report then reads every fit's metrics and finds the same table."""
