@@ -83,20 +83,28 @@ OUTCOME_COLUMNS: dict[str, pa.DataType] = {
     "ms_per_iteration": pa.float64(),
     "max_error_exact": pa.float64(),
     "max_rel_error_paper": pa.float64(),
+    "plateau_iteration": pa.int64(),  # fits with a clean image: pipeline.single.plateau_iteration
 }
 CONVERGED_PREFIX = "converged_k"  # converged_k1 … converged_kK of a 1-D fit: iterations, -1 if never (C&M Fig. 3)
-# fbc_converged_1 … fbc_converged_5 of an image fit with FBC metrics: the iteration each band reaches
-# its convergence level (pipeline.single.band_convergence; Shi et al. 2022, Fig. 3). Markers written
-# before these existed lack them and cannot get them from their row: readers fall back to the metrics.
+# Of an image fit with FBC metrics, per band: the iteration it reaches its convergence level
+# (pipeline.single.band_convergence; Shi et al. 2022, Fig. 3) and its value at the last logged iteration.
 FBC_CONVERGED_PREFIX = "fbc_converged_"
-NUMBERED_PREFIXES = (CONVERGED_PREFIX, FBC_CONVERGED_PREFIX)  # int64 iteration columns, numbered from 1
+FBC_FINAL_PREFIX = "fbc_final_"
+# Columns numbered from 1, by prefix, with their type. Markers written before the fbc_* and
+# plateau_iteration columns existed lack them and cannot get them from their row (`upgrade`):
+# readers compute them from the fit's metrics instead.
+NUMBERED: dict[str, pa.DataType] = {
+    CONVERGED_PREFIX: pa.int64(),
+    FBC_CONVERGED_PREFIX: pa.int64(),
+    FBC_FINAL_PREFIX: pa.float64(),
+}
 # The columns every summary table has, whatever its fits (param_* and the numbered columns come with the fits).
 ROW_SCHEMA = pa.schema([*SPEC_COLUMNS.items(), *OUTCOME_COLUMNS.items()])
 
 
 def _numbered(name: str) -> tuple[int, int] | None:
-    """(which of NUMBERED_PREFIXES, number) of a numbered column such as converged_k3; else None."""
-    for rank, prefix in enumerate(NUMBERED_PREFIXES):
+    """(which prefix of NUMBERED, number) of a numbered column such as converged_k3; else None."""
+    for rank, prefix in enumerate(NUMBERED):
         if name.startswith(prefix) and name.removeprefix(prefix).isdigit():
             return rank, int(name.removeprefix(prefix))
     return None
@@ -107,8 +115,8 @@ def column_type(name: str) -> pa.DataType:
     that a table of any markers can be built without guessing."""
     if name.startswith("param_") and name.removeprefix("param_") in PARAM_TYPES:
         return PARAM_TYPES[name.removeprefix("param_")]
-    if _numbered(name):
-        return pa.int64()
+    if numbered := _numbered(name):
+        return list(NUMBERED.values())[numbered[0]]
     return SPEC_COLUMNS.get(name) or OUTCOME_COLUMNS.get(name) or pa.string()
 
 
@@ -121,7 +129,7 @@ def kind_of(task: str | None, image: str | None) -> Kind:
 
 def upgrade(row: dict[str, Any]) -> dict[str, Any]:
     """A done marker's row with what older markers lack (``kind``), as `Store.collect` reads it.
-    The fbc_converged_* columns are not added: they need the fit's metrics, not its row."""
+    Columns computed from a fit's metrics (fbc_*, plateau_iteration) are not added: a row lacks them."""
     return row if "kind" in row else row | {"kind": kind_of(row.get("task"), row.get("image"))}
 
 
@@ -216,15 +224,15 @@ def _misfits(value: Any, dtype: pa.DataType) -> bool:
 
 
 def _column_rank(name: str) -> tuple[int, int, str]:
-    """Where a column goes: the record's columns in schema order, then param_*, converged_k* by k,
-    fbc_converged_* by band and any other column by name."""
+    """Where a column goes: the record's columns in schema order, then param_*, the numbered
+    columns by prefix and number and any other column by name."""
     if name in ROW_SCHEMA.names:
         return (0, ROW_SCHEMA.names.index(name), "")
     if name.startswith("param_"):
         return (1, 0, name)
     if numbered := _numbered(name):
         return (2 + numbered[0], numbered[1], "")
-    return (2 + len(NUMBERED_PREFIXES), 0, name)
+    return (2 + len(NUMBERED), 0, name)
 
 
 def canonical(summaries: pa.Table) -> pa.Table:

@@ -26,12 +26,12 @@ from dipmodel.networks import NetConfig
 from pipeline.images import ImageError, decode, read_bytes, read_limited
 from pipeline.locations import is_remote, local_path
 from pipeline.manifest import FitSpec
-from pipeline.record import FBC_CONVERGED_PREFIX, Summary
+from pipeline.record import Summary
 from pipeline.single import (
     Problem,
     amplitude_metrics,
-    band_convergence,
     convergence_iterations,
+    curve_outcome,
     downsample,
     prepare_problem,
     result_images,
@@ -66,13 +66,13 @@ def load_spec_image(spec: FitSpec, storage_options: dict[str, Any] | None = None
 
 def fit_summary(spec: FitSpec, result: FitResult, problem: Problem) -> Summary:
     """The record of a finished fit: what was run, and how it went (1-D fits: when each frequency
-    converged; fits with FBC metrics: when each band converged, which the report's tables would
-    otherwise read every fit's metrics for). ``input_psnr`` is the observation's own PSNR against
-    the clean image, the level a fit must beat to have removed anything (C&M Fig. 2); None where
-    the two differ in shape (super-resolution) or are equal (fitting the clean image)."""
-    outcome = convergence_iterations(result.metrics, len(spec.signal.freqs)) if spec.signal is not None else {}
-    bands = band_convergence(result.metrics)
-    outcome |= {f"{FBC_CONVERGED_PREFIX}{band}": it for band, it in enumerate(bands, start=1)}
+    converged; every fit: the numbers the report and claims need from its curves, `curve_outcome`).
+    ``input_psnr`` is the observation's own PSNR against the clean image, the level a fit must
+    beat to have removed anything (C&M Fig. 2); None where the two differ in shape
+    (super-resolution) or are equal (fitting the clean image)."""
+    outcome = curve_outcome(result.metrics)
+    if spec.signal is not None:
+        outcome |= convergence_iterations(result.metrics, len(spec.signal.freqs))
     seen = float(psnr(problem.y, problem.clean)[0]) if problem.y.shape == problem.clean.shape else math.inf
     return Summary.of(spec, outcome | result.summary() | {"input_psnr": seen if math.isfinite(seen) else None})
 
