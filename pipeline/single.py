@@ -3,7 +3,7 @@
 ``prepare_problem`` is the shared first half (image → crop → operator → observation);
 `write_fit_folder` is how `dip fit` shows a stored fit (images, metrics.csv, curves).
 The preprocessing that defines an input (``downsample``, 1-D ``sine_signal``), the 1-D
-amplitude metrics of C&M §3.1 and the per-fit convergence iterations a worker stores in the
+amplitude metrics of C&M §3.1 and the numbers of a fit's curves that a worker stores in its
 summary row (``convergence_iterations``, ``curve_outcome``) live here for the same reason.
 """
 
@@ -85,7 +85,7 @@ def convergence_iterations(metrics: Mapping[str, np.ndarray], count: int) -> dic
     return {f"converged_k{i + 1}": int(metrics["iteration"][r]) if r >= 0 else -1 for i, r in enumerate(rows)}
 
 
-def fbc_columns(metrics: Mapping[str, Any]) -> list[str]:
+def _fbc_columns(metrics: Mapping[str, Any]) -> list[str]:
     """The FBC band columns of a fit's metrics (arrays or a DataFrame), fbc_1 … fbc_K by band."""
     return sorted((c for c in metrics if re.fullmatch(r"fbc_\d+", c)), key=lambda c: int(c[4:]))
 
@@ -107,7 +107,7 @@ def band_convergence(metrics: Mapping[str, Any]) -> list[int]:
     Relative to each band's own maximum, so bands that never match fully (noise in the high
     bands of a denoising target) are compared by how fast they get where they get.
     """
-    return [_first(metrics, np.asarray(metrics[b]) >= FBC_LEVEL * _peak(metrics[b])) for b in fbc_columns(metrics)]
+    return [_first(metrics, np.asarray(metrics[b]) >= FBC_LEVEL * _peak(metrics[b])) for b in _fbc_columns(metrics)]
 
 
 def plateau_iteration(metrics: Mapping[str, Any]) -> int:
@@ -120,7 +120,7 @@ def curve_outcome(metrics: Mapping[str, np.ndarray]) -> dict[str, int | float]:
     """The numbers the report's tables and the claims take from a fit's curves, one each, for
     its summary row, so that they need not read every fit's metrics: per FBC band b when it
     converged and where it ended (fbc_converged_b, fbc_final_b), and the plateau iteration."""
-    columns = fbc_columns(metrics)  # fbc_<b>
+    columns = _fbc_columns(metrics)  # fbc_<b>
     outcome: dict[str, int | float] = {
         f"{FBC_CONVERGED_PREFIX}{c[4:]}": it for c, it in zip(columns, band_convergence(metrics), strict=True)
     }
