@@ -507,6 +507,14 @@ def test_a_fit_stored_before_shared_images_still_reads(store: Store) -> None:
     assert store.read_image(fit["key"], "final") == fit["images"]["final"]
 
 
+def test_an_images_json_naming_anything_but_a_digest_is_refused(store: Store) -> None:
+    fit = input_sharing_fits(1)[0]
+    store.write_fit(**fit)
+    store.fs.pipe_file(f"{store.root}/fits/{fit['key']}/images.json", b'{"clean": "../../done/x"}')
+    with pytest.raises(ValueError, match="not a SHA-256 image digest"):
+        store.read_image(fit["key"], "clean")
+
+
 def test_shared_images_are_put_once_on_s3(s3_store_uri: tuple[str, dict], s3_requests: Any) -> None:
     """Counted by moto: 7 PUTs per fit and one per distinct input image, never a second."""
     store = Store(*s3_store_uri)
