@@ -102,11 +102,11 @@ NUMBERED: dict[str, pa.DataType] = {
 ROW_SCHEMA = pa.schema([*SPEC_COLUMNS.items(), *OUTCOME_COLUMNS.items()])
 
 
-def _numbered(name: str) -> tuple[int, int] | None:
-    """(which prefix of NUMBERED, number) of a numbered column such as converged_k3; else None."""
-    for rank, prefix in enumerate(NUMBERED):
+def _numbered(name: str) -> tuple[str, int] | None:
+    """(prefix, number) of a numbered column such as converged_k3; else None."""
+    for prefix in NUMBERED:
         if name.startswith(prefix) and name.removeprefix(prefix).isdigit():
-            return rank, int(name.removeprefix(prefix))
+            return prefix, int(name.removeprefix(prefix))
     return None
 
 
@@ -116,7 +116,7 @@ def column_type(name: str) -> pa.DataType:
     if name.startswith("param_") and name.removeprefix("param_") in PARAM_TYPES:
         return PARAM_TYPES[name.removeprefix("param_")]
     if numbered := _numbered(name):
-        return list(NUMBERED.values())[numbered[0]]
+        return NUMBERED[numbered[0]]
     return SPEC_COLUMNS.get(name) or OUTCOME_COLUMNS.get(name) or pa.string()
 
 
@@ -231,7 +231,7 @@ def _column_rank(name: str) -> tuple[int, int, str]:
     if name.startswith("param_"):
         return (1, 0, name)
     if numbered := _numbered(name):
-        return (2 + numbered[0], numbered[1], "")
+        return (2 + list(NUMBERED).index(numbered[0]), numbered[1], "")
     return (2 + len(NUMBERED), 0, name)
 
 
