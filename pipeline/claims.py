@@ -2,21 +2,23 @@
 
 A claim is a statement of Chakrabarty & Maji (2019) or Shi et al. (2022) that a figure or table
 of theirs stands for ("λ = 2 does not decay", "the low bands converge first"). Each check reads
-the summary rows of the fits whose ``experiment`` is the claim's id, and, where it needs curves,
-their per-iteration metrics; it returns the numbers it looked at, the paper's number beside ours
-where the paper prints one, and a verdict: *holds* when every part was measured and holds, *does
-not hold* when a measured part fails, *not run* when the sweep has no fits (or not every
-setting) the claim needs. Thresholds that the papers leave qualitative ("well below",
-"decays") are named constants here, chosen once and written beside each verdict, so a reader
-sees what was asked of the numbers.
+the summary rows of the fits whose ``experiment`` is the claim's id, where the worker also put
+the one-per-fit numbers of a fit's curves (`pipeline.single.curve_outcome`); it reads per-fit
+files only for fits stored before rows had those, and for snapshots and clean images (spectra).
+It returns the numbers it looked at, the paper's number beside ours where the paper prints one,
+and a verdict: *holds* when every part was measured and holds, *does not hold* when a measured
+part fails, *not run* when the sweep has no fits (or not every setting) the claim needs.
+Thresholds that the papers leave qualitative ("well below", "decays") are named constants here
+(those applied to each fit's curves, FBC_LEVEL and PLATEAU_DB, in `pipeline.single`), chosen
+once and written beside each verdict, so a reader sees what was asked of the numbers.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -24,6 +26,8 @@ import torch
 
 from dipmodel.metrics import power_spectrum_error
 from pipeline.paper import PAPER_TABLES, paper_row
+from pipeline.record import FBC_CONVERGED_PREFIX, FBC_FINAL_PREFIX, present
+from pipeline.single import PLATEAU_DB, band_convergence, plateau_iteration
 
 Status = Literal["holds", "does not hold", "not run"]
 
@@ -38,27 +42,28 @@ class Files(Protocol):
     def image(self, key: str, name: str) -> np.ndarray | None: ...
 
 
-FBC_LEVEL = 0.9  # a band has "converged" once it reaches this fraction of its own maximum
 DECAY_DB = 1.0  # "peaks then decays": best minus final PSNR above this (Shi et al. 2022, Fig. 8)
 FLAT_DB = 0.3  # "does not decay": best minus final PSNR below this
 UNDERFIT_DB = 0.5  # "λ = 1 under-fits": its peak at least this far below λ = 2's
 EARLY_STOP = 0.75  # "fires well before the budget": at most this fraction of the iterations
 STOP_GAP_DB = 0.3  # the automatic stop's PSNR within this of the fixed budget's (Shi et al. 2022, §5.2)
-PLATEAU_DB = 0.5  # a fit is on its plateau from the first iteration within this of its own peak PSNR
 ARCH_GAP_DB = 4.0  # C&M Table 1: the Encoder-Decoder with skips beats DIP-Linear by more than this
 MATCHED_POWER = 2.0  # C7: a frequency is "matched" while its power is within this factor of the image's
 DENOISE_GAIN_DB = 1.0  # C3: "not removed": the peak PSNR at most this above the noisy input's
 
 
-def band_convergence(metrics: pd.DataFrame) -> list[float]:
-    """Per FBC band, the first iteration at which it reaches FBC_LEVEL × its maximum over the fit.
+def stored_band_convergence(fit: Mapping[str, Any]) -> list[float] | None:
+    """A summary row's fbc_converged_* columns (`band_convergence`, computed by the worker) by
+    band; None for a fit without them (no FBC metrics, or stored before they existed)."""
+    columns = sorted((c for c in fit if c.startswith(FBC_CONVERGED_PREFIX)), key=lambda c: int(c.rsplit("_", 1)[1]))
+    values = [float(fit[c]) for c in columns if present(fit[c])]
+    return values or None
 
-    Relative to each band's own maximum, so bands that never match fully (noise in the high
-    bands of a denoising target) are compared by how fast they get where they get.
-    """
-    bands = sorted(c for c in metrics.columns if c.startswith("fbc_"))
-    it = metrics["iteration"].to_numpy()
-    return [float(it[np.argmax(metrics[b].to_numpy() >= FBC_LEVEL * metrics[b].max())]) for b in bands]
+
+def fit_band_convergence(fit: Mapping[str, Any], files: Files) -> list[float]:
+    """A fit's band convergence from its summary row, or from its metrics for a fit stored
+    before the row had it."""
+    return stored_band_convergence(fit) or [float(it) for it in band_convergence(files.metrics(fit["key"]))]
 
 
 @dataclass(frozen=True)
@@ -107,9 +112,13 @@ def _missing(asked: str) -> Check:
     return Check(asked, None, True)
 
 
-def _final(files: Files, keys: pd.Series, column: str) -> float:
-    """Mean over fits of a metric's value at the last logged iteration."""
-    return float(np.mean([files.metrics(k)[column].iloc[-1] for k in keys]))
+def _per_fit(fits: pd.DataFrame, column: str, files: Files, compute: Callable[[pd.DataFrame], float]) -> list[float]:
+    """One number per fit: its summary `column` (the worker's `curve_outcome`), or for a fit
+    stored before rows had it, `compute` of its metrics."""
+    stored = fits.get(column, pd.Series(math.nan, index=fits.index))
+    return [
+        float(v) if present(v) else float(compute(files.metrics(k))) for k, v in zip(fits["key"], stored, strict=True)
+    ]
 
 
 def check_s3(fits: pd.DataFrame, files: Files) -> list[Check]:
@@ -138,7 +147,10 @@ def check_s3(fits: pd.DataFrame, files: Files) -> list[Check]:
     asked = "final band-5 FBC: none > λ 3 ≥ λ 2 > λ 1"
     lams = _groups(fits, "lam")
     if {None, 1.0, 2.0, 3.0} <= set(lams):
-        fbc = {k: _final(files, group["key"], "fbc_5") for k, group in lams.items()}
+        fbc = {
+            k: float(np.mean(_per_fit(group, f"{FBC_FINAL_PREFIX}5", files, lambda m: m["fbc_5"].iloc[-1])))
+            for k, group in lams.items()
+        }
         shown = ", ".join(f"{'none' if k is None else f'λ {k:g}'} {fbc[k]:.3f}" for k in (None, 3.0, 2.0, 1.0))
         checks.append(Check(asked, shown, fbc[None] > fbc[3.0] >= fbc[2.0] > fbc[1.0]))
     else:
@@ -169,13 +181,6 @@ def check_s5(fits: pd.DataFrame, files: Files) -> list[Check]:
     ]
 
 
-def plateau_iteration(metrics: pd.DataFrame) -> float:
-    """The first logged iteration whose PSNR (against the clean image) is within PLATEAU_DB of the
-    fit's own peak: how long the fit took to get where it got."""
-    psnr = metrics["psnr_clean"].to_numpy()
-    return float(metrics["iteration"].to_numpy()[np.argmax(psnr >= psnr.max() - PLATEAU_DB)])
-
-
 def check_s4(fits: pd.DataFrame, files: Files) -> list[Check]:
     """Shi et al. 2022, Fig. 9: a wider Gaussian upsampling (σ) slows the fit, and σ = 0 (the bed
     of nails) peaks lowest."""
@@ -185,7 +190,7 @@ def check_s4(fits: pd.DataFrame, files: Files) -> list[Check]:
     if not {0.0, 0.5, 1.0} <= set(groups):
         return [_missing(asked_speed), _missing(asked_peak)]
     plateau = {
-        s: float(np.mean([plateau_iteration(files.metrics(k)) for k in groups[s]["key"]])) for s in (0.0, 0.5, 1.0)
+        s: float(np.mean(_per_fit(groups[s], "plateau_iteration", files, plateau_iteration))) for s in (0.0, 0.5, 1.0)
     }
     best = {s: float(groups[s]["best_psnr"].mean()) for s in (0.0, 0.5, 1.0)}
     return [
@@ -208,7 +213,7 @@ def check_band_order(fits: pd.DataFrame, files: Files) -> list[Check]:
     images = fits[fits["kind"] == "image"]
     if images.empty:
         return [_missing("image fits")]
-    bands = np.array([band_convergence(files.metrics(k)) for k in images["key"]])
+    bands = np.array([fit_band_convergence(fit, files) for fit in images.to_dict("records")])
     first, last = float(bands[:, 0].mean()), float(bands[:, -1].mean())
     peak_after = float(np.mean(images["best_iteration"].to_numpy() >= bands[:, 0]))
     return [
@@ -229,7 +234,7 @@ def check_s2(fits: pd.DataFrame, files: Files) -> list[Check]:
     if not {"decoder", "convnet"} <= set(models):
         return [_missing(a) for a in asked]
     bands = {
-        m: np.mean([band_convergence(files.metrics(k)) for k in models[m]["key"]], axis=0)
+        m: np.mean([fit_band_convergence(fit, files) for fit in models[m].to_dict("records")], axis=0)
         for m in ("decoder", "convnet")
     }
     best = {m: float(models[m]["best_psnr"].mean()) for m in ("decoder", "convnet")}

@@ -83,10 +83,31 @@ OUTCOME_COLUMNS: dict[str, pa.DataType] = {
     "ms_per_iteration": pa.float64(),
     "max_error_exact": pa.float64(),
     "max_rel_error_paper": pa.float64(),
+    "plateau_iteration": pa.int64(),  # fits with a clean image: pipeline.single.plateau_iteration
 }
 CONVERGED_PREFIX = "converged_k"  # converged_k1 … converged_kK of a 1-D fit: iterations, -1 if never (C&M Fig. 3)
-# The columns every summary table has, whatever its fits (param_* and converged_k* come with the fits).
+# Of an image fit with FBC metrics, per band: the iteration it reaches its convergence level
+# (pipeline.single.band_convergence; Shi et al. 2022, Fig. 3) and its value at the last logged iteration.
+FBC_CONVERGED_PREFIX = "fbc_converged_"
+FBC_FINAL_PREFIX = "fbc_final_"
+# Columns numbered from 1, by prefix, with their type. Markers written before the fbc_* and
+# plateau_iteration columns existed lack them and cannot get them from their row (`upgrade`):
+# readers compute them from the fit's metrics instead.
+NUMBERED: dict[str, pa.DataType] = {
+    CONVERGED_PREFIX: pa.int64(),
+    FBC_CONVERGED_PREFIX: pa.int64(),
+    FBC_FINAL_PREFIX: pa.float64(),
+}
+# The columns every summary table has, whatever its fits (param_* and the numbered columns come with the fits).
 ROW_SCHEMA = pa.schema([*SPEC_COLUMNS.items(), *OUTCOME_COLUMNS.items()])
+
+
+def _numbered(name: str) -> tuple[str, int] | None:
+    """(prefix, number) of a numbered column such as converged_k3; else None."""
+    for prefix in NUMBERED:
+        if name.startswith(prefix) and name.removeprefix(prefix).isdigit():
+            return prefix, int(name.removeprefix(prefix))
+    return None
 
 
 def column_type(name: str) -> pa.DataType:
@@ -94,8 +115,8 @@ def column_type(name: str) -> pa.DataType:
     that a table of any markers can be built without guessing."""
     if name.startswith("param_") and name.removeprefix("param_") in PARAM_TYPES:
         return PARAM_TYPES[name.removeprefix("param_")]
-    if name.startswith(CONVERGED_PREFIX) and name.removeprefix(CONVERGED_PREFIX).isdigit():
-        return pa.int64()
+    if numbered := _numbered(name):
+        return NUMBERED[numbered[0]]
     return SPEC_COLUMNS.get(name) or OUTCOME_COLUMNS.get(name) or pa.string()
 
 
@@ -107,7 +128,8 @@ def kind_of(task: str | None, image: str | None) -> Kind:
 
 
 def upgrade(row: dict[str, Any]) -> dict[str, Any]:
-    """A done marker's row with what older markers lack (``kind``), as `Store.collect` reads it."""
+    """A done marker's row with what older markers lack (``kind``), as `Store.collect` reads it.
+    Columns computed from a fit's metrics (fbc_*, plateau_iteration) are not added: a row lacks them."""
     return row if "kind" in row else row | {"kind": kind_of(row.get("task"), row.get("image"))}
 
 
@@ -117,7 +139,7 @@ class Summary:
 
     spec: dict[str, Any]  # SPEC_COLUMNS, every one present (None where a fit has no such setting)
     params: dict[str, Any]  # task parameters by name
-    outcome: dict[str, float | int | None]  # OUTCOME_COLUMNS and converged_k* present for this fit
+    outcome: dict[str, float | int | None]  # OUTCOME_COLUMNS and the numbered columns present for this fit
 
     def __post_init__(self) -> None:
         """Refuse a column the schema does not type, so no fit writes one that would be read as text."""
@@ -202,15 +224,15 @@ def _misfits(value: Any, dtype: pa.DataType) -> bool:
 
 
 def _column_rank(name: str) -> tuple[int, int, str]:
-    """Where a column goes: the record's columns in schema order, then param_*, converged_k* by k
-    and any other column by name."""
+    """Where a column goes: the record's columns in schema order, then param_*, the numbered
+    columns by prefix and number and any other column by name."""
     if name in ROW_SCHEMA.names:
         return (0, ROW_SCHEMA.names.index(name), "")
     if name.startswith("param_"):
         return (1, 0, name)
-    if name.startswith(CONVERGED_PREFIX) and name.removeprefix(CONVERGED_PREFIX).isdigit():
-        return (2, int(name.removeprefix(CONVERGED_PREFIX)), "")
-    return (3, 0, name)
+    if numbered := _numbered(name):
+        return (2 + list(NUMBERED).index(numbered[0]), numbered[1], "")
+    return (2 + len(NUMBERED), 0, name)
 
 
 def canonical(summaries: pa.Table) -> pa.Table:

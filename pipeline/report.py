@@ -25,13 +25,13 @@ import torch
 
 from dipmodel import metrics as M
 from pipeline import explorer, plots
-from pipeline.claims import FBC_LEVEL, band_convergence, verdict_lines, verdicts
+from pipeline.claims import stored_band_convergence, verdict_lines, verdicts
 from pipeline.images import decode
 from pipeline.messages import UserError
 from pipeline.paper import FIGURE_ITERATIONS, PaperTable, paper_row, tables_for
 from pipeline.query import band_crossings
 from pipeline.record import params_label, present, setting_name, upgrade, with_schema
-from pipeline.single import SE_CONVERGED
+from pipeline.single import FBC_LEVEL, SE_CONVERGED, band_convergence
 from pipeline.sources import is_manifest, open_store, read_manifest
 from pipeline.storage import Store
 
@@ -549,19 +549,29 @@ def write_stopping(fits: pd.DataFrame, out: Output) -> None:
     )
 
 
+def _unstored_band_convergence(store: Store, keys: list[str]) -> dict[str, list[float] | None]:
+    """Band convergence of fits stored before summary rows had it: from the query dataset in one
+    pass where `dip sweep collect` made one, else fit by fit from their metrics; None for a fit
+    without FBC metrics."""
+    if not keys:
+        return {}
+    crossings = band_crossings(store, FBC_LEVEL).set_index("key")
+    found: dict[str, list[float] | None] = {}
+    for key in keys:
+        if key in crossings.index:
+            found[key] = list(crossings.loc[key].astype(float))
+        else:
+            found[key] = [float(it) for it in band_convergence(store.read_metrics(key).to_pandas())] or None
+    return found
+
+
 def write_band_convergence(fits: pd.DataFrame, store: Store, out: Output) -> None:
     """Shi Fig. 3's claim as a table: the low bands converge before the high ones."""
     section = "Spectral bias"
-    # from the query dataset in one pass where `dip sweep collect` made one; else fit by fit
-    crossings = band_crossings(store, FBC_LEVEL).set_index("key")
-    rows = []
-    for fit in fits[~fits["one_d"]].itertuples(index=False):
-        if fit.key in crossings.index:
-            rows.append([fit.task, fit.params, fit.setting, *crossings.loc[fit.key].astype(float)])
-            continue
-        metrics = store.read_metrics(fit.key).to_pandas()
-        if any(c.startswith("fbc_") for c in metrics.columns):
-            rows.append([fit.task, fit.params, fit.setting, *band_convergence(metrics)])
+    images = fits[~fits["one_d"]].to_dict("records")
+    found = {fit["key"]: stored_band_convergence(fit) for fit in images}  # the summary rows', from the worker
+    found |= _unstored_band_convergence(store, [key for key, bands in found.items() if bands is None])
+    rows = [[fit["task"], fit["params"], fit["setting"], *its] for fit in images if (its := found[fit["key"]])]
     if not rows:
         return
     bands = [f"band {i + 1}" for i in range(len(rows[0]) - 3)]

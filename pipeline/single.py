@@ -2,8 +2,9 @@
 
 ``prepare_problem`` is the shared first half (image → crop → operator → observation);
 `write_fit_folder` is how `dip fit` shows a stored fit (images, metrics.csv, curves).
-The preprocessing that defines an input (``downsample``, 1-D ``sine_signal``) and the 1-D
-amplitude metrics of C&M §3.1 live here for the same reason.
+The preprocessing that defines an input (``downsample``, 1-D ``sine_signal``), the 1-D
+amplitude metrics of C&M §3.1 and the numbers of a fit's curves that a worker stores in its
+summary row (``convergence_iterations``, ``curve_outcome``) live here for the same reason.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +28,12 @@ from dipmodel.networks import NetConfig
 from dipmodel.operators import Operator, build_operator
 from pipeline import plots
 from pipeline.images import ImageError, center_crop, encode_png
+from pipeline.record import FBC_CONVERGED_PREFIX, FBC_FINAL_PREFIX
 from pipeline.storage import Store
 
 SE_CONVERGED = 0.01  # C&M's delta: frequency k has converged once SE(k) <= delta
+FBC_LEVEL = 0.9  # a band has "converged" once it reaches this fraction of its own maximum
+PLATEAU_DB = 0.5  # a fit is on its plateau from the first iteration within this of its own peak PSNR
 
 
 @dataclass
@@ -78,6 +83,51 @@ def convergence_iterations(metrics: Mapping[str, np.ndarray], count: int) -> dic
     se = torch.from_numpy(np.stack([metrics[f"se_{i + 1}"] for i in range(count)], axis=1))
     rows = M.first_convergence(se, delta=SE_CONVERGED).tolist()  # rows of the table, not iterations
     return {f"converged_k{i + 1}": int(metrics["iteration"][r]) if r >= 0 else -1 for i, r in enumerate(rows)}
+
+
+def _fbc_columns(metrics: Mapping[str, Any]) -> list[str]:
+    """The FBC band columns of a fit's metrics (arrays or a DataFrame), fbc_1 … fbc_K by band."""
+    return sorted((c for c in metrics if re.fullmatch(r"fbc_\d+", c)), key=lambda c: int(c[4:]))
+
+
+def _first(metrics: Mapping[str, Any], reached: np.ndarray) -> int:
+    """The first logged iteration at which `reached` holds (the first one if it never does)."""
+    return int(np.asarray(metrics["iteration"])[np.argmax(reached)])
+
+
+def _peak(values: Any) -> float:
+    """A curve's maximum, NaN rows (a diverged step) left out as pandas' max leaves them out."""
+    return float(np.nanmax(np.asarray(values, dtype=np.float64), initial=-np.inf))
+
+
+def band_convergence(metrics: Mapping[str, Any]) -> list[int]:
+    """Per FBC band, the first logged iteration at which it reaches FBC_LEVEL × its maximum over
+    the fit (Shi et al. 2022, Fig. 3).
+
+    Relative to each band's own maximum, so bands that never match fully (noise in the high
+    bands of a denoising target) are compared by how fast they get where they get.
+    """
+    return [_first(metrics, np.asarray(metrics[b]) >= FBC_LEVEL * _peak(metrics[b])) for b in _fbc_columns(metrics)]
+
+
+def plateau_iteration(metrics: Mapping[str, Any]) -> int:
+    """The first logged iteration whose PSNR against the clean image is within PLATEAU_DB of the
+    fit's own peak: how long the fit took to get where it got (Shi et al. 2022, Fig. 9)."""
+    return _first(metrics, np.asarray(metrics["psnr_clean"]) >= _peak(metrics["psnr_clean"]) - PLATEAU_DB)
+
+
+def curve_outcome(metrics: Mapping[str, np.ndarray]) -> dict[str, int | float]:
+    """The numbers the report's tables and the claims take from a fit's curves, one each, for
+    its summary row, so that they need not read every fit's metrics: per FBC band b when it
+    converged and where it ended (fbc_converged_b, fbc_final_b), and the plateau iteration."""
+    columns = _fbc_columns(metrics)  # fbc_<b>
+    outcome: dict[str, int | float] = {
+        f"{FBC_CONVERGED_PREFIX}{c[4:]}": it for c, it in zip(columns, band_convergence(metrics), strict=True)
+    }
+    outcome |= {f"{FBC_FINAL_PREFIX}{c[4:]}": float(metrics[c][-1]) for c in columns}
+    if "psnr_clean" in metrics:
+        outcome["plateau_iteration"] = plateau_iteration(metrics)
+    return outcome
 
 
 def prepare_problem(

@@ -7,7 +7,9 @@ Layout under the storage root (see docs/storage.md for the Parquet schema)::
     fits/<key>/metrics.parquet  per-iteration metrics, "iteration" (int64) first
     fits/<key>/trajectory.npz   a zip of snapshots/<i>.npy (C, H, W), each deflated on its own,
                                 then snapshot_iterations.npy (T,)
-    fits/<key>/<name>.png       images
+    fits/<key>/<name>.png       images that are the fit's own (its outputs)
+    fits/<key>/images.json      name -> SHA-256 of each input image (clean, degraded) the fit shares
+    images/<sha256>.png         input images by content: one object for every fit of the same input
     done/<key>.json             completion marker holding the flat summary row, written LAST
     bundles/<time>-<id>.parquet done markers moved into one file: key, marker (its JSON text)
     failed/<key>.json           failure record
@@ -31,6 +33,12 @@ and that snapshot's member: two range requests after the size (a HEAD on S3), no
 (`Store.open_trajectory`). Trajectories stored before hold all snapshots in one member
 "snapshots"; every reader still reads them, whole.
 
+A fit's input images are the same for hundreds of fits (every λ, σ and seed of one image has the
+same clean image), so they are stored once by content under ``images/``, written only when absent
+and before the fit's files; ``images.json`` says which the fit uses. Fits stored before this keep
+every image in their folder and read as before. ``images/`` is never pruned: deleting a fit leaves
+its inputs for the other fits that share them.
+
 A second completion of a done fit (a Ray retry of a call that had in fact finished) writes
 nothing: the first completion wins. Two completions racing at the same moment could both write;
 fits are seeded, so both write the same results.
@@ -40,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -76,6 +85,9 @@ _PERMANENT = (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryE
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SCALAR = (str, int, float, bool, type(None), np.generic)
 SUMMARY = "summary.parquet"
+SHARED_IMAGES = frozenset({"clean", "degraded"})  # a fit's inputs, the same for every fit of that input
+IMAGES = "images.json"  # fits/<key>/images.json: shared image name -> SHA-256 of its PNG under images/
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _COLLECTED = b"dip.collected"  # summary.parquet metadata: what it was collected from (Store.collect)
 POOL_CONNECTIONS = 64  # concurrent requests per S3 client (botocore's default: 10); marker reads use them
 # Reads started at once on an async file system: a started read waits for a free connection, and
@@ -348,6 +360,24 @@ class Store:
     def _fit_file(self, key: str, name: str) -> str:
         return self._path("fits", _part(key), name)
 
+    def _shared_image(self, digest: Any) -> str:
+        """images/<sha256>.png; the digest comes from a stored images.json, so it is checked."""
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise ValueError(f"not a SHA-256 image digest: {digest!r}")
+        return self._path("images", f"{digest}.png")
+
+    def _image_path(self, key: str, name: str) -> str:
+        """Where a fit's image lies: under images/ where its images.json names it, else in its
+        folder (its outputs, and every image of a fit stored before images/ existed)."""
+        if name in SHARED_IMAGES:
+            try:
+                shared = self._read_json(self._fit_file(key, IMAGES))
+            except FileNotFoundError:
+                shared = {}
+            if name in shared:
+                return self._shared_image(shared[name])
+        return self._fit_file(key, f"{_part(name)}.png")
+
     def _done(self, key: str) -> str:
         return self._path("done", f"{_part(key)}.json")
 
@@ -358,6 +388,11 @@ class Store:
 
     def _write(self, path: str, data: bytes) -> None:
         with_retries(lambda: write_whole(self.fs, path, data))
+
+    def _write_absent(self, path: str, data: bytes) -> None:
+        """Write a file named by its content unless it exists: an existing one holds the same bytes."""
+        if not with_retries(lambda: self.fs.exists(path)):
+            self._write(path, data)
 
     def _read_json(self, path: str) -> Any:
         return json.loads(self.fs.cat_file(path))
@@ -638,18 +673,25 @@ class Store:
         trajectory: dict[str, np.ndarray],
         images: dict[str, bytes],
     ) -> bool:
-        """Store a finished fit, its done marker last; False (and nothing written) if it is done already."""
+        """Store a finished fit, its done marker last; False (and nothing written) if it is done already.
+
+        Its SHARED_IMAGES go to images/ by content, each written only if no fit wrote it before."""
         if summary.get("key", key) != key:
             raise ValueError(f"summary key {summary['key']!r} differs from the fit key {key!r}")
         _check_flat(summary)
         if self.is_done(key):
             return False
+        shared = {name: hashlib.sha256(png).hexdigest() for name, png in images.items() if name in SHARED_IMAGES}
         files = {
             "spec.json": _to_json(spec),
             "metrics.parquet": _parquet_bytes(_metrics_table(metrics), curves=True),
             TRAJECTORY: trajectory_bytes(trajectory),
-        } | {f"{_part(name)}.png": png for name, png in images.items()}
+        } | {f"{_part(name)}.png": png for name, png in images.items() if name not in shared}
+        if shared:
+            files[IMAGES] = _to_json(shared)
         marker = _to_json({"key": key, **summary})
+        for name, digest in shared.items():
+            self._write_absent(self._shared_image(digest), images[name])
         for name, data in files.items():
             self._write(self._fit_file(key, name), data)
         with contextlib.suppress(FileNotFoundError):
@@ -705,10 +747,10 @@ class Store:
         return Trajectory(_RangeFile(self.fs, path, size, {start: self.fs.cat_file(path, start=start, end=size)}))
 
     def read_image(self, key: str, name: str) -> bytes:
-        return self.fs.cat_file(self._fit_file(key, f"{_part(name)}.png"))
+        return self.fs.cat_file(self._image_path(key, name))
 
     def has_image(self, key: str, name: str) -> bool:
-        return self.fs.exists(self._fit_file(key, f"{_part(name)}.png"))
+        return self.fs.exists(self._image_path(key, name))
 
 
 def read_text(uri: str, storage_options: dict[str, Any] | None = None) -> str:

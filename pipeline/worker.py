@@ -31,6 +31,7 @@ from pipeline.single import (
     Problem,
     amplitude_metrics,
     convergence_iterations,
+    curve_outcome,
     downsample,
     prepare_problem,
     result_images,
@@ -65,10 +66,13 @@ def load_spec_image(spec: FitSpec, storage_options: dict[str, Any] | None = None
 
 def fit_summary(spec: FitSpec, result: FitResult, problem: Problem) -> Summary:
     """The record of a finished fit: what was run, and how it went (1-D fits: when each frequency
-    converged). ``input_psnr`` is the observation's own PSNR against the clean image, the level
-    a fit must beat to have removed anything (C&M Fig. 2); None where the two differ in shape
+    converged; every fit: the numbers the report and claims need from its curves, `curve_outcome`).
+    ``input_psnr`` is the observation's own PSNR against the clean image, the level a fit must
+    beat to have removed anything (C&M Fig. 2); None where the two differ in shape
     (super-resolution) or are equal (fitting the clean image)."""
-    outcome = convergence_iterations(result.metrics, len(spec.signal.freqs)) if spec.signal is not None else {}
+    outcome = curve_outcome(result.metrics)
+    if spec.signal is not None:
+        outcome |= convergence_iterations(result.metrics, len(spec.signal.freqs))
     seen = float(psnr(problem.y, problem.clean)[0]) if problem.y.shape == problem.clean.shape else math.inf
     return Summary.of(spec, outcome | result.summary() | {"input_psnr": seen if math.isfinite(seen) else None})
 

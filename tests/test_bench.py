@@ -131,3 +131,21 @@ def test_snapshot_stride_costs_fall_with_the_stride() -> None:
         sizes = [costs[dtype][str(stride)] for stride in snapshots.STRIDES]
         assert sizes == sorted(sizes, reverse=True) and sizes[-1] < 300
     assert costs["float32"]["500"] > 1.5 * costs["float16"]["500"]
+
+
+def test_shared_images_counts_one_clean_and_one_degraded_image_per_seed() -> None:
+    """2 λ × 3 seeds: before, six fits each kept both PNGs; after, one clean image, three degraded
+    ones and six images.json."""
+    from bench import shared_images
+    from pipeline.images import decode, encode_png, read_bytes
+    from pipeline.single import prepare_problem
+
+    path = DATA_ROOT / "cbsd68" / "101085.png"
+    before, after = shared_images.input_bytes(path, lams=2, seeds=3, sigma=25.0)
+    image = decode(read_bytes(path)[0], path.name)
+    problems = [prepare_problem(image, "denoise", {"sigma": 25.0}, None, seed, None, path.name) for seed in range(3)]
+    clean = len(encode_png(problems[0].clean[0].numpy()))
+    degraded = [len(encode_png(p.y[0].numpy())) for p in problems]
+    assert before == 2 * (3 * clean + sum(degraded))
+    index = len(json.dumps({"clean": "0" * 64, "degraded": "0" * 64}, indent=1))  # one images.json
+    assert after == clean + sum(degraded) + 6 * index

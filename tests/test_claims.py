@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.claims import band_convergence, verdict_lines, verdicts
+from pipeline.claims import verdict_lines, verdicts
+from pipeline.single import band_convergence
 
 NONE = math.nan  # the summary's λ of an unconstrained fit
 
@@ -113,6 +114,20 @@ def test_band_convergence_and_the_band_order_claim() -> None:
     assert early_peak.status == "does not hold"
 
 
+def unread(key: str) -> pd.DataFrame:
+    raise AssertionError(f"metrics of {key} read")
+
+
+def test_the_band_order_claim_takes_band_convergence_from_the_summary_row() -> None:
+    """fbc_converged_1 = 10 < fbc_converged_5 = 40 and the peak (50) after band 1: holds, with no metrics read."""
+    fits = pd.DataFrame(
+        {"key": ["k"], "experiment": ["S1"], "kind": ["image"], "best_iteration": [50]}
+        | {"fbc_converged_1": [10], "fbc_converged_5": [40]}
+    )
+    assert verdict_of(fits, "S1", unread).status == "holds"
+    assert verdict_of(fits.assign(fbc_converged_1=45), "S1", unread).status == "does not hold"
+
+
 def test_c6_gap_and_the_markdown_lines() -> None:
     fits = pd.DataFrame(
         {"key": ["a", "b"], "experiment": ["C6"] * 2, "kind": ["image"] * 2}
@@ -146,6 +161,14 @@ def test_s4_plateau_order_and_lowest_peak() -> None:
     assert v.status == "holds" and v.checks[0].ours == "σ 0: 10, σ 0.5: 20, σ 1: 30"
     swapped = fits.assign(up_sigma=[0.0, 1.0, 0.5])  # σ 1 now the fast one
     assert verdict_of(swapped, "S4", lambda key: metrics(key)).status == "does not hold"
+    stored = fits.assign(plateau_iteration=[10, 20, 30])  # the worker's summary column: no metrics read
+    assert verdict_of(stored, "S4", unread).checks[0].ours == v.checks[0].ours
+
+
+def test_s3_takes_the_final_band_5_fbc_from_the_summary_row() -> None:
+    fits = s3_fits()
+    stored = fits.assign(fbc_final_5=[final_fbc5(key)["fbc_5"].iloc[-1] for key in fits["key"]])
+    assert [c.ours for c in verdict_of(stored, "S3", unread).checks] == [c.ours for c in verdict_of(fits, "S3").checks]
 
 
 def test_s2_convnet_matches_band_5_sooner_and_peaks_lower() -> None:

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from pipeline import query
-from pipeline.claims import FBC_LEVEL, band_convergence
 from pipeline.cli import main as dip
+from pipeline.single import FBC_LEVEL, band_convergence
 from pipeline.storage import Store
 from tests.test_sweep import tiny_manifest
 

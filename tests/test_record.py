@@ -17,15 +17,17 @@ import pytest
 import s3fs
 import yaml
 
+from dipmodel.fit import FitResult
 from pipeline.cli import main as dip
 from pipeline.manifest import FitSpec, MlflowSpec, expand, load_manifest
 from pipeline.record import run_name
 from pipeline.report import load_fits
+from pipeline.single import band_convergence, plateau_iteration
 from pipeline.sources import is_manifest, open_store, read_manifest
 from pipeline.storage import Store
 from pipeline.sweep import log_stored_fit
 from pipeline.tracking import Tracker
-from pipeline.worker import execute_fit
+from pipeline.worker import execute_fit, fit_summary, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_FIT = {
@@ -113,6 +115,48 @@ def test_every_kind_round_trips_through_collect_and_load_fits(three_kinds: tuple
     assert np.isnan(image["converged_k1"]) and np.isnan(response["final_psnr"])
     assert response["param_stride"] == 2 and response["max_error_exact"] < 1e-5
     assert fits["seed"].dtype == np.int64 and fits["final_psnr"].dtype == np.float64
+
+
+def test_the_worker_stores_the_numbers_of_the_curves_the_report_needs(tmp_path: Path) -> None:
+    """Band 1 reaches 0.9 × its peak 1.0 first at iteration 20 (0.95); band 2 0.9 × 0.5 = 0.45 at
+    30 (0.46); band 3 skips its NaN row: 0.9 × 0.2 = 0.18, first reached at 20 (0.2, not 0.1 at 0).
+    The bands end at 0.98, 0.5, 0.17; the PSNR peaks at 28 and is within 0.5 dB of it from 20 (27.6)."""
+    [spec] = expand(load_manifest(manifest_file(tmp_path, "bands", IMAGE_FIT, str(tmp_path / "results"))))
+    problem = prepare(spec, "cpu", None).problem
+    metrics = {
+        "iteration": np.array([0, 10, 20, 30, 40], dtype=np.int64),
+        "fbc_1": np.float32([0.2, 0.5, 0.95, 1.0, 0.98]),
+        "fbc_2": np.float32([0.0, 0.1, 0.3, 0.46, 0.5]),
+        "fbc_3": np.float32([0.1, np.nan, 0.2, 0.19, 0.17]),
+        "psnr_clean": np.float32([10, 20, 27.6, 28, 27]),
+    }
+    final = problem.clean[0].numpy()
+    result = FitResult(metrics, np.zeros(40), final, 40, None, np.zeros(0, dtype=np.int64))
+    row = fit_summary(spec, result, problem).row()
+    assert {k: v for k, v in row.items() if k.startswith("fbc_") or k == "plateau_iteration"} == {
+        "fbc_converged_1": 20,
+        "fbc_converged_2": 30,
+        "fbc_converged_3": 20,
+        "fbc_final_1": pytest.approx(0.98),
+        "fbc_final_2": 0.5,
+        "fbc_final_3": pytest.approx(0.17),
+        "plateau_iteration": 20,
+    }
+
+
+def test_a_real_fit_stores_the_numbers_of_its_curves_typed(three_kinds: tuple[Store, dict[str, FitSpec]]) -> None:
+    store, specs = three_kinds
+    key = specs["image"].key
+    marker = store.summary(key)
+    metrics = store.read_metrics(key).to_pandas()
+    bands = [marker[f"fbc_converged_{b}"] for b in range(1, 6)]
+    assert bands == band_convergence(metrics) and all(isinstance(it, int) for it in bands)
+    assert [marker[f"fbc_final_{b}"] for b in range(1, 6)] == list(metrics.iloc[-1][[f"fbc_{b}" for b in range(1, 6)]])
+    assert marker["plateau_iteration"] == plateau_iteration(metrics)
+    table = store.collect(write=False)
+    types = {name: table.schema.field(name).type for name in ("fbc_converged_5", "fbc_final_5", "plateau_iteration")}
+    assert types == {"fbc_converged_5": pa.int64(), "fbc_final_5": pa.float64(), "plateau_iteration": pa.int64()}
+    assert "fbc_converged_1" not in store.summary(specs["signal"].key)  # 1-D fits have no FBC
 
 
 def old_marker(store: Store, key: str, image: str, task: str, **columns: Any) -> None:

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,35 @@ def test_stopping_table_counts_iterations_saved_from_the_markers(denoise: tuple[
         assert float(row["psnr_lost_at_budget"]) == pytest.approx(marker["best_psnr"] - marker["final_psnr"], abs=1e-9)
     summary = (index.parent / "tables" / "stopping-summary.md").read_text()
     assert "| denoise | all settings | " in summary and "backtracking fallbacks" in summary
+
+
+def test_real_fits_of_one_image_share_its_stored_inputs(denoise: tuple[Path, Path, Path]) -> None:
+    """2 λ × 2 seeds of one image: one clean image for all four fits, one degraded image per seed
+    (the noise is the seed's, whatever λ), and none in the fits' own folders."""
+    _, root, _ = denoise
+    assert len(list((root / "images").iterdir())) == 3
+    assert not list((root / "fits").glob("*/clean.png")) and not list((root / "fits").glob("*/degraded.png"))
+    store = Store(str(root))
+    keys = [marker["key"] for marker in markers(root)]
+    assert len({store.read_image(key, "clean") for key in keys}) == 1
+    assert len({store.read_image(key, "degraded") for key in keys}) == 2
+
+
+def test_band_convergence_table_is_the_same_from_old_markers(denoise: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Markers written before rows had fbc_converged_* (the same store with them removed): the
+    report then reads every fit's metrics and finds the same table."""
+    _, root, index = denoise
+    assert all("fbc_converged_5" in marker for marker in markers(root))
+    old = tmp_path / "old"
+    shutil.copytree(root, old)
+    for path in (old / "done").glob("*.json"):
+        marker = json.loads(path.read_text())
+        path.write_text(json.dumps({k: v for k, v in marker.items() if not k.startswith("fbc_converged_")}))
+    (old / "summary.parquet").unlink(missing_ok=True)
+    old_index = write_report(old, tmp_path / "out", max_groups=0)
+    table = "tables/fbc-band-convergence.csv"
+    assert read_csv(old_index.parent / table) == read_csv(index.parent / table)
+    assert len(read_csv(index.parent / table)) == 2  # λ none and λ 2
 
 
 def test_one_d_fits_get_convergence_tables_and_capacity_plots(tmp_path: Path) -> None:

@@ -611,3 +611,85 @@ def test_listings_read_no_marker(s3_store_uri: tuple[str, dict], s3_requests: An
     assert read == len(gets) == 4 and sum(reasons.values()) == 4
     keys = sorted(f["key"] for f in failures)
     assert store.failure_reasons(keys, most=100) == (Counter({"reason 0": 5, "reason 1": 5}), 10)
+
+
+CLEAN = b"\x89PNG the clean image"
+
+
+def input_sharing_fits(count: int) -> list[dict[str, Any]]:
+    """`count` fits of one image, as a λ × seed grid stores them: one clean image for all, a
+    degraded image per seed (seed parity here: two), final and best of their own."""
+    fits = [make_fit(seed) for seed in range(count)]
+    for fit in fits:
+        fit["images"] |= {"clean": CLEAN, "degraded": b"\x89PNG degraded by seed %d" % (fit["summary"]["seed"] % 2)}
+    return fits
+
+
+def stored_objects(store: Store) -> list[str]:
+    return [path.removeprefix(store.root + "/") for path in store.fs.find(store.root)]
+
+
+def test_input_images_are_stored_once_and_read_back(store: Store) -> None:
+    """4 fits, each: spec, metrics, trajectory, images.json, final, best and its marker (7 objects,
+    28 in all); then one clean image and two degraded ones by content: 31 objects, where every
+    image in its fit's folder made 4 × 8 = 32 (the saving is in bytes: the clean image once, not 4 times)."""
+    fits = input_sharing_fits(4)
+    for fit in fits:
+        assert store.write_fit(**fit) is True
+    objects = stored_objects(store)
+    assert len(objects) == 31
+    assert sorted(p.split("/")[0] for p in objects if not p.startswith(("fits/", "done/"))) == ["images"] * 3
+    assert not [p for p in objects if p.endswith(("/clean.png", "/degraded.png"))]
+    for fit in fits:
+        assert store.has_image(fit["key"], "clean") and store.has_image(fit["key"], "degraded")
+        assert not store.has_image(fit["key"], "autostop")
+        assert {name: store.read_image(fit["key"], name) for name in fit["images"]} == fit["images"]
+    keys = [fit["key"] for fit in fits]
+    assert len({store.fs.cat_file(f"{store.root}/fits/{key}/images.json") for key in keys}) == 2  # by seed parity
+
+
+def test_a_shared_image_is_written_before_the_fit_that_points_at_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between the writes never leaves a done fit, nor an images.json, pointing at a missing image."""
+    order: list[str] = []
+    write = Store._write
+
+    def recording(self: Store, path: str, data: bytes) -> None:
+        order.append(path.removeprefix(self.root + "/"))
+        write(self, path, data)
+
+    monkeypatch.setattr(Store, "_write", recording)
+    fit = input_sharing_fits(1)[0]
+    store.write_fit(**fit)
+    shared = [order.index(p) for p in order if p.startswith("images/")]
+    assert len(shared) == 2 and max(shared) < order.index(f"fits/{fit['key']}/images.json")
+    assert order[-1] == f"done/{fit['key']}.json"
+
+
+def test_a_fit_stored_before_shared_images_still_reads(store: Store) -> None:
+    """The old layout: every image in the fit's folder, no images.json."""
+    fit = make_fit()
+    store.write_fit(**fit)
+    store.fs.pipe_file(f"{store.root}/fits/{fit['key']}/clean.png", CLEAN)
+    assert store.has_image(fit["key"], "clean") and not store.has_image(fit["key"], "degraded")
+    assert store.read_image(fit["key"], "clean") == CLEAN
+    assert store.read_image(fit["key"], "final") == fit["images"]["final"]
+
+
+def test_an_images_json_naming_anything_but_a_digest_is_refused(store: Store) -> None:
+    fit = input_sharing_fits(1)[0]
+    store.write_fit(**fit)
+    store.fs.pipe_file(f"{store.root}/fits/{fit['key']}/images.json", b'{"clean": "../../done/x"}')
+    with pytest.raises(ValueError, match="not a SHA-256 image digest"):
+        store.read_image(fit["key"], "clean")
+
+
+def test_shared_images_are_put_once_on_s3(s3_store_uri: tuple[str, dict], s3_requests: Any) -> None:
+    """Counted by moto: 7 PUTs per fit and one per distinct input image, never a second."""
+    store = Store(*s3_store_uri)
+    s3_requests(reset=True)
+    for fit in input_sharing_fits(4):
+        store.write_fit(**fit)
+    puts = [path for method, path in s3_requests() if method == "PUT"]
+    assert len(puts) == 4 * 7 + 3 and len(set(puts)) == len(puts)

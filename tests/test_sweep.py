@@ -27,7 +27,7 @@ from pipeline.manifest import FitSpec, load_manifest
 from pipeline.storage import Store, Trajectory
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-FIT_FILES = {"spec.json", "metrics.parquet", "trajectory.npz", "final.png", "clean.png"}
+FIT_FILES = {"spec.json", "metrics.parquet", "trajectory.npz", "final.png", "images.json"}  # clean.png: images/
 
 
 def tiny_manifest(
@@ -81,11 +81,12 @@ def test_local_sweep_end_to_end_and_rerun_does_nothing(
     assert len(list((tmp_path / "results" / "bundles").glob("*.parquet"))) == 2
     for key in keys:
         files = {p.name for p in (tmp_path / "results" / "fits" / key).iterdir()}
-        assert FIT_FILES <= files
+        assert FIT_FILES <= files and store.has_image(key, "clean")
         summary = store.summary(key)
         assert summary["key"] == key and summary["iterations_run"] == 20
         assert store.read_metrics(key).num_rows == 21  # iterations 0 … 20
         assert store.read_trajectory(key)["snapshots"].shape[0] == 3  # iterations 0, 10, 20
+    assert len(list((tmp_path / "results" / "images").iterdir())) == 4  # per image one clean, one degraded
 
     again = sweep.run_sweep(manifest, progress=False)
     assert (again.done, again.skipped) == (0, 4)
