@@ -5,7 +5,8 @@ how long, and how much memory, the mean-curve query takes, for N synthetic fits.
 
 Each synthetic fit is written through `Store.write_fit` with the metric columns of a real image
 fit (PSNR twice, five FBC bands, blur, sharpness, ratio, fallbacks) at every iteration, random
-values, and a summary row with the spec columns a λ study has; no trajectory. Then: collect
+values, and a summary row with the spec columns a λ study has and the numbers the worker takes
+from the curves (`pipeline.single.curve_outcome`); no trajectory. Then: collect
 (summary and query dataset, timed apart), a second collect with nothing new, and in a fresh
 process each the mean band-5 FBC curve by λ over every fit and iteration, with its peak memory
 (the process's maximum resident set size, which includes Python and DuckDB themselves).
@@ -28,6 +29,7 @@ import numpy as np
 
 from pipeline.query import consolidate
 from pipeline.record import upgrade
+from pipeline.single import curve_outcome
 from pipeline.storage import Store
 
 COLUMNS = ("psnr_target", "psnr_clean", "fbc_1", "fbc_2", "fbc_3", "fbc_4", "fbc_5", "blur", "sharp", "ratio")
@@ -59,6 +61,7 @@ def write_fits(store: Store, count: int, iterations: int) -> None:
         summary = {"key": key, "sweep": "bench", "kind": "image", "image": f"img{i % 68:03d}.png",
                    "dataset": "cbsd68", "task": "denoise", "param_sigma": 25.0, "model": "decoder", "lam": lam,
                    "seed": i // 272, "iterations": iterations, "best_psnr": 20.0 + i % 5}  # fmt: skip
+        summary |= curve_outcome(metrics)  # as the worker adds them
         store.write_fit(key, {"key": key}, summary, metrics, {"snapshot_iterations": np.zeros(0, np.int64)}, {})
 
     with ThreadPoolExecutor(8) as pool:

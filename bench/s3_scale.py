@@ -11,7 +11,7 @@ S3 server in its own process, then times, once each:
 - plan: the listings of done/, failed/ and bundles/, the bundles' key columns, and the keys left
   to run (what `sweep.make_plan` reads from storage; expanding the manifest is not counted);
 - status: the same plus the reasons of at most 100 failure records (`sweep.status`);
-- first collect: every bundle read, merged into one (more than `BUNDLES_MERGED_AT`), summary written;
+- first collect: every bundle read (the driver merged them past `BUNDLES_MERGED_AT`), summary written;
 - full collect: every bundle read again (`Store.collect(full=True)`);
 - collect after `--new` fits bundled by a sweep, and after `--new` loose markers (a sweep
   stopped before it could bundle them: one GET each);
@@ -85,7 +85,7 @@ def measure(store: Store, fits: int, new: int) -> dict[str, float]:
     assert len(todo) == 2 * new
     _, read = timed(seconds, "status", lambda: status(store, keys))
     assert read == STATUS_REASONS_READ
-    assert timed(seconds, "first collect (merges the bundles)", store.collect).num_rows == fits
+    assert timed(seconds, "first collect", store.collect).num_rows == fits
     assert timed(seconds, "full collect", lambda: store.collect(full=True)).num_rows == fits
     put_bundles(store, bundled, fits)
     assert timed(seconds, f"collect after {new} new fits, bundled", store.collect).num_rows == fits + new

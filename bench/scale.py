@@ -1,6 +1,6 @@
 """Every dataset-scale figure in one run: synthetic stores of N fits, local and on S3.
 
-    python -m bench.scale --fits 10000            # and --fits 100000 (about 30 GB of disk, an hour)
+    python -m bench.scale --fits 10000            # and --fits 100000 (about 20 GB of disk, an hour)
 
 Each part is a benchmark of its own, run here one after another in a fresh process each (so a
 part's peak memory is its own), with its output as it comes:
@@ -10,7 +10,11 @@ part's peak memory is its own), with its output as it comes:
   the query dataset built, the mean-curve query timed with its peak memory, `dip report` timed;
 - resume on local disk and S3 (`bench.resume --s3`): 10,000 fits, fixed;
 - MLflow (`bench.mlflow_scale`): `--mlflow-fits` 10,001-iteration fits into a real server, the
-  rate a sweep and `dip sweep sync-mlflow` reach (per fit, so N does not change it).
+  rate a sweep and `dip sweep sync-mlflow` reach (per fit, so N does not change it);
+- snapshots (`bench.snapshots`): bytes and requests to read one snapshot of a paper-scale
+  trajectory on S3, and what each snapshot stride costs per 1,000 fits;
+- input images (`bench.shared_images`): the bytes a grid's clean and degraded images take, once
+  per image instead of once per fit (per fit, so N does not change it).
 
 `--skip` leaves parts out. The figures, and what they are measured against, are in
 docs/performance.md ("Dataset scale").
@@ -24,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-PARTS = ("s3", "query", "resume", "mlflow")
+PARTS = ("s3", "query", "resume", "mlflow", "snapshots", "images")
 
 
 def commands(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -35,6 +39,8 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
         "query": query + (["--dir", str(args.dir)] if args.dir else []),
         "resume": ["bench.resume", "--s3"],
         "mlflow": ["bench.mlflow_scale", "--fits", str(args.mlflow_fits)],
+        "snapshots": ["bench.snapshots"],
+        "images": ["bench.shared_images"],
     }
 
 

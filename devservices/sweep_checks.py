@@ -63,7 +63,7 @@ class Completeness:
         )
 
 
-FIT_FILES = {"spec.json", "metrics.parquet", "trajectory.npz", "final.png", "clean.png"}
+FIT_FILES = {"spec.json", "metrics.parquet", "trajectory.npz", "final.png", "images.json"}  # clean.png: images/
 
 
 def completeness(s3: S3Server, bucket: str, keys: set[str]) -> Completeness:

@@ -523,11 +523,13 @@ class Store:
 
         The bundle is written whole before any marker is deleted, so a crash in between leaves a
         fit both bundled and marked, which readers count once. The sweep driver bundles the
-        markers of the fits it sees finish (`pipeline.sweep`), `collect` those left over."""
+        markers of the fits it sees finish (`pipeline.sweep`), `collect` those left over; past
+        BUNDLES_MERGED_AT bundles, all are merged into one."""
         if not markers:
             return None
         name = self._write_bundle(markers)
         self._delete([self._done(str(marker["key"])) for marker in markers])
+        self._merge(self._bundles())
         return name
 
     def _merge(self, bundles: list[str]) -> list[str]:

@@ -109,7 +109,7 @@ def test_s3_scale_times_every_step_on_a_small_store(s3_store_uri: tuple[str, dic
         "driver's bundle of 1000",
         "plan",
         "status",
-        "first collect (merges the bundles)",
+        "first collect",
         "full collect",
         "collect after 5 new fits, bundled",
         "collect after 5 new loose markers",
@@ -149,3 +149,22 @@ def test_shared_images_counts_one_clean_and_one_degraded_image_per_seed() -> Non
     assert before == 2 * (3 * clean + sum(degraded))
     index = len(json.dumps({"clean": "0" * 64, "degraded": "0" * 64}, indent=1))  # one images.json
     assert after == clean + sum(degraded) + 6 * index
+
+
+def test_scale_runs_its_parts_and_prints_their_figures(tmp_path: Path) -> None:
+    """bench.scale on a small store: the S3 and query parts run in their own processes and print
+    each figure (the parts' own assertions check the counts); a part that fails fails the run."""
+    import subprocess
+    import sys
+
+    skip = [arg for part in ("resume", "mlflow", "snapshots", "images") for arg in ("--skip", part)]
+    command = [sys.executable, "-m", "bench.scale", "--fits", "1030", "--new", "5", "--iterations", "40"]
+    done = subprocess.run([*command, *skip, "--dir", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for figure in ("plan:", "full collect:", "collect after 5 new fits, bundled:", "mean band-5 curve", "dip report:"):
+        assert figure in done.stdout
+    assert "=== resume" not in done.stdout
+    failing = subprocess.run(
+        [*command, *skip, "--skip", "query", "--new", "-1"], capture_output=True, text=True, timeout=900
+    )
+    assert failing.returncode != 0 and "failed: s3" in failing.stderr

@@ -541,11 +541,9 @@ def test_a_fit_bundled_twice_or_bundled_and_marked_counts_once(tmp_path: Path) -
     assert store.collect(write=False, full=True).equals(table)
 
 
-def test_bundles_are_merged_and_a_bundle_read_is_its_key_column(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Past BUNDLES_MERGED_AT bundles a collect merges them into one, holding every row; a summary
-    that named the merged bundles is not reused (it is rebuilt from the merged bundle)."""
+def test_bundles_are_merged_past_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past BUNDLES_MERGED_AT bundles a collect, or the driver's next bundle, merges them into one
+    holding every row; a summary that named the merged bundles is rebuilt from the merged one."""
     monkeypatch.setattr(storage, "BUNDLES_MERGED_AT", 3)
     store = Store(str(tmp_path / "results"))
     for seed in range(4):
@@ -555,6 +553,13 @@ def test_bundles_are_merged_and_a_bundle_read_is_its_key_column(
     table = store.collect()
     assert table.column("key").to_pylist() == [make_fit(s)["key"] for s in range(4)]
     assert table.equals(store.collect(write=False, full=True))
+
+    for seed in range(4, 7):  # as the sweep's driver bundles the markers of fits it saw finish
+        store.write_fit(**make_fit(seed))
+        store.bundle([store.summary(make_fit(seed)["key"])])
+        assert len(listed(store, "bundles")) == (seed - 2 if seed < 6 else 1)
+    assert store.done_keys() == {make_fit(s)["key"] for s in range(7)} and listed(store, "done") == []
+    assert store.collect().equals(store.collect(write=False, full=True))
 
 
 def test_an_old_store_is_collected_and_bundled(tmp_path: Path) -> None:

@@ -21,13 +21,13 @@ import pytest
 import yaml
 
 from devservices.ray_cluster import HeadStartedByHand
+from devservices.sweep_checks import FIT_FILES
 from pipeline import sweep
 from pipeline.cli import main as dip
 from pipeline.manifest import FitSpec, load_manifest
 from pipeline.storage import Store, Trajectory
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-FIT_FILES = {"spec.json", "metrics.parquet", "trajectory.npz", "final.png", "images.json"}  # clean.png: images/
 
 
 def tiny_manifest(
