@@ -333,10 +333,27 @@ def add_report_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("source", help="a manifest (.yaml/.yml, a path or URI such as s3://…) or a storage URI/path")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<sweep name>)")
     p.add_argument(
+        "--explorer-fits",
+        type=explorer_fits,
+        default=argparse.SUPPRESS,  # the report's own (pipeline.explorer.EXPLORER_FITS)
+        metavar="N",
+        help="write the trajectory explorer's data of at most N fits, spread over the sweep, or 'all' "
+        "(default 2,000; a fit's data is about 0.1-1.2 MB and 30 ms); every fit is in its table",
+    )
+    p.add_argument(
         "--mlflow",
         action="store_true",
         help="also store the report as artifacts of the sweep's MLflow run (source: a manifest)",
     )
+
+
+def explorer_fits(text: str) -> int | None:
+    """--explorer-fits: a count of fits, or 'all' (None)."""
+    if text == "all":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a number of fits or 'all': {text!r}")
+    return int(text)
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -346,7 +363,7 @@ def run_report(args: argparse.Namespace) -> int:
     if args.mlflow and not is_manifest(args.source):
         raise UserError(f"--mlflow needs a manifest (it names the MLflow experiment), got {args.source}")
     out = args.out or Path("reports") / Path(str(args.source).rstrip("/")).stem
-    index = write_report(args.source, out)
+    index = write_report(args.source, out, **({"explorer_fits": args.explorer_fits} if "explorer_fits" in args else {}))
     print(f"report written: {index}")
     if args.mlflow:
         from pipeline.sweep import publish_report

@@ -35,6 +35,7 @@ from pipeline.storage import Store
 PAGE = "explorer.html"
 FOLDER = "explorer"
 FIT_FOLDER = "fit-v2"  # bump when a fit file's content changes: existing files are reused otherwise
+EXPLORER_FITS = 2000  # fits whose files a report writes by default (`dip report --explorer-fits`)
 MAX_CURVE_POINTS = 2000  # per curve; a 10,000-iteration fit logged at every iteration is thinned
 ERROR_SCALE = 0.25  # |output − clean| (mean over channels) shown from 0 to this, in every fit
 CURVES = ("psnr_clean", "psnr_target", "fbc_1", "fbc_2", "fbc_3", "fbc_4", "fbc_5", "ratio")
@@ -193,12 +194,27 @@ def _library_files() -> dict[str, Callable[[], str]]:
     }
 
 
-def write_explorer(fits: pd.DataFrame, store: Store, root: Path, title: str, shown: Sequence[str]) -> Path:
+def exported_keys(keys: Sequence[str], written: set[str], most: int | None) -> list[str]:
+    """The fits whose files the explorer holds: every one (`most` None or not fewer than the
+    fits), else those written by earlier reports plus fits spread evenly over `keys` up to
+    `most`, so that a sample of every part of a large sweep can be opened."""
+    if most is None or len(keys) <= most:
+        return list(keys)
+    have = [key for key in keys if key in written]
+    rest = [key for key in keys if key not in written]
+    room = max(most - len(have), 0)
+    return have + [rest[i * len(rest) // room] for i in range(room)] if room else have
+
+
+def write_explorer(
+    fits: pd.DataFrame, store: Store, root: Path, title: str, shown: Sequence[str], most: int | None = EXPLORER_FITS
+) -> Path:
     """Write explorer.html and its files into the report folder `root`; returns the page's path.
 
     `fits` is the report's table (`pipeline.report.load_fits`), `shown` the settings that tell
-    its fits apart (they name each fit). A fit's file is written once and reused by later
-    reports of the same folder: a done fit never changes.
+    its fits apart (they name each fit). Every fit is in the table; the files of at most `most`
+    fits are written (None: all), about 0.1–1.2 MB and 30 ms each. A fit's file is written once
+    and reused by later reports of the same folder: a done fit never changes.
     """
     folder = root / FOLDER
     (folder / FIT_FOLDER).mkdir(parents=True, exist_ok=True)
@@ -209,8 +225,17 @@ def write_explorer(fits: pd.DataFrame, store: Store, root: Path, title: str, sho
     for name in ("explorer.js", "explorer.css"):
         shutil.copyfileobj(page.joinpath(name).open("rb"), (folder / name).open("wb"))
     table = fits[fits["kind"] != "response"]
-    (folder / "fits.js").write_text(_script("table", {"title": title, **fit_table(table, shown)}), encoding="utf-8")
+    keys = [str(key) for key in table["key"]]
+    written = {path.stem for path in (folder / FIT_FOLDER).glob("*.js")}
+    exported = exported_keys(keys, written, most)
+    payload = {"title": title, **fit_table(table, shown)}
+    if len(exported) < len(keys):
+        payload["exported"] = sorted(exported)
+    (folder / "fits.js").write_text(_script("table", payload), encoding="utf-8")
+    chosen = set(exported)
     for row in table.to_dict("records"):
+        if row["key"] not in chosen:
+            continue
         path = folder / FIT_FOLDER / f"{row['key']}.js"
         if not path.exists():
             temporary = path.with_suffix(".tmp")

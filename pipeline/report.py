@@ -1097,9 +1097,10 @@ def _summary_lines(store: Store, fits: pd.DataFrame, name: str | None, experimen
     failed = store.failed_keys() - set(fits["key"])
     reasons, read = store.failure_reasons(failed, REASONS_READ)
     seeds = sorted(fits["seed"].dropna().astype(int).unique().tolist())
+    shown = str(seeds) if len(seeds) <= 10 else f"{seeds[0]}–{seeds[-1]} ({len(seeds)} seeds)"
     counts = (
         f"{fits['task'].nunique()} task(s), {fits['image'].nunique()} image(s), "
-        f"{fits['setting'].nunique()} setting(s), seeds {seeds}"
+        f"{fits['setting'].nunique()} setting(s), seeds {shown}"
     )
     lines = [
         f"# Report: {name or 'sweep'}" + (f" (experiment {experiment})" if experiment else ""),
@@ -1124,13 +1125,15 @@ def write_report(
     out_dir: str | Path,
     iterations: Sequence[int] | None = None,
     max_groups: int = DEFAULT_MAX_GROUPS,
+    explorer_fits: int | None = explorer.EXPLORER_FITS,
 ) -> Path:
     """Write the report of a sweep (a manifest path or URI, or a storage path or URI) into `out_dir`.
 
     `iterations`: where grids of outputs and power spectra look (nearest snapshots); default
     the paper's choice for the experiment (C3, C9), else a few spread over the trajectory.
-    `max_groups` caps the figure groups. Returns the path of ``index.md``; raises ValueError
-    when the storage holds no finished fit.
+    `max_groups` caps the figure groups, `explorer_fits` the fits whose data the explorer holds
+    (None: all). Returns the path of ``index.md``; raises ValueError when the storage holds no
+    finished fit.
     """
     manifest = read_manifest(source) if is_manifest(source) else None
     store = open_store(manifest or source)
@@ -1152,10 +1155,22 @@ def write_report(
         write_figures(restored, store, experiment, iterations, max_groups, out)
     lines = _summary_lines(store, fits, name, experiment)
     if not measured.all():
-        page = explorer.write_explorer(fits, store, out.root, name or "sweep", varying_settings(fits))
+        restored = fits[~measured]
+        page = explorer.write_explorer(
+            restored, store, out.root, name or "sweep", varying_settings(fits), explorer_fits
+        )
+        held = (
+            ""
+            if explorer_fits is None or len(restored) <= explorer_fits
+            else (
+                f" (the data of {explorer_fits:,} of the {len(restored):,} fits, spread over them; "
+                "`dip report --explorer-fits all` writes every fit's)"
+            )
+        )
         lines.append(
             f"- [trajectory explorer]({page.name}): every fit in a table to filter, group and sort; a fit's "
             "outputs, error maps, curves and power spectra along its trajectory on one slider, up to four side by side"
+            + held
         )
     claims = verdict_lines(verdicts(fits, FitFiles(store)))
     if claims:

@@ -127,6 +127,27 @@ def test_a_later_report_reuses_fit_files(tiny_report: tuple[Path, Store], tmp_pa
     assert marked.read_text().endswith("// kept\n")  # a done fit never changes: its file is not rewritten
 
 
+def test_exported_keys_are_the_earlier_ones_and_an_even_spread() -> None:
+    keys = [f"k{i}" for i in range(10)]
+    assert explorer.exported_keys(keys, set(), None) == keys
+    assert explorer.exported_keys(keys, set(), 10) == keys
+    # k3 written before; 3 more spread over the other 9: their 0th, 3rd and 6th
+    assert explorer.exported_keys(keys, {"k3"}, 4) == ["k3", "k0", "k4", "k7"]
+    assert explorer.exported_keys(keys, {"k3"}, 0) == ["k3"]  # files already there cost nothing
+
+
+def test_a_report_can_hold_the_data_of_some_fits(tiny_report: tuple[Path, Store], tmp_path: Path, capsys) -> None:
+    report, store = tiny_report
+    assert dip(["report", store.uri, "--out", str(tmp_path / "two"), "--explorer-fits", "2"]) == 0
+    table = read_script(tmp_path / "two" / "explorer" / "fits.js")
+    files = {p.stem for p in (tmp_path / "two" / "explorer" / explorer.FIT_FOLDER).glob("*.js")}
+    assert len(table["rows"]) == 4 and set(table["exported"]) == files and len(files) == 2
+    assert "the data of 2 of the 4 fits" in (tmp_path / "two" / "index.md").read_text()
+    assert "exported" not in read_script(report / "explorer" / "fits.js")  # the default holds every fit's
+    assert dip(["report", store.uri, "--out", str(tmp_path / "bad"), "--explorer-fits", "some"]) == 2
+    assert "not a number of fits or 'all'" in capsys.readouterr().err
+
+
 # --- the page, in Chromium --------------------------------------------------------------------
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency (scripts/setup)")
@@ -206,6 +227,24 @@ def test_explorer_from_disk_slider_and_side_by_side(quickstart_report: Path, chr
     again.page.wait_for_function("document.querySelectorAll('.fit-row').length === 2")
     assert page.errors == [] and again.errors == []
     assert (tmp_path / "explorer-side-by-side.png").stat().st_size > 50_000
+
+
+@pytest.mark.slow
+@browser_needed
+def test_a_fit_without_data_says_how_to_get_it(quickstart_report: Path, chromium: Any, tmp_path: Path) -> None:
+    """A report holding 3 of the 8 fits' data: the other rows are grey, and choosing one says
+    why nothing is shown instead of failing to load its file."""
+    out = tmp_path / "three"
+    assert dip(["report", str(quickstart_report.parent / "results"), "--out", str(out), "--explorer-fits", "3"]) == 0
+    page = Page(chromium)
+    page.open((out / "explorer.html").as_uri())
+    assert page.page.locator("#fits tbody tr.no-data").count() == 5
+    page.page.locator("#fits tbody tr.no-data").first.click()
+    page.page.wait_for_function(
+        "document.getElementById('status').textContent.includes('holds the data of 3 of the 8')"
+    )
+    assert "--explorer-fits all" in page.page.locator("#status").inner_text()
+    assert page.errors == []
 
 
 @pytest.mark.slow

@@ -467,10 +467,19 @@ def test_unreachable_storage_fails_before_any_fit(tmp_path: Path, capsys) -> Non
 # --- crashes: the driver killed, a worker killed ---------------------------------------------------
 
 
+# `dip sweep run` as started from a terminal, where Ctrl-C raises KeyboardInterrupt: a process
+# started in the background by a script (pytest run as `pytest &`) inherits SIGINT ignored, and
+# Python then never installs its handler, so the driver is given it back first.
+AS_IN_A_TERMINAL = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'dip'; runpy.run_module('pipeline.cli', run_name='__main__')"
+)
+
+
 def start_sweep(path: Path, log: Path) -> subprocess.Popen:
     env = os.environ | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "sweep", "run", str(path)],
+        [sys.executable, "-c", AS_IN_A_TERMINAL, "sweep", "run", str(path)],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         env=env,

@@ -16,6 +16,7 @@ const DIPExplorer = (() => {
   let steps = [];       // the slider's iterations: every snapshot of the shown fits
   let table = null;
   let quiet = false;    // set while the page itself deselects rows
+  let exported = null;  // keys whose files the report wrote, when it wrote only some (else null: all)
 
   const $id = (id) => document.getElementById(id);
   const status = (text) => { $id("status").textContent = text; };
@@ -31,6 +32,10 @@ const DIPExplorer = (() => {
   }
 
   async function loadFit(key) {
+    if (exported && !exported.has(key)) {
+      throw new Error(`fit ${key}: this report holds the data of ${exported.size} of the ${table.rows().count()} ` +
+        "fits (grey rows have none); dip report --explorer-fits all writes every fit's");
+    }
     if (!fits[key]) await loadScript(FIT_FOLDER + key + ".js");
     return fits[key];
   }
@@ -214,6 +219,7 @@ const DIPExplorer = (() => {
       pageLength: 10,
       lengthMenu: [10, 25, 100, 1000],
       select: { style: "multi" },
+      createdRow: (row, data) => { if (exported && !exported.has(data[0])) row.classList.add("no-data"); },
       scrollX: true,
       deferRender: true,  // rows are built when first shown: a table of 10,000 fits opens quickly
     });
@@ -236,7 +242,8 @@ const DIPExplorer = (() => {
     const known = new Set(payload.rows.map((r) => r[0]));
     const first = asked.filter((k) => known.has(k));
     shown = [];
-    const keys = first.length ? first : payload.rows.slice(0, 1).map((r) => r[0]);
+    const openable = payload.rows.filter((r) => !exported || exported.has(r[0]));
+    const keys = first.length ? first : openable.slice(0, 1).map((r) => r[0]);
     table.rows((i, row) => keys.includes(row[0])).select();
   }
 
@@ -245,6 +252,7 @@ const DIPExplorer = (() => {
   return {
     table(payload) {
       document.title = `${payload.title} · trajectory explorer`;
+      exported = payload.exported ? new Set(payload.exported) : null;
       if (!payload.rows.length) { status("no fits to show"); return; }
       buildTable(payload).catch((err) => { status(err.message); console.error(err); });
     },
