@@ -144,8 +144,9 @@ def test_a_report_can_hold_the_data_of_some_fits(tiny_report: tuple[Path, Store]
     assert len(table["rows"]) == 4 and set(table["exported"]) == files and len(files) == 2
     assert "the data of 2 of the 4 fits" in (tmp_path / "two" / "index.md").read_text()
     assert "exported" not in read_script(report / "explorer" / "fits.js")  # the default holds every fit's
-    assert dip(["report", store.uri, "--out", str(tmp_path / "bad"), "--explorer-fits", "some"]) == 2
-    assert "not a number of fits or 'all'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        dip(["report", store.uri, "--out", str(tmp_path / "bad"), "--explorer-fits", "some"])
+    assert exc.value.code == 2 and "not a number of fits or 'all'" in capsys.readouterr().err
 
 
 # --- the page, in Chromium --------------------------------------------------------------------
