@@ -474,6 +474,16 @@ class Store:
             return []
         return sorted(p for p in paths if p.endswith(".parquet") and not _name(p).startswith("."))
 
+    def _over_bundles(self, read: Callable[[list[str]], T]) -> T:
+        """`read` over the bundles there are, listed again if one was merged away between the
+        listing and its read (its rows are then in a newer bundle the first listing missed)."""
+        for _ in range(WRITE_TRIES - 1):
+            try:
+                return read(self._bundles())
+            except FileNotFoundError:
+                continue
+        return read(self._bundles())
+
     def _bundle_keys(self, bundles: list[str]) -> set[str]:
         """The keys the bundles hold: their key columns alone, read by range requests."""
         keys: set[str] = set()
@@ -572,7 +582,7 @@ class Store:
 
     def done_keys(self) -> set[str]:
         """Keys of the done fits: the listing of done/ and the key columns of the bundles."""
-        return self._listing("done") | self._bundle_keys(self._bundles())
+        return self._listing("done") | self._over_bundles(self._bundle_keys)
 
     def failed_keys(self) -> set[str]:
         """Keys with a failure record, from the listing alone; a key may also be done when a retry
@@ -595,12 +605,12 @@ class Store:
     def is_done(self, key: str) -> bool:
         """Whether the fit's marker exists or a bundle holds it; retried, since write_fit and the
         workers start with it."""
-        return with_retries(lambda: self.fs.exists(self._done(key)) or key in self._bundle_keys(self._bundles()))
+        return with_retries(lambda: self.fs.exists(self._done(key)) or key in self._over_bundles(self._bundle_keys))
 
     def summaries(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The done markers (key and summary) of `keys`, bundled or not; keys not done are left out."""
         wanted = set(keys)
-        found = self._bundle_markers(self._bundles(), wanted)
+        found = self._over_bundles(lambda bundles: self._bundle_markers(bundles, wanted))
         loose = sorted((self._listing("done") & wanted) - found.keys())
         return found | {marker["key"]: marker for marker in self._read_markers([self._done(k) for k in loose])}
 
@@ -644,11 +654,16 @@ class Store:
         `full`, every bundle is read.
         """
         fs, path = self._summary_file(out)
-        bundles, loose = self._bundles(), sorted(self._listing("done"))
-        previous = None if full else self._reusable(fs, path, _upgrade_name(upgrade), bundles)
-        kept, covered = ([previous[0]], previous[1]) if previous is not None else ([], set())
+        loose = sorted(self._listing("done"))
+
+        def since_summary(bundles: list[str]) -> tuple[list[str], list[pa.Table], dict[str, dict[str, Any]]]:
+            """The bundles, the rows of the summary it may reuse, and the bundles' markers it lacks."""
+            previous = None if full else self._reusable(fs, path, _upgrade_name(upgrade), bundles)
+            kept, covered = ([previous[0]], previous[1]) if previous is not None else ([], set())
+            return bundles, kept, self._bundle_markers([b for b in bundles if _name(b) not in covered])
+
+        bundles, kept, bundled = self._over_bundles(since_summary)
         have = set().union(*(table["key"].to_pylist() for table in kept))
-        bundled = self._bundle_markers([bundle for bundle in bundles if _name(bundle) not in covered])
         markers = self._read_markers([self._done(key) for key in loose])
         new = [marker for marker in markers if marker["key"] not in have and marker["key"] not in bundled]
         rows = [marker for key, marker in bundled.items() if key not in have] + new
@@ -720,7 +735,7 @@ class Store:
         try:
             return self._read_json(self._done(key))
         except FileNotFoundError:
-            if found := self._bundle_markers(self._bundles(), {key}):
+            if found := self._over_bundles(lambda bundles: self._bundle_markers(bundles, {key})):
                 return found[key]
             raise FileNotFoundError(f"fit {key} is not done in {self.uri}") from None
 

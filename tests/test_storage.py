@@ -562,6 +562,28 @@ def test_bundles_are_merged_past_the_limit(tmp_path: Path, monkeypatch: pytest.M
     assert store.collect().equals(store.collect(write=False, full=True))
 
 
+def test_a_bundle_merged_away_after_the_listing_is_looked_for_again(tmp_path: Path) -> None:
+    """The driver may merge bundles between a reader's listing and its reads: the reader lists
+    again and finds the rows in the merged bundle, instead of failing or missing them."""
+    store = Store(str(tmp_path / "results"))
+    fits = [make_fit(seed) for seed in range(3)]
+    for fit in fits:
+        store.write_fit(**fit)
+        store.bundle([store.summary(fit["key"])])
+    keys = {fit["key"] for fit in fits}
+    listed_before = store._bundles()
+    real = store._bundles
+    stale = iter([listed_before])  # the next listing a reader makes is the one from before the merge
+    store._bundles = lambda: next(stale, None) or real()  # type: ignore[method-assign]
+    merged = store._write_bundle([store.summary(fit["key"]) for fit in fits])
+    store._delete(listed_before)  # a merge, as the driver does it, after the reader listed
+    assert store.done_keys() == keys
+    stale = iter([listed_before])
+    assert store.collect(write=False).column("key").to_pylist() == sorted(keys)
+    stale = iter([listed_before])
+    assert set(store.summaries(keys)) == keys and listed(store, "bundles") == [merged]
+
+
 def test_an_old_store_is_collected_and_bundled(tmp_path: Path) -> None:
     """A store written before bundles (markers only, and a summary.parquet whose metadata names
     no bundles) is read whole once; its markers then live in one bundle."""
