@@ -208,8 +208,9 @@ def exported_keys(keys: Sequence[str], written: set[str], most: int | None) -> l
 
 def write_explorer(
     fits: pd.DataFrame, store: Store, root: Path, title: str, shown: Sequence[str], most: int | None = EXPLORER_FITS
-) -> Path:
-    """Write explorer.html and its files into the report folder `root`; returns the page's path.
+) -> tuple[Path, int]:
+    """Write explorer.html and its files into the report folder `root`; returns the page's path
+    and how many fits' data it holds.
 
     `fits` is the report's table (`pipeline.report.load_fits`), `shown` the settings that tell
     its fits apart (they name each fit). Every fit is in the table; the files of at most `most`
@@ -243,4 +244,4 @@ def write_explorer(
             temporary.replace(path)  # whole or absent: an interrupted report leaves no half file
     html = page.joinpath(PAGE).read_text(encoding="utf-8").replace("{{title}}", html_escape(title))
     (root / PAGE).write_text(html, encoding="utf-8")
-    return root / PAGE
+    return root / PAGE, len(exported)

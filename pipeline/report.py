@@ -1156,21 +1156,17 @@ def write_report(
     lines = _summary_lines(store, fits, name, experiment)
     if not measured.all():
         restored = fits[~measured]
-        page = explorer.write_explorer(
+        page, held = explorer.write_explorer(
             restored, store, out.root, name or "sweep", varying_settings(fits), explorer_fits
         )
-        held = (
-            ""
-            if explorer_fits is None or len(restored) <= explorer_fits
-            else (
-                f" (the data of {explorer_fits:,} of the {len(restored):,} fits, spread over them; "
-                "`dip report --explorer-fits all` writes every fit's)"
-            )
+        some = (
+            f" (the data of {held:,} of the {len(restored):,} fits, spread over them; "
+            "`dip report --explorer-fits all` writes every fit's)"
         )
         lines.append(
             f"- [trajectory explorer]({page.name}): every fit in a table to filter, group and sort; a fit's "
             "outputs, error maps, curves and power spectra along its trajectory on one slider, up to four side by side"
-            + held
+            + (some if held < len(restored) else "")
         )
     claims = verdict_lines(verdicts(fits, FitFiles(store)))
     if claims:

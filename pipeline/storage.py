@@ -351,6 +351,7 @@ class Store:
         self.uri = _normalise_uri(uri)
         self.storage_options = dict(storage_options or {})
         self.fs, self.root = fsspec.core.url_to_fs(self.uri, **_fs_options(self.uri, self.storage_options))
+        self._keys_of: dict[str, frozenset[str]] = {}  # bundle path -> its keys (a bundle never changes)
 
     # --- paths -----------------------------------------------------------------------------------
 
@@ -467,12 +468,15 @@ class Store:
     # --- marker bundles ----------------------------------------------------------------------------
 
     def _bundles(self) -> list[str]:
-        """Paths of the marker bundles, oldest first (a bundle's name starts with when it was written)."""
+        """Paths of the marker bundles, oldest first (a bundle's name starts with when it was
+        written); the keys kept of bundles merged away since are forgotten."""
         try:
             paths = self.fs.ls(self._path(BUNDLES), detail=False)
         except FileNotFoundError:
-            return []
-        return sorted(p for p in paths if p.endswith(".parquet") and not _name(p).startswith("."))
+            paths = []
+        bundles = sorted(p for p in paths if p.endswith(".parquet") and not _name(p).startswith("."))
+        self._keys_of = {bundle: keys for bundle, keys in self._keys_of.items() if bundle in bundles}
+        return bundles
 
     def _over_bundles(self, read: Callable[[list[str]], T]) -> T:
         """`read` over the bundles there are, listed again if one was merged away between the
@@ -485,12 +489,14 @@ class Store:
         return read(self._bundles())
 
     def _bundle_keys(self, bundles: list[str]) -> set[str]:
-        """The keys the bundles hold: their key columns alone, read by range requests."""
-        keys: set[str] = set()
+        """The keys the bundles hold: their key columns alone, read by range requests, once per
+        bundle and Store (a bundle is written whole under a new name and never changed, so a
+        worker checking fit after fit reads only the bundles new since its last check)."""
         for bundle in bundles:
-            with self.fs.open(bundle, "rb", cache_type="none") as fh:  # exact ranges: footer, key column
-                keys.update(pq.read_table(fh, columns=["key"]).column("key").to_pylist())
-        return keys
+            if bundle not in self._keys_of:
+                with self.fs.open(bundle, "rb", cache_type="none") as fh:  # exact ranges: footer, key column
+                    self._keys_of[bundle] = frozenset(pq.read_table(fh, columns=["key"]).column("key").to_pylist())
+        return set().union(*(self._keys_of[bundle] for bundle in bundles))
 
     def _bundle_markers(self, bundles: list[str], keys: set[str] | None = None) -> dict[str, dict[str, Any]]:
         """The markers the bundles hold by key (of `keys` only, if given); a key bundled twice (a

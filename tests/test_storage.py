@@ -584,6 +584,29 @@ def test_a_bundle_merged_away_after_the_listing_is_looked_for_again(tmp_path: Pa
     assert set(store.summaries(keys)) == keys and listed(store, "bundles") == [merged]
 
 
+def test_a_bundle_is_read_once_by_a_store_that_checks_fit_after_fit(
+    s3_store_uri: tuple[str, dict], s3_requests: Any
+) -> None:
+    """A worker asks is_done before and after every fit: each bundle's keys are read the first
+    time only (bundles never change), a new bundle's when it appears; every call still LISTs."""
+    store, worker = Store(*s3_store_uri), Store(*s3_store_uri)
+    for seed in range(2):
+        store.write_fit(**make_fit(seed))
+        store.bundle([store.summary(make_fit(seed)["key"])])
+    s3_requests(reset=True)
+
+    def bundle_reads() -> set[str]:
+        return {path for method, path in s3_requests(reset=True) if method == "GET" and "/bundles/" in path}
+
+    assert worker.is_done(make_fit(0)["key"]) and not worker.is_done(make_fit(5)["key"])
+    assert len(bundle_reads()) == 2  # both bundles, once
+    assert worker.is_done(make_fit(1)["key"]) and bundle_reads() == set()
+    store.write_fit(**make_fit(2))
+    store.bundle([store.summary(make_fit(2)["key"])])
+    s3_requests(reset=True)
+    assert worker.is_done(make_fit(2)["key"]) and len(bundle_reads()) == 1  # the new one only
+
+
 def test_an_old_store_is_collected_and_bundled(tmp_path: Path) -> None:
     """A store written before bundles (markers only, and a summary.parquet whose metadata names
     no bundles) is read whole once; its markers then live in one bundle."""
